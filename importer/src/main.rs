@@ -1,0 +1,229 @@
+//! `importer`: copy and verify virtual disks (`importer copy|verify ...`). Errors are one line on
+//! stderr and a non-zero exit; success of `copy` is one JSON line on stdout.
+
+mod progress;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use transfer_core::engine::verify::{verify, VerifyOptions, VerifyResult};
+use transfer_core::engine::{copy, CopyOptions, Progress};
+use transfer_core::io::IoEngineKind;
+use transfer_core::open::{open_source, SourceOptions};
+use transfer_core::size::parse_size;
+use transfer_core::target::{open_target, target_path, TargetOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "importer",
+    version,
+    about = "ferry: move virtual-machine disks into KubeVirt"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log level filter (error, warn, info, debug, trace).
+    #[arg(long, global = true, default_value = "info", env = "FERRY_LOG")]
+    log_level: String,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Copy SOURCE (nbd://, nbd+unix://, file://, synth://, or a path) to TARGET (a file or a
+    /// block device).
+    Copy(CopyArgs),
+    /// Compare SOURCE and TARGET logically; exit 0 when equal, 1 with the first differing offset.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args)]
+struct Tuning {
+    /// Source connections (handles); capped by what the source allows (NBD: multi-conn).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 16)]
+    requests: usize,
+    /// Bytes per request (256K-4M).
+    #[arg(long, default_value = "1M", value_parser = size_arg)]
+    request_size: u64,
+}
+
+#[derive(Args)]
+struct CopyArgs {
+    /// Source URI.
+    source: String,
+    /// Target path (or file:///path).
+    target: String,
+    #[command(flatten)]
+    tuning: Tuning,
+    /// In-flight byte budget (all request buffers together).
+    #[arg(long, default_value = "32M", value_parser = size_arg)]
+    memory: u64,
+    /// Allocate the whole target file.
+    #[arg(long)]
+    preallocate: bool,
+    /// Write with O_DIRECT.
+    #[arg(long)]
+    direct: bool,
+    /// The target already reads as zeros: never zero it.
+    #[arg(long)]
+    target_is_zero: bool,
+    /// I/O engine for target writes.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "pwrite", "uring"])]
+    io_engine: String,
+    /// Writer threads of the pwrite engine.
+    #[arg(long, default_value_t = 4)]
+    writer_threads: usize,
+    /// Show progress (a bar on a terminal, log lines otherwise).
+    #[arg(long)]
+    progress: bool,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// First disk (any source URI).
+    source: String,
+    /// Second disk (any source URI or path).
+    target: String,
+    #[command(flatten)]
+    tuning: Tuning,
+}
+
+fn size_arg(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+
+fn init_logging(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => b.with_target(false).init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let Some(cmd) = cli.cmd else {
+        eprintln!("importer: a subcommand is required (copy, verify); see --help");
+        return ExitCode::from(2);
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("importer: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let r = rt.block_on(async {
+        match cmd {
+            Cmd::Copy(a) => run_copy(a).await,
+            Cmd::Verify(a) => run_verify(a).await,
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("importer: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
+    let source = open_source(&a.source, &SourceOptions::default()).await?;
+    let path = target_path(&a.target)?;
+    let topts = TargetOptions {
+        preallocate: a.preallocate,
+        direct: a.direct,
+        target_is_zero: a.target_is_zero,
+    };
+    let target = open_target(&path, source.size(), &topts)?;
+    let progress = a.progress.then(|| Arc::new(Progress::new()));
+    let reporter = progress
+        .clone()
+        .map(|p| tokio::spawn(progress::report(p, std::io::stderr().is_terminal())));
+    let opts = CopyOptions {
+        connections: a.tuning.connections,
+        requests: a.tuning.requests,
+        request_size: a.tuning.request_size as usize,
+        memory: a.memory as usize,
+        io_engine: a.io_engine.parse::<IoEngineKind>()?,
+        writer_threads: a.writer_threads,
+        direct: a.direct,
+        progress,
+        ..CopyOptions::default()
+    };
+    let stats = copy(source, target, &opts).await;
+    if let Some(r) = reporter {
+        r.abort();
+        progress::finish(std::io::stderr().is_terminal());
+    }
+    let stats = stats?;
+    let line = serde_json::json!({
+        "bytes_total": stats.bytes_total,
+        "bytes_data": stats.bytes_data,
+        "bytes_zero": stats.bytes_zero,
+        "seconds": (stats.seconds * 1000.0).round() / 1000.0,
+        "mib_per_s": (stats.mib_per_s() * 10.0).round() / 10.0,
+        "connections": stats.connections,
+        "io_engine": stats.io_engine,
+    });
+    println!("{line}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_verify(a: VerifyArgs) -> transfer_core::Result<ExitCode> {
+    let opts = SourceOptions::default();
+    let x = open_source(&a.source, &opts).await?;
+    let y = open_source(&a.target, &opts).await?;
+    let vopts = VerifyOptions {
+        connections: a.tuning.connections,
+        requests: a.tuning.requests.min(8),
+        request_size: a.tuning.request_size as usize,
+        ..VerifyOptions::default()
+    };
+    match verify(x, y, &vopts).await? {
+        VerifyResult::Equal => {
+            println!("{}", serde_json::json!({"equal": true}));
+            Ok(ExitCode::SUCCESS)
+        }
+        VerifyResult::SizeDiffers(p, q) => {
+            eprintln!("importer: disks differ: sizes {p} and {q}");
+            println!(
+                "{}",
+                serde_json::json!({"equal": false, "source_size": p, "target_size": q})
+            );
+            Ok(ExitCode::from(1))
+        }
+        VerifyResult::DiffersAt(off) => {
+            eprintln!("importer: disks differ at offset {off}");
+            println!(
+                "{}",
+                serde_json::json!({"equal": false, "first_difference": off})
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! The copy engine. The disk is split into work ranges; one worker per source handle takes
+//! ranges in turn, asks the source for the extents of that range only, zeroes coalesced zero runs
+//! (or skips them on a target that reads as zero), and reads data in requests with many in
+//! flight. Each read buffer is checked for zero blocks before it is written. Requests in flight
+//! are bounded per handle and in total (the memory budget); buffers are reused, so memory does
+//! not grow with the disk. Success is reported only after the target is flushed.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::buffer::BufferPool;
+use crate::error::{Error, ErrorKind, Result};
+use crate::extent::{coalesce, Extent, ExtentKind, Run};
+use crate::io::{create_engine, IoEngine, IoEngineKind, WriteJob};
+use crate::source::{extents_covering, BlockSource};
+use crate::target::BlockTarget;
+
+pub mod progress;
+pub mod verify;
+pub mod zero;
+
+pub use progress::Progress;
+
+/// Tuning of a copy.
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    /// Source handles (connections) to use; capped by what the source allows.
+    pub connections: usize,
+    /// Requests in flight per handle.
+    pub requests: usize,
+    /// Bytes per read request (256 KiB-4 MiB; capped by the source's maximum).
+    pub request_size: usize,
+    /// In-flight byte budget (all buffers together).
+    pub memory: usize,
+    /// Size of a work range.
+    pub range_size: u64,
+    /// I/O engine for target writes.
+    pub io_engine: IoEngineKind,
+    /// Writer threads of the pwrite engine.
+    pub writer_threads: usize,
+    /// Whether the target was opened with O_DIRECT (steers `auto`).
+    pub direct: bool,
+    /// Progress counter to update.
+    pub progress: Option<Arc<Progress>>,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions {
+            connections: 4,
+            requests: 16,
+            request_size: 1 << 20,
+            memory: 32 << 20,
+            range_size: 64 << 20,
+            io_engine: IoEngineKind::Auto,
+            writer_threads: 4,
+            direct: false,
+            progress: None,
+        }
+    }
+}
+
+/// Smallest and largest request size.
+pub const MIN_REQUEST: usize = 256 * 1024;
+/// Largest request size.
+pub const MAX_REQUEST: usize = 4 << 20;
+
+/// What a copy did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CopyStats {
+    /// Source size.
+    pub bytes_total: u64,
+    /// Bytes written as data.
+    pub bytes_data: u64,
+    /// Bytes handled as zeros (skipped or zeroed).
+    pub bytes_zero: u64,
+    /// Wall time in seconds.
+    pub seconds: f64,
+    /// Source handles used.
+    pub connections: usize,
+    /// I/O engine used.
+    pub io_engine: &'static str,
+}
+
+impl CopyStats {
+    /// Throughput over the whole disk, MiB/s.
+    pub fn mib_per_s(&self) -> f64 {
+        if self.seconds <= 0.0 {
+            return 0.0;
+        }
+        self.bytes_total as f64 / (1u64 << 20) as f64 / self.seconds
+    }
+}
+
+struct Shared {
+    size: u64,
+    range_size: u64,
+    request_size: usize,
+    next_range: AtomicU64,
+    failed: AtomicBool,
+    first_error: Mutex<Option<Error>>,
+    budget: Arc<Semaphore>,
+    pool: BufferPool,
+    io: Arc<dyn IoEngine>,
+    target_zero: bool,
+    bytes_data: AtomicU64,
+    bytes_zero: AtomicU64,
+    progress: Option<Arc<Progress>>,
+}
+
+impl Shared {
+    fn fail(&self, e: Error) {
+        let mut g = self.first_error.lock().unwrap();
+        if g.is_none() {
+            *g = Some(e);
+        }
+        self.failed.store(true, Ordering::Relaxed);
+    }
+
+    fn done(&self, data: u64, zero: u64) {
+        self.bytes_data.fetch_add(data, Ordering::Relaxed);
+        self.bytes_zero.fetch_add(zero, Ordering::Relaxed);
+        if let Some(p) = &self.progress {
+            p.add(data + zero);
+        }
+    }
+
+    async fn zero(&self, offset: u64, len: u64) -> Result<()> {
+        if !self.target_zero {
+            self.io.zero(offset, len).await?;
+        }
+        self.done(0, len);
+        Ok(())
+    }
+}
+
+/// Opens up to `n` handles on `source` (the first is `source` itself).
+pub async fn open_handles(
+    source: &Arc<dyn BlockSource>,
+    n: usize,
+) -> Result<Vec<Arc<dyn BlockSource>>> {
+    let caps = source.caps();
+    let n = n.clamp(1, caps.max_connections.max(1));
+    let mut handles = vec![source.clone()];
+    let mut set = JoinSet::new();
+    for _ in 1..n {
+        let s = source.clone();
+        set.spawn(async move { s.open_another().await });
+    }
+    while let Some(r) = set.join_next().await {
+        handles.push(r.map_err(|e| Error::new(ErrorKind::Io, format!("opening a handle: {e}")))??);
+    }
+    Ok(handles)
+}
+
+/// Copies `source` to `target`. On success every byte is on the target and flushed.
+pub async fn copy(
+    source: Arc<dyn BlockSource>,
+    target: Arc<dyn BlockTarget>,
+    opts: &CopyOptions,
+) -> Result<CopyStats> {
+    let started = Instant::now();
+    let size = source.size();
+    if target.size() < size {
+        return Err(Error::new(
+            ErrorKind::TargetTooSmall,
+            format!(
+                "{} is {} bytes, smaller than the source ({size} bytes)",
+                target.describe(),
+                target.size()
+            ),
+        ));
+    }
+    if let Some(p) = &opts.progress {
+        p.set_total(size);
+    }
+    let caps = source.caps();
+    if caps.sequential {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "{}: sequential sources are not supported yet",
+                source.describe()
+            ),
+        ));
+    }
+    let request_size = opts
+        .request_size
+        .clamp(MIN_REQUEST, MAX_REQUEST)
+        .min(caps.max_request)
+        .max(4096)
+        / 4096
+        * 4096;
+    let max_buffers = (opts.memory / request_size).max(2);
+    let handles = open_handles(&source, opts.connections).await?;
+    let requests = opts.requests.clamp(1, caps.max_requests.max(1));
+    let io = create_engine(
+        opts.io_engine,
+        target.clone(),
+        opts.writer_threads,
+        (max_buffers * 4).next_power_of_two() as u32,
+        opts.direct,
+    )?;
+    let io_name = io.name();
+    tracing::debug!(
+        connections = handles.len(),
+        requests,
+        request_size,
+        max_buffers,
+        io = io_name,
+        "copy plan"
+    );
+
+    let shared = Arc::new(Shared {
+        size,
+        range_size: opts.range_size.max(request_size as u64),
+        request_size,
+        next_range: AtomicU64::new(0),
+        failed: AtomicBool::new(false),
+        first_error: Mutex::new(None),
+        budget: Arc::new(Semaphore::new(max_buffers)),
+        pool: BufferPool::new(request_size),
+        io,
+        target_zero: target.reads_as_zero(),
+        bytes_data: AtomicU64::new(0),
+        bytes_zero: AtomicU64::new(0),
+        progress: opts.progress.clone(),
+    });
+
+    let mut workers = JoinSet::new();
+    for h in &handles {
+        let (h, sh) = (h.clone(), shared.clone());
+        workers.spawn(async move {
+            if let Err(e) = worker(h, sh.clone(), requests, caps.can_extents).await {
+                sh.fail(e);
+            }
+        });
+    }
+    while let Some(r) = workers.join_next().await {
+        if let Err(e) = r {
+            shared.fail(Error::new(
+                ErrorKind::Io,
+                format!("copy worker failed: {e}"),
+            ));
+        }
+    }
+    for h in &handles {
+        let _ = h.close().await;
+    }
+    if let Some(e) = shared.first_error.lock().unwrap().take() {
+        return Err(e);
+    }
+    shared.io.flush().await?;
+    let (d, z) = (
+        shared.bytes_data.load(Ordering::Relaxed),
+        shared.bytes_zero.load(Ordering::Relaxed),
+    );
+    if d + z != size {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!("internal error: copied {d}+{z} bytes of {size}"),
+        ));
+    }
+    Ok(CopyStats {
+        bytes_total: size,
+        bytes_data: d,
+        bytes_zero: z,
+        seconds: started.elapsed().as_secs_f64(),
+        connections: handles.len(),
+        io_engine: io_name,
+    })
+}
+
+async fn worker(
+    src: Arc<dyn BlockSource>,
+    sh: Arc<Shared>,
+    requests: usize,
+    can_extents: bool,
+) -> Result<()> {
+    let slots = Arc::new(Semaphore::new(requests));
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let result = async {
+        loop {
+            if sh.failed.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let start = sh
+                .next_range
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_mul(sh.range_size);
+            if start >= sh.size {
+                return Ok(());
+            }
+            let end = (start + sh.range_size).min(sh.size);
+            let extents = if can_extents {
+                extents_covering(&*src, start, end - start)
+                    .await
+                    .map_err(|e| e.context_prefix("reading extents"))?
+            } else {
+                vec![Extent::new(start, end - start, ExtentKind::Data)]
+            };
+            for run in coalesce(&extents, start, end) {
+                match run {
+                    Run::Zero { offset, len } => sh.zero(offset, len).await?,
+                    Run::Data { offset, len } => {
+                        let mut pos = offset;
+                        while pos < offset + len {
+                            if sh.failed.load(Ordering::Relaxed) {
+                                return Ok(());
+                            }
+                            let n = (offset + len - pos).min(sh.request_size as u64) as usize;
+                            let slot = slots.clone().acquire_owned().await.expect("semaphore open");
+                            let mem = sh
+                                .budget
+                                .clone()
+                                .acquire_owned()
+                                .await
+                                .expect("semaphore open");
+                            let (src, sh2) = (src.clone(), sh.clone());
+                            tasks.spawn(async move {
+                                if let Err(e) = request(&*src, &sh2, pos, n).await {
+                                    sh2.fail(e);
+                                }
+                                drop((slot, mem));
+                            });
+                            pos += n as u64;
+                            while tasks.try_join_next().is_some() {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    while tasks.join_next().await.is_some() {}
+    result
+}
+
+async fn request(src: &dyn BlockSource, sh: &Shared, offset: u64, len: usize) -> Result<()> {
+    let buf = sh.pool.get(len);
+    let buf = src.read_at(offset, buf).await?;
+    let segs = zero::segments(&buf, zero::ZERO_BLOCK);
+    let mut data = Vec::with_capacity(segs.len());
+    let mut zero_bytes = 0u64;
+    for &(start, n, is_zero) in &segs {
+        if is_zero {
+            zero_bytes += n as u64;
+            if !sh.target_zero {
+                sh.io.zero(offset + start as u64, n as u64).await?;
+            }
+        } else {
+            data.push((start, n));
+        }
+    }
+    let data_bytes = len as u64 - zero_bytes;
+    let buf = if data.is_empty() {
+        buf
+    } else {
+        sh.io
+            .write(WriteJob {
+                offset,
+                buf,
+                segments: data,
+            })
+            .await?
+    };
+    sh.pool.put(buf);
+    sh.done(data_bytes, zero_bytes);
+    Ok(())
+}

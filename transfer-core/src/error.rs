@@ -1,0 +1,152 @@
+//! The one error type of ferry: a kind that callers (and retry logic) match on, a context that says
+//! what was being done (operation, path, offset), and the underlying cause.
+//!
+//! Messages are one line and never contain secrets: contexts are built from sanitized descriptions
+//! (URIs without credentials), never from raw request headers.
+
+use std::fmt;
+use std::io;
+
+/// What kind of failure this is. Decisions (retry, exit status) match on this, never on text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The user asked for something malformed (bad URI, bad size, bad option).
+    InvalidInput,
+    /// A scheme, feature or option we do not support.
+    Unsupported,
+    /// Could not reach the server (connection refused, no such socket, DNS failure).
+    Connect,
+    /// The server does not know the export, image or ticket.
+    NotFound,
+    /// The peer broke the protocol (bad magic, unexpected reply, truncated message).
+    Protocol,
+    /// The server reported an error for a request (with its errno when known).
+    Server,
+    /// Local I/O failed (read, write, zero, flush).
+    Io,
+    /// The target is smaller than the source.
+    TargetTooSmall,
+    /// The target cannot be written.
+    ReadOnly,
+    /// The connection ended before the transfer did.
+    Disconnected,
+    /// Source and target differ (verify).
+    Mismatch,
+}
+
+/// ferry's error: `kind` + `context` + optional `source`.
+#[derive(Debug)]
+pub struct Error {
+    kind: ErrorKind,
+    context: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An error of `kind` with a one-line `context`.
+    pub fn new(kind: ErrorKind, context: impl Into<String>) -> Self {
+        Error {
+            kind,
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// An error of `kind` caused by `source`.
+    pub fn with_source(
+        kind: ErrorKind,
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error {
+            kind,
+            context: context.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// An I/O error, classified by its `io::ErrorKind` (read-only file systems and permission
+    /// errors become [`ErrorKind::ReadOnly`], missing files [`ErrorKind::NotFound`]).
+    pub fn io(context: impl Into<String>, err: io::Error) -> Self {
+        let kind = match err.raw_os_error() {
+            Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM) => ErrorKind::ReadOnly,
+            Some(libc::ENOENT) => ErrorKind::NotFound,
+            _ => match err.kind() {
+                io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::ConnectionAborted => ErrorKind::Disconnected,
+                _ => ErrorKind::Io,
+            },
+        };
+        Error::with_source(kind, context, err)
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The context line, without the cause.
+    pub fn context(&self) -> &str {
+        &self.context
+    }
+
+    /// Prefix more context ("reading extents: " + existing).
+    pub fn context_prefix(mut self, prefix: impl fmt::Display) -> Self {
+        self.context = format!("{prefix}: {}", self.context);
+        self
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.context)?;
+        if let Some(src) = &self.source {
+            write!(f, ": {src}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Shorthand constructors used throughout the crate.
+pub(crate) fn protocol(context: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Protocol, context)
+}
+
+pub(crate) fn invalid(context: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidInput, context)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_only_errno_maps_to_read_only_kind() {
+        let e = Error::io("opening /x", io::Error::from_raw_os_error(libc::EROFS));
+        assert_eq!(e.kind(), ErrorKind::ReadOnly);
+        assert!(e.to_string().starts_with("opening /x: "));
+    }
+
+    #[test]
+    fn eof_maps_to_disconnected() {
+        let e = Error::io(
+            "reading reply",
+            io::Error::from(io::ErrorKind::UnexpectedEof),
+        );
+        assert_eq!(e.kind(), ErrorKind::Disconnected);
+    }
+}

@@ -1,0 +1,128 @@
+//! Extents: what a source says about a byte range (data, zero, hole), and coalescing of runs.
+
+/// What a range of a disk holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtentKind {
+    /// Allocated data (may still contain zeros; the engine checks buffers).
+    Data,
+    /// Allocated but reads as zeros.
+    Zero,
+    /// Unallocated; reads as zeros.
+    Hole,
+}
+
+impl ExtentKind {
+    /// True when the range reads as zeros.
+    pub fn is_zero(self) -> bool {
+        matches!(self, ExtentKind::Zero | ExtentKind::Hole)
+    }
+}
+
+/// A contiguous byte range of one kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// First byte.
+    pub offset: u64,
+    /// Length in bytes (never 0 in well-formed lists).
+    pub len: u64,
+    /// What the range holds.
+    pub kind: ExtentKind,
+}
+
+impl Extent {
+    /// A new extent.
+    pub fn new(offset: u64, len: u64, kind: ExtentKind) -> Self {
+        Extent { offset, len, kind }
+    }
+
+    /// One past the last byte.
+    pub fn end(&self) -> u64 {
+        self.offset + self.len
+    }
+}
+
+/// What the copy engine does with a range: read-and-write data, or zero it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Run {
+    /// Copy `[offset, offset+len)`.
+    Data { offset: u64, len: u64 },
+    /// The range reads as zero on the source.
+    Zero { offset: u64, len: u64 },
+}
+
+/// Merges adjacent extents into runs: consecutive zero/hole extents become one `Zero` run,
+/// consecutive data extents one `Data` run. Extents must be sorted and contiguous; the result is
+/// clipped to `[start, end)`.
+pub fn coalesce(extents: &[Extent], start: u64, end: u64) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    for e in extents {
+        let s = e.offset.max(start);
+        let t = e.end().min(end);
+        if s >= t {
+            continue;
+        }
+        let zero = e.kind.is_zero();
+        match runs.last_mut() {
+            Some(Run::Zero { offset, len }) if zero && *offset + *len == s => *len += t - s,
+            Some(Run::Data { offset, len }) if !zero && *offset + *len == s => *len += t - s,
+            _ if zero => runs.push(Run::Zero {
+                offset: s,
+                len: t - s,
+            }),
+            _ => runs.push(Run::Data {
+                offset: s,
+                len: t - s,
+            }),
+        }
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ExtentKind::*;
+
+    #[test]
+    fn zero_and_hole_runs_merge_into_one_zero_run() {
+        let ex = [
+            Extent::new(0, 10, Data),
+            Extent::new(10, 5, Hole),
+            Extent::new(15, 5, Zero),
+            Extent::new(20, 5, Data),
+            Extent::new(25, 5, Data),
+        ];
+        assert_eq!(
+            coalesce(&ex, 0, 30),
+            vec![
+                Run::Data { offset: 0, len: 10 },
+                Run::Zero {
+                    offset: 10,
+                    len: 10
+                },
+                Run::Data {
+                    offset: 20,
+                    len: 10
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn runs_are_clipped_to_the_range() {
+        let ex = [Extent::new(0, 100, Hole), Extent::new(100, 100, Data)];
+        assert_eq!(
+            coalesce(&ex, 50, 150),
+            vec![
+                Run::Zero {
+                    offset: 50,
+                    len: 50
+                },
+                Run::Data {
+                    offset: 100,
+                    len: 50
+                }
+            ]
+        );
+    }
+}

@@ -1,0 +1,54 @@
+//! Opening sources by URI: `nbd://`, `nbd+unix://`, `file://` (or a plain path), `synth://`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::source::file::FileSource;
+use crate::source::nbd::{NbdSource, NbdUri};
+use crate::source::synth::SynthSource;
+use crate::source::BlockSource;
+
+/// Options that apply while opening a source.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    /// Ask NBD servers for structured replies and block status.
+    pub nbd_structured: bool,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        SourceOptions {
+            nbd_structured: true,
+        }
+    }
+}
+
+/// Opens the source named by `uri`.
+pub async fn open_source(uri: &str, opts: &SourceOptions) -> Result<Arc<dyn BlockSource>> {
+    if !uri.contains("://") {
+        return Ok(Arc::new(FileSource::open(Path::new(uri))?));
+    }
+    let scheme = uri.split("://").next().unwrap_or("").to_ascii_lowercase();
+    let parsed = || {
+        url::Url::parse(uri)
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("invalid source URI: {e}")))
+    };
+    match scheme.as_str() {
+        "nbd" | "nbd+unix" | "nbds" | "nbds+unix" => {
+            let u = NbdUri::parse(&parsed()?)?;
+            Ok(Arc::new(NbdSource::connect(u, opts.nbd_structured).await?))
+        }
+        "file" => {
+            let p = parsed()?
+                .to_file_path()
+                .map_err(|_| Error::new(ErrorKind::InvalidInput, "invalid file URI"))?;
+            Ok(Arc::new(FileSource::open(&p)?))
+        }
+        "synth" => Ok(Arc::new(SynthSource::from_url(&parsed()?)?)),
+        other => Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("unknown source scheme '{other}' (nbd, nbd+unix, file, synth)"),
+        )),
+    }
+}

@@ -1,0 +1,114 @@
+//! Sources: where disk bytes come from. One module per kind, all behind [`BlockSource`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::buffer::Buffer;
+use crate::error::{Error, ErrorKind, Result};
+use crate::extent::{Extent, ExtentKind};
+
+pub mod file;
+pub mod nbd;
+pub mod synth;
+
+/// What a source can do; the engine plans around it.
+#[derive(Debug, Clone)]
+pub struct SourceCaps {
+    /// Request size the source prefers (bytes).
+    pub preferred_request: usize,
+    /// Largest request the source accepts (bytes).
+    pub max_request: usize,
+    /// Whether `extents` reports real allocation (otherwise everything is data).
+    pub can_extents: bool,
+    /// How many independent handles may be opened at once.
+    pub max_connections: usize,
+    /// How many requests one handle can usefully have in flight.
+    pub max_requests: usize,
+    /// Whether the source can only be read front to back (a stream).
+    pub sequential: bool,
+}
+
+impl Default for SourceCaps {
+    fn default() -> Self {
+        SourceCaps {
+            preferred_request: 1 << 20,
+            max_request: 32 << 20,
+            can_extents: false,
+            max_connections: 1,
+            max_requests: 64,
+            sequential: false,
+        }
+    }
+}
+
+/// A readable virtual disk.
+///
+/// Reads take an owned [`Buffer`] and give it back filled: the buffer may be filled by another
+/// task (the NBD reply reader) or thread while the caller awaits, which a borrowed `&mut [u8]`
+/// cannot allow without an extra copy.
+#[async_trait]
+pub trait BlockSource: Send + Sync {
+    /// A description for messages (never contains credentials).
+    fn describe(&self) -> String;
+
+    /// Size in bytes.
+    fn size(&self) -> u64;
+
+    /// Capabilities.
+    fn caps(&self) -> SourceCaps;
+
+    /// Fills `buf` (its whole length) with the bytes at `offset`.
+    async fn read_at(&self, offset: u64, buf: Buffer) -> Result<Buffer>;
+
+    /// Extents of `[offset, offset+len)`: sorted, contiguous, starting at `offset`; they may end
+    /// before `offset+len` (the caller asks again for the rest). Default: all data.
+    async fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        Ok(vec![Extent::new(offset, len, ExtentKind::Data)])
+    }
+
+    /// Opens another, independent handle on the same disk for a parallel reader.
+    async fn open_another(&self) -> Result<Arc<dyn BlockSource>>;
+
+    /// Ends the session cleanly (e.g. NBD_CMD_DISC). Dropping without it is allowed.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Extents covering all of `[offset, offset+len)`, asking the source as often as needed, clipped
+/// and checked (a source that returns nothing, goes backwards or skips bytes is a protocol error).
+pub async fn extents_covering(src: &dyn BlockSource, offset: u64, len: u64) -> Result<Vec<Extent>> {
+    let end = offset + len;
+    let mut out: Vec<Extent> = Vec::new();
+    let mut pos = offset;
+    while pos < end {
+        let got = src.extents(pos, end - pos).await?;
+        let before = pos;
+        for e in got {
+            if e.offset != pos || e.len == 0 {
+                return Err(Error::new(
+                    ErrorKind::Protocol,
+                    format!(
+                        "{}: extents out of order at offset {} (expected {pos})",
+                        src.describe(),
+                        e.offset
+                    ),
+                ));
+            }
+            let l = e.len.min(end - pos);
+            out.push(Extent::new(pos, l, e.kind));
+            pos += l;
+            if pos >= end {
+                break;
+            }
+        }
+        if pos == before {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!("{}: no extents returned for offset {pos}", src.describe()),
+            ));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,572 @@
+//! One NBD connection in the transmission phase: requests are pipelined, each tagged with a
+//! cookie; a reader task parses replies and fills the caller's buffer straight from the socket.
+//!
+//! Written here rather than taken from a crate: the `nbd` crate is synchronous and lacks
+//! NBD_OPT_GO, structured replies, block status and pipelining; libnbd would need C bindings.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::oneshot;
+
+use super::handshake::ExportInfo;
+use super::proto::*;
+use crate::buffer::Buffer;
+use crate::error::{protocol, Error, ErrorKind, Result};
+use crate::extent::{Extent, ExtentKind};
+
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+
+enum Op {
+    Read {
+        offset: u64,
+        buf: Buffer,
+        covered: u64,
+        error: Option<Error>,
+        tx: oneshot::Sender<Result<Buffer>>,
+    },
+    BlockStatus {
+        offset: u64,
+        extents: Vec<Extent>,
+        error: Option<Error>,
+        tx: oneshot::Sender<Result<Vec<Extent>>>,
+    },
+    Plain {
+        error: Option<Error>,
+        tx: oneshot::Sender<Result<()>>,
+    },
+}
+
+impl Op {
+    fn fail(self, e: Error) {
+        // A dropped receiver means the caller gave up; nothing to tell.
+        match self {
+            Op::Read { tx, .. } => drop(tx.send(Err(e))),
+            Op::BlockStatus { tx, .. } => drop(tx.send(Err(e))),
+            Op::Plain { tx, .. } => drop(tx.send(Err(e))),
+        }
+    }
+
+    fn error_slot(&mut self) -> &mut Option<Error> {
+        match self {
+            Op::Read { error, .. } | Op::BlockStatus { error, .. } | Op::Plain { error, .. } => {
+                error
+            }
+        }
+    }
+
+    fn finish(self, size: u64) {
+        match self {
+            Op::Read {
+                error: Some(e), tx, ..
+            } => drop(tx.send(Err(e))),
+            Op::Read {
+                offset,
+                buf,
+                covered,
+                tx,
+                ..
+            } => {
+                let r = if covered == buf.len() as u64 {
+                    Ok(buf)
+                } else {
+                    Err(protocol(format!(
+                        "NBD read at offset {offset}: server sent {covered} of {} bytes",
+                        buf.len()
+                    )))
+                };
+                drop(tx.send(r))
+            }
+            Op::BlockStatus {
+                error: Some(e), tx, ..
+            } => drop(tx.send(Err(e))),
+            Op::BlockStatus {
+                offset,
+                extents,
+                tx,
+                ..
+            } => {
+                let r = if extents.is_empty() {
+                    Err(protocol(format!(
+                        "NBD block status at offset {offset}: no extents in reply"
+                    )))
+                } else {
+                    let _ = size;
+                    Ok(extents)
+                };
+                drop(tx.send(r))
+            }
+            Op::Plain { error: Some(e), tx } => drop(tx.send(Err(e))),
+            Op::Plain { tx, .. } => drop(tx.send(Ok(()))),
+        }
+    }
+}
+
+struct Shared {
+    ops: HashMap<u64, Op>,
+    /// Set when the connection is gone: every later request fails with this message.
+    dead: Option<(ErrorKind, String)>,
+}
+
+/// A connected NBD session after the handshake.
+pub struct Connection {
+    info: ExportInfo,
+    desc: String,
+    writer: tokio::sync::Mutex<Writer>,
+    shared: Arc<Mutex<Shared>>,
+    cookie: AtomicU64,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+fn server_error(what: &str, offset: u64, errno: u32, msg: &str) -> Error {
+    let detail = if msg.is_empty() {
+        String::new()
+    } else {
+        format!(": {msg}")
+    };
+    Error::new(
+        ErrorKind::Server,
+        format!(
+            "NBD {what} at offset {offset} failed: {}{detail}",
+            errno_name(errno)
+        ),
+    )
+}
+
+impl Connection {
+    /// Starts the transmission phase on an already negotiated stream.
+    pub fn start(info: ExportInfo, desc: String, reader: Reader, writer: Writer) -> Self {
+        let shared = Arc::new(Mutex::new(Shared {
+            ops: HashMap::new(),
+            dead: None,
+        }));
+        let task = tokio::spawn(reader_task(
+            reader,
+            shared.clone(),
+            info.clone(),
+            desc.clone(),
+        ));
+        Connection {
+            info,
+            desc,
+            writer: tokio::sync::Mutex::new(writer),
+            shared,
+            cookie: AtomicU64::new(1),
+            reader: task,
+        }
+    }
+
+    /// What the handshake learned.
+    pub fn info(&self) -> &ExportInfo {
+        &self.info
+    }
+
+    async fn submit(&self, flags: u16, cmd: u16, offset: u64, len: u32, op: Op) -> Result<()> {
+        let cookie = self.cookie.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut sh = self.shared.lock().unwrap();
+            if let Some((kind, msg)) = &sh.dead {
+                let e = Error::new(*kind, msg.clone());
+                drop(sh);
+                op.fail(Error::new(e.kind(), e.context().to_owned()));
+                return Err(e);
+            }
+            sh.ops.insert(cookie, op);
+        }
+        let hdr = encode_request(&Request {
+            flags,
+            cmd,
+            cookie,
+            offset,
+            len,
+        });
+        let mut w = self.writer.lock().await;
+        if let Err(e) = w.write_all(&hdr).await {
+            drop(w);
+            let err = Error::io(format!("{}: sending request", self.desc), e);
+            let op = self.shared.lock().unwrap().ops.remove(&cookie);
+            if let Some(op) = op {
+                op.fail(Error::new(err.kind(), err.to_string()));
+            }
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    fn check_range(&self, what: &str, offset: u64, len: u64) -> Result<()> {
+        if len == 0
+            || len > self.info.block_max as u64
+            || offset.checked_add(len).is_none_or(|e| e > self.info.size)
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{}: {what} of {len} bytes at offset {offset} is out of range",
+                    self.desc
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes at `offset` into `buf`.
+    pub async fn read(&self, offset: u64, buf: Buffer) -> Result<Buffer> {
+        let len = buf.len() as u64;
+        self.check_range("read", offset, len)?;
+        let (tx, rx) = oneshot::channel();
+        let op = Op::Read {
+            offset,
+            buf,
+            covered: 0,
+            error: None,
+            tx,
+        };
+        self.submit(0, CMD_READ, offset, len as u32, op).await?;
+        self.wait(rx).await
+    }
+
+    /// Block status of `[offset, offset+len)` in `base:allocation`. The reply may cover less.
+    pub async fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        if self.info.base_allocation.is_none() {
+            return Ok(vec![Extent::new(offset, len, ExtentKind::Data)]);
+        }
+        let len = len
+            .min(self.info.size.saturating_sub(offset))
+            .min(u32::MAX as u64 & !0xfff);
+        if len == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("{}: block status at end of disk", self.desc),
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        let op = Op::BlockStatus {
+            offset,
+            extents: Vec::new(),
+            error: None,
+            tx,
+        };
+        self.submit(0, CMD_BLOCK_STATUS, offset, len as u32, op)
+            .await?;
+        self.wait(rx).await
+    }
+
+    /// Sends NBD_CMD_FLUSH and waits for it.
+    pub async fn flush(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(0, CMD_FLUSH, 0, 0, Op::Plain { error: None, tx })
+            .await?;
+        self.wait(rx).await
+    }
+
+    /// Sends NBD_CMD_DISC (no reply) and stops the reader.
+    pub async fn disconnect(&self) -> Result<()> {
+        let cookie = self.cookie.fetch_add(1, Ordering::Relaxed);
+        let hdr = encode_request(&Request {
+            flags: 0,
+            cmd: CMD_DISC,
+            cookie,
+            offset: 0,
+            len: 0,
+        });
+        let mut w = self.writer.lock().await;
+        let r = w.write_all(&hdr).await;
+        let _ = w.shutdown().await;
+        self.reader.abort();
+        r.map_err(|e| Error::io(format!("{}: sending disconnect", self.desc), e))
+    }
+
+    async fn wait<T>(&self, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => {
+                let sh = self.shared.lock().unwrap();
+                let (kind, msg) = sh.dead.clone().unwrap_or((
+                    ErrorKind::Disconnected,
+                    format!("{}: connection closed", self.desc),
+                ));
+                Err(Error::new(kind, msg))
+            }
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+async fn reader_task(reader: Reader, shared: Arc<Mutex<Shared>>, info: ExportInfo, desc: String) {
+    let mut r = BufReader::with_capacity(64 * 1024, reader);
+    let err = loop {
+        match read_one(&mut r, &shared, &info).await {
+            Ok(()) => continue,
+            Err(e) => break e,
+        }
+    };
+    let (kind, msg) = match err.kind() {
+        ErrorKind::Disconnected => (
+            ErrorKind::Disconnected,
+            format!("{desc}: server closed the connection"),
+        ),
+        k => (k, format!("{desc}: {err}")),
+    };
+    let ops: Vec<Op> = {
+        let mut sh = shared.lock().unwrap();
+        sh.dead = Some((kind, msg.clone()));
+        sh.ops.drain().map(|(_, op)| op).collect()
+    };
+    for op in ops {
+        op.fail(Error::new(kind, msg.clone()));
+    }
+}
+
+fn take(shared: &Mutex<Shared>, cookie: u64) -> Result<Op> {
+    shared
+        .lock()
+        .unwrap()
+        .ops
+        .remove(&cookie)
+        .ok_or_else(|| protocol(format!("reply with unknown cookie {cookie}")))
+}
+
+async fn read_payload<R: AsyncRead + Unpin>(r: &mut R, len: u32) -> Result<Vec<u8>> {
+    if len > MAX_META_PAYLOAD {
+        return Err(protocol(format!("reply chunk of {len} bytes is too large")));
+    }
+    let mut v = vec![0u8; len as usize];
+    r.read_exact(&mut v)
+        .await
+        .map_err(|e| Error::io("reading reply payload", e))?;
+    Ok(v)
+}
+
+/// Reads and dispatches one reply (simple) or chunk (structured). An `Err` is fatal for the
+/// connection: the stream can no longer be trusted to be in sync.
+async fn read_one<R: AsyncRead + Unpin>(
+    r: &mut R,
+    shared: &Mutex<Shared>,
+    info: &ExportInfo,
+) -> Result<()> {
+    let mut h = [0u8; STRUCTURED_REPLY_LEN];
+    r.read_exact(&mut h[..SIMPLE_REPLY_LEN])
+        .await
+        .map_err(|e| Error::io("reading reply", e))?;
+    let header = match parse_reply_header(&h[..SIMPLE_REPLY_LEN])? {
+        Some(h) => h,
+        None => {
+            r.read_exact(&mut h[SIMPLE_REPLY_LEN..])
+                .await
+                .map_err(|e| Error::io("reading reply", e))?;
+            parse_reply_header(&h)?.ok_or_else(|| protocol("incomplete reply header"))?
+        }
+    };
+    match header {
+        ReplyHeader::Simple { error, cookie } => {
+            let op = take(shared, cookie)?;
+            match op {
+                Op::Read {
+                    offset,
+                    mut buf,
+                    tx,
+                    ..
+                } => {
+                    if info.structured {
+                        return Err(protocol(
+                            "simple reply to a read after structured replies were negotiated",
+                        ));
+                    }
+                    if error != 0 {
+                        drop(tx.send(Err(server_error("read", offset, error, ""))));
+                        return Ok(());
+                    }
+                    if let Err(e) = r.read_exact(&mut buf).await {
+                        let e = Error::io("reading data", e);
+                        drop(tx.send(Err(Error::new(e.kind(), e.to_string()))));
+                        return Err(e);
+                    }
+                    drop(tx.send(Ok(buf)));
+                }
+                Op::BlockStatus { offset, tx, .. } => {
+                    drop(tx.send(Err(server_error(
+                        "block status",
+                        offset,
+                        error.max(22),
+                        "simple reply",
+                    ))));
+                }
+                Op::Plain { tx, .. } => {
+                    let res = if error == 0 {
+                        Ok(())
+                    } else {
+                        Err(server_error("request", 0, error, ""))
+                    };
+                    drop(tx.send(res));
+                }
+            }
+            Ok(())
+        }
+        ReplyHeader::Structured {
+            flags,
+            kind,
+            cookie,
+            len,
+        } => {
+            if !info.structured {
+                return Err(protocol("structured reply that was not negotiated"));
+            }
+            let mut op = take(shared, cookie)?;
+            if let Err(e) = chunk(r, &mut op, flags, kind, len, info).await {
+                op.fail(Error::new(e.kind(), e.to_string()));
+                return Err(e);
+            }
+            if flags & REPLY_FLAG_DONE != 0 {
+                op.finish(info.size);
+            } else {
+                shared.lock().unwrap().ops.insert(cookie, op);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Handles one structured chunk for `op`.
+async fn chunk<R: AsyncRead + Unpin>(
+    r: &mut R,
+    op: &mut Op,
+    flags: u16,
+    kind: u16,
+    len: u32,
+    info: &ExportInfo,
+) -> Result<()> {
+    {
+        {
+            match (kind, op) {
+                (
+                    CHUNK_OFFSET_DATA,
+                    Op::Read {
+                        offset,
+                        buf,
+                        covered,
+                        ..
+                    },
+                ) => {
+                    if len < 8 {
+                        return Err(protocol("data chunk shorter than its offset"));
+                    }
+                    let mut o = [0u8; 8];
+                    r.read_exact(&mut o)
+                        .await
+                        .map_err(|e| Error::io("reading data chunk", e))?;
+                    let at = u64::from_be_bytes(o);
+                    let n = (len - 8) as u64;
+                    let start = at
+                        .checked_sub(*offset)
+                        .filter(|s| s + n <= buf.len() as u64);
+                    let Some(start) = start else {
+                        return Err(protocol(format!(
+                            "data chunk at {at}+{n} outside the request at {offset}"
+                        )));
+                    };
+                    r.read_exact(&mut buf[start as usize..(start + n) as usize])
+                        .await
+                        .map_err(|e| Error::io("reading data", e))?;
+                    *covered += n;
+                }
+                (
+                    CHUNK_OFFSET_HOLE,
+                    Op::Read {
+                        offset,
+                        buf,
+                        covered,
+                        ..
+                    },
+                ) => {
+                    let (at, n) = parse_offset_hole(&read_payload(r, len).await?)?;
+                    let n = n as u64;
+                    let start = at
+                        .checked_sub(*offset)
+                        .filter(|s| n > 0 && s + n <= buf.len() as u64);
+                    let Some(start) = start else {
+                        return Err(protocol(format!(
+                            "hole chunk at {at}+{n} outside the request at {offset}"
+                        )));
+                    };
+                    buf[start as usize..(start + n) as usize].fill(0);
+                    *covered += n;
+                }
+                (
+                    CHUNK_BLOCK_STATUS,
+                    Op::BlockStatus {
+                        offset, extents, ..
+                    },
+                ) => {
+                    let (id, descs) = parse_block_status(&read_payload(r, len).await?)?;
+                    if Some(id) == info.base_allocation {
+                        let mut pos = *offset;
+                        for (l, f) in descs {
+                            if l == 0 {
+                                return Err(protocol("block status descriptor of length 0"));
+                            }
+                            let end = (pos + l as u64).min(info.size);
+                            if end <= pos {
+                                break;
+                            }
+                            let kind = if f & STATE_HOLE != 0 {
+                                ExtentKind::Hole
+                            } else if f & STATE_ZERO != 0 {
+                                ExtentKind::Zero
+                            } else {
+                                ExtentKind::Data
+                            };
+                            extents.push(Extent::new(pos, end - pos, kind));
+                            pos = end;
+                        }
+                    }
+                }
+                (CHUNK_ERROR | CHUNK_ERROR_OFFSET, op) => {
+                    let c = parse_error_chunk(kind, &read_payload(r, len).await?)?;
+                    let what = match op {
+                        Op::Read { .. } => "read",
+                        Op::BlockStatus { .. } => "block status",
+                        Op::Plain { .. } => "request",
+                    };
+                    let at = match op {
+                        Op::Read { offset, .. } | Op::BlockStatus { offset, .. } => {
+                            c.offset.unwrap_or(*offset)
+                        }
+                        Op::Plain { .. } => c.offset.unwrap_or(0),
+                    };
+                    let slot = op.error_slot();
+                    if slot.is_none() {
+                        *slot = Some(server_error(what, at, c.error, &c.message));
+                    }
+                }
+                (CHUNK_NONE, _) => {
+                    if len != 0 || flags & REPLY_FLAG_DONE == 0 {
+                        return Err(protocol("NBD_REPLY_TYPE_NONE with payload or without DONE"));
+                    }
+                }
+                (k, op) if k & (1 << 15) != 0 => {
+                    // Unknown error chunk types carry at least the errno first.
+                    let p = read_payload(r, len).await?;
+                    let errno = if p.len() >= 4 {
+                        u32::from_be_bytes([p[0], p[1], p[2], p[3]])
+                    } else {
+                        5
+                    };
+                    let slot = op.error_slot();
+                    if slot.is_none() {
+                        *slot = Some(server_error("request", 0, errno, "unknown error chunk"));
+                    }
+                }
+                (k, _) => return Err(protocol(format!("unexpected reply chunk type {k}"))),
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Targets: where disk bytes go. A regular file (`disk.img`) or a raw block device, both behind
+//! [`BlockTarget`]; plus a recording target that tests use to pin the engine's I/O pattern.
+
+use std::os::fd::RawFd;
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, ErrorKind, Result};
+
+pub mod block;
+pub mod cache;
+pub mod file;
+pub mod record;
+pub mod zero;
+
+pub use block::BlockDeviceTarget;
+pub use file::FileTarget;
+pub use record::{IoRecord, RecordingTarget};
+
+/// A writable virtual disk. Methods are synchronous: the I/O engines call them from their own
+/// threads.
+pub trait BlockTarget: Send + Sync {
+    /// Description for messages.
+    fn describe(&self) -> String;
+
+    /// Size in bytes.
+    fn size(&self) -> u64;
+
+    /// Writes all of `data` at `offset`.
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<()>;
+
+    /// Told after a write that bypassed `write_at` (io_uring) completed, so the target can manage
+    /// its page cache. `write_at` calls it itself.
+    fn written(&self, _offset: u64, _len: u64) {}
+
+    /// Makes `[offset, offset+len)` read as zeros, by the best method that works (the chain
+    /// remembers methods that failed as unsupported).
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()>;
+
+    /// Flushes written data to stable storage (fdatasync).
+    fn flush(&self) -> Result<()>;
+
+    /// True when every byte already reads as zero (a new or truncated file, or the user said
+    /// `--target-is-zero`): zero ranges can then be skipped.
+    fn reads_as_zero(&self) -> bool;
+
+    /// The descriptor an io_uring engine may write `len` bytes at `offset` from `addr` through,
+    /// when the target is backed by one.
+    fn raw_fd_for(&self, _offset: u64, _len: usize, _addr: usize) -> Option<RawFd> {
+        None
+    }
+}
+
+/// How to open a target.
+#[derive(Debug, Clone, Default)]
+pub struct TargetOptions {
+    /// Allocate the whole file up front.
+    pub preallocate: bool,
+    /// Write with O_DIRECT (aligned buffers; unaligned edges go through the page cache).
+    pub direct: bool,
+    /// The target is known to read as zeros: never write zeros.
+    pub target_is_zero: bool,
+}
+
+/// Opens `path` as the target for a source of `source_size` bytes: a block device (which must
+/// be at least that large) or a regular file (created if missing, sized to the source). Nothing
+/// is written to a block device that is too small.
+pub fn open_target(
+    path: &Path,
+    source_size: u64,
+    opts: &TargetOptions,
+) -> Result<Arc<dyn BlockTarget>> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.file_type().is_block_device() => {
+            Ok(Arc::new(BlockDeviceTarget::open(path, source_size, opts)?))
+        }
+        Ok(m) if m.is_file() => Ok(Arc::new(FileTarget::open(path, source_size, opts)?)),
+        Ok(_) => Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "target {} is neither a regular file nor a block device",
+                path.display()
+            ),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(Arc::new(FileTarget::open(path, source_size, opts)?))
+        }
+        Err(e) => Err(Error::io(
+            format!("inspecting target {}", path.display()),
+            e,
+        )),
+    }
+}
+
+/// A target URI or path: `file:///path` or a plain path.
+pub fn target_path(s: &str) -> Result<std::path::PathBuf> {
+    if let Some(rest) = s.strip_prefix("file://") {
+        let u = url::Url::parse(&format!("file://{rest}")).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("invalid target URI '{s}': {e}"),
+            )
+        })?;
+        return u
+            .to_file_path()
+            .map_err(|_| Error::new(ErrorKind::InvalidInput, format!("invalid target URI '{s}'")));
+    }
+    if s.contains("://") {
+        let scheme = s.split("://").next().unwrap_or("");
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("unknown target scheme '{scheme}' (targets are files or block devices)"),
+        ));
+    }
+    Ok(s.into())
+}

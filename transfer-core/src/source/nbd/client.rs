@@ -334,6 +334,13 @@ fn take(shared: &Mutex<Shared>, cookie: u64) -> Result<Op> {
         .ok_or_else(|| protocol(format!("reply with unknown cookie {cookie}")))
 }
 
+/// Returns `op` to the pending requests before a fatal error: the reader task then fails it
+/// together with every other pending request, with one message that names the server, after the
+/// connection is marked dead (failing it here would race that and lose the server's name).
+fn put_back(shared: &Mutex<Shared>, cookie: u64, op: Op) {
+    shared.lock().unwrap().ops.insert(cookie, op);
+}
+
 async fn read_payload<R: AsyncRead + Unpin>(r: &mut R, len: u32) -> Result<Vec<u8>> {
     if len > MAX_META_PAYLOAD {
         return Err(protocol(format!("reply chunk of {len} bytes is too large")));
@@ -367,29 +374,35 @@ async fn read_one<R: AsyncRead + Unpin>(
     };
     match header {
         ReplyHeader::Simple { error, cookie } => {
-            let op = take(shared, cookie)?;
+            let mut op = take(shared, cookie)?;
+            if let Op::Read { buf, .. } = &mut op {
+                let fatal = if info.structured {
+                    Some(protocol(
+                        "simple reply to a read after structured replies were negotiated",
+                    ))
+                } else if error == 0 {
+                    r.read_exact(buf)
+                        .await
+                        .err()
+                        .map(|e| Error::io("reading data", e))
+                } else {
+                    None
+                };
+                if let Some(e) = fatal {
+                    put_back(shared, cookie, op);
+                    return Err(e);
+                }
+            }
             match op {
                 Op::Read {
-                    offset,
-                    mut buf,
-                    tx,
-                    ..
+                    offset, buf, tx, ..
                 } => {
-                    if info.structured {
-                        return Err(protocol(
-                            "simple reply to a read after structured replies were negotiated",
-                        ));
-                    }
-                    if error != 0 {
-                        drop(tx.send(Err(server_error("read", offset, error, ""))));
-                        return Ok(());
-                    }
-                    if let Err(e) = r.read_exact(&mut buf).await {
-                        let e = Error::io("reading data", e);
-                        drop(tx.send(Err(Error::new(e.kind(), e.to_string()))));
-                        return Err(e);
-                    }
-                    drop(tx.send(Ok(buf)));
+                    let res = if error == 0 {
+                        Ok(buf)
+                    } else {
+                        Err(server_error("read", offset, error, ""))
+                    };
+                    drop(tx.send(res));
                 }
                 Op::BlockStatus { offset, tx, .. } => {
                     drop(tx.send(Err(server_error(
@@ -421,7 +434,7 @@ async fn read_one<R: AsyncRead + Unpin>(
             }
             let mut op = take(shared, cookie)?;
             if let Err(e) = chunk(r, &mut op, flags, kind, len, info).await {
-                op.fail(Error::new(e.kind(), e.to_string()));
+                put_back(shared, cookie, op);
                 return Err(e);
             }
             if flags & REPLY_FLAG_DONE != 0 {
@@ -568,5 +581,95 @@ async fn chunk<R: AsyncRead + Unpin>(
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{duplex, split, DuplexStream};
+
+    const DESC: &str = "NBD server test";
+
+    fn connection() -> (Connection, DuplexStream) {
+        let (client, server) = duplex(1 << 20);
+        let (r, w) = split(client);
+        let info = ExportInfo {
+            size: 1 << 20,
+            flags: TF_HAS_FLAGS | TF_READ_ONLY,
+            block_min: 1,
+            block_preferred: 4096,
+            block_max: 32 << 20,
+            structured: true,
+            base_allocation: None,
+        };
+        let conn = Connection::start(info, DESC.into(), Box::new(r), Box::new(w));
+        (conn, server)
+    }
+
+    /// Reads one request header from the fake server's side: (cookie, offset, len).
+    async fn request(server: &mut DuplexStream) -> (u64, u64, u32) {
+        let mut h = [0u8; 28];
+        server.read_exact(&mut h).await.unwrap();
+        (
+            u64::from_be_bytes(h[8..16].try_into().unwrap()),
+            u64::from_be_bytes(h[16..24].try_into().unwrap()),
+            u32::from_be_bytes(h[24..28].try_into().unwrap()),
+        )
+    }
+
+    /// Two reads in flight; the server answers one of them in a way that breaks the protocol.
+    /// Both reads fail with one error that names the server, whichever read it concerned.
+    async fn both_reads_fail_alike(bad_reply: impl Fn(u64, u64, u32) -> Vec<u8>) {
+        let (conn, mut server) = connection();
+        let conn = Arc::new(conn);
+        let (c1, c2) = (conn.clone(), conn.clone());
+        let a = tokio::spawn(async move { c1.read(0, Buffer::new(4096)).await });
+        let b = tokio::spawn(async move { c2.read(4096, Buffer::new(4096)).await });
+        let (cookie, offset, len) = request(&mut server).await;
+        let _ = request(&mut server).await;
+        server
+            .write_all(&bad_reply(cookie, offset, len))
+            .await
+            .unwrap();
+
+        let errors = [
+            a.await.unwrap().expect_err("read fails"),
+            b.await.unwrap().expect_err("read fails"),
+        ];
+
+        for e in &errors {
+            assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+            assert!(e.to_string().starts_with(DESC), "{e}");
+        }
+        assert_eq!(errors[0].to_string(), errors[1].to_string());
+    }
+
+    #[tokio::test]
+    async fn data_chunk_outside_its_request_fails_every_read_naming_the_server() {
+        both_reads_fail_alike(|cookie, offset, len| {
+            let mut m = Vec::new();
+            m.extend_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+            m.extend_from_slice(&REPLY_FLAG_DONE.to_be_bytes());
+            m.extend_from_slice(&CHUNK_OFFSET_DATA.to_be_bytes());
+            m.extend_from_slice(&cookie.to_be_bytes());
+            m.extend_from_slice(&(8u32 + 512).to_be_bytes());
+            m.extend_from_slice(&(offset + len as u64).to_be_bytes());
+            m.extend_from_slice(&[0xa5; 512]);
+            m
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn simple_read_reply_after_structured_negotiation_fails_every_read_naming_the_server() {
+        both_reads_fail_alike(|cookie, _, _| {
+            let mut m = Vec::new();
+            m.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+            m.extend_from_slice(&0u32.to_be_bytes());
+            m.extend_from_slice(&cookie.to_be_bytes());
+            m
+        })
+        .await;
     }
 }

@@ -21,13 +21,6 @@ fn data_block_bytes(bytes: &[u8]) -> u64 {
         .sum()
 }
 
-/// nbdkit's pattern plugin: every 8-byte word holds its own offset, big-endian.
-fn pattern_bytes(size: usize) -> Vec<u8> {
-    (0..size as u64 / 8)
-        .flat_map(|i| (i * 8).to_be_bytes())
-        .collect()
-}
-
 /// Writes of a qemu test image: `(Some(byte), offset, len)` fills with a byte, `(None, ..)`
 /// writes zeros (`qemu-io write -z`), applied in order.
 const QEMU_LAYOUT: &[(Option<u8>, usize, usize)] = &[

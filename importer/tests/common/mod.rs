@@ -591,6 +591,13 @@ pub fn disk_bytes(size: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// What nbdkit's pattern plugin serves: every 8-byte word holds its own offset, big-endian.
+pub fn pattern_bytes(size: usize) -> Vec<u8> {
+    (0..size as u64 / 8)
+        .flat_map(|i| (i * 8).to_be_bytes())
+        .collect()
+}
+
 /// Writes `bytes` to a new sparse file at `path`: all-zero 4 KiB blocks are left as holes.
 pub fn write_sparse(path: &Path, bytes: &[u8]) {
     use std::os::unix::fs::FileExt;

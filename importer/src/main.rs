@@ -85,7 +85,7 @@ struct CopyArgs {
     #[arg(long, default_value = "auto", value_parser = ["auto", "pwrite", "uring"])]
     io_engine: String,
     /// Writer threads of the pwrite engine.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 2)]
     writer_threads: usize,
     /// Show progress (a bar on a terminal, log lines otherwise).
     #[arg(long)]
@@ -154,6 +154,9 @@ fn main() -> ExitCode {
 async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
     let source = open_source(&a.source, &SourceOptions::default()).await?;
     let path = target_path(&a.target)?;
+    // A file this run creates is removed again if the copy fails, so a failed import never
+    // leaves a full-size file behind that looks like a finished disk.
+    let created = std::fs::symlink_metadata(&path).is_err();
     let topts = TargetOptions {
         preallocate: a.preallocate,
         direct: a.direct,
@@ -180,7 +183,15 @@ async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
         r.abort();
         progress::finish(std::io::stderr().is_terminal());
     }
-    let stats = stats?;
+    let stats = match stats {
+        Ok(s) => s,
+        Err(e) => {
+            if created {
+                let _ = std::fs::remove_file(&path);
+            }
+            return Err(e);
+        }
+    };
     let line = serde_json::json!({
         "bytes_total": stats.bytes_total,
         "bytes_data": stats.bytes_data,

@@ -25,8 +25,8 @@ struct KnownSource;
 impl KnownSource {
     fn byte(off: u64) -> u8 {
         if off < M
-            || (off >= 3 * M && off < 3 * M + 4 * K)
-            || (off >= 3 * M + 8 * K && off < 3 * M + 12 * K)
+            || (3 * M..3 * M + 4 * K).contains(&off)
+            || (3 * M + 8 * K..3 * M + 12 * K).contains(&off)
         {
             0xAB
         } else {

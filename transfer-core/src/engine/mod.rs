@@ -57,7 +57,7 @@ impl Default for CopyOptions {
             memory: 32 << 20,
             range_size: 64 << 20,
             io_engine: IoEngineKind::Auto,
-            writer_threads: 4,
+            writer_threads: 2,
             direct: false,
             progress: None,
         }

@@ -24,7 +24,9 @@ enum Op {
     Read {
         offset: u64,
         buf: Buffer,
-        covered: u64,
+        /// Byte ranges of `buf` filled so far (chunks must not overlap: a server that sends
+        /// overlapping chunks could otherwise leave stale bytes in a reused buffer).
+        covered: Vec<(u64, u64)>,
         error: Option<Error>,
         tx: oneshot::Sender<Result<Buffer>>,
     },
@@ -70,6 +72,7 @@ impl Op {
                 tx,
                 ..
             } => {
+                let covered: u64 = covered.iter().map(|(s, e)| e - s).sum();
                 let r = if covered == buf.len() as u64 {
                     Ok(buf)
                 } else {
@@ -186,7 +189,14 @@ impl Connection {
         let mut w = self.writer.lock().await;
         if let Err(e) = w.write_all(&hdr).await {
             drop(w);
-            let err = Error::io(format!("{}: sending request", self.desc), e);
+            let mut err = Error::io(format!("{}: sending request", self.desc), e);
+            if err.kind() == ErrorKind::Disconnected {
+                // Same words as when the reply reader notices first.
+                err = Error::new(
+                    ErrorKind::Disconnected,
+                    format!("{}: server closed the connection", self.desc),
+                );
+            }
             let op = self.shared.lock().unwrap().ops.remove(&cookie);
             if let Some(op) = op {
                 op.fail(Error::new(err.kind(), err.to_string()));
@@ -220,7 +230,7 @@ impl Connection {
         let op = Op::Read {
             offset,
             buf,
-            covered: 0,
+            covered: Vec::new(),
             error: None,
             tx,
         };
@@ -281,6 +291,7 @@ impl Connection {
 
     async fn wait<T>(&self, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
         match rx.await {
+            Ok(Err(e)) if e.kind() == ErrorKind::Server => Err(e.context_prefix(&self.desc)),
             Ok(r) => r,
             Err(_) => {
                 let sh = self.shared.lock().unwrap();
@@ -447,6 +458,18 @@ async fn read_one<R: AsyncRead + Unpin>(
     }
 }
 
+/// Records that `[start, start+n)` of a read's buffer is filled, refusing overlaps.
+fn claim(covered: &mut Vec<(u64, u64)>, start: u64, n: u64, offset: u64) -> Result<()> {
+    let end = start + n;
+    if covered.iter().any(|&(s, e)| start < e && s < end) {
+        return Err(protocol(format!(
+            "overlapping reply chunks for the read at offset {offset} (bytes {start}..{end})"
+        )));
+    }
+    covered.push((start, end));
+    Ok(())
+}
+
 /// Handles one structured chunk for `op`.
 async fn chunk<R: AsyncRead + Unpin>(
     r: &mut R,
@@ -485,10 +508,10 @@ async fn chunk<R: AsyncRead + Unpin>(
                             "data chunk at {at}+{n} outside the request at {offset}"
                         )));
                     };
+                    claim(covered, start, n, *offset)?;
                     r.read_exact(&mut buf[start as usize..(start + n) as usize])
                         .await
                         .map_err(|e| Error::io("reading data", e))?;
-                    *covered += n;
                 }
                 (
                     CHUNK_OFFSET_HOLE,
@@ -509,8 +532,8 @@ async fn chunk<R: AsyncRead + Unpin>(
                             "hole chunk at {at}+{n} outside the request at {offset}"
                         )));
                     };
+                    claim(covered, start, n, *offset)?;
                     buf[start as usize..(start + n) as usize].fill(0);
-                    *covered += n;
                 }
                 (
                     CHUNK_BLOCK_STATUS,
@@ -671,5 +694,52 @@ mod tests {
             m
         })
         .await;
+    }
+
+    fn data_chunk(cookie: u64, at: u64, len: usize, flags: u16) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+        m.extend_from_slice(&flags.to_be_bytes());
+        m.extend_from_slice(&CHUNK_OFFSET_DATA.to_be_bytes());
+        m.extend_from_slice(&cookie.to_be_bytes());
+        m.extend_from_slice(&(8 + len as u32).to_be_bytes());
+        m.extend_from_slice(&at.to_be_bytes());
+        m.extend_from_slice(&vec![0x5a; len]);
+        m
+    }
+
+    #[tokio::test]
+    async fn overlapping_chunks_that_add_up_to_the_length_are_refused() {
+        // 4096 bytes requested: chunks [0,2048) and [1024,3072) add up to 4096 with [3072,4096)
+        // never sent; accepting them would hand back stale bytes.
+        let (conn, mut server) = connection();
+        let conn = Arc::new(conn);
+        let c = conn.clone();
+        let read = tokio::spawn(async move { c.read(0, Buffer::new(4096)).await });
+        let (cookie, _, _) = request(&mut server).await;
+        let mut m = data_chunk(cookie, 0, 2048, 0);
+        m.extend(data_chunk(cookie, 1024, 2048, REPLY_FLAG_DONE));
+        server.write_all(&m).await.unwrap();
+
+        let e = read.await.unwrap().expect_err("overlap must fail");
+
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+        assert!(e.to_string().contains("overlapping"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn read_split_over_two_chunks_is_accepted() {
+        let (conn, mut server) = connection();
+        let conn = Arc::new(conn);
+        let c = conn.clone();
+        let read = tokio::spawn(async move { c.read(0, Buffer::new(4096)).await });
+        let (cookie, _, _) = request(&mut server).await;
+        let mut m = data_chunk(cookie, 2048, 2048, 0);
+        m.extend(data_chunk(cookie, 0, 2048, REPLY_FLAG_DONE));
+        server.write_all(&m).await.unwrap();
+
+        let buf = read.await.unwrap().unwrap();
+
+        assert!(buf.iter().all(|&b| b == 0x5a));
     }
 }

@@ -70,7 +70,7 @@ struct CopyArgs {
     #[command(flatten)]
     tuning: Tuning,
     /// In-flight byte budget (all request buffers together).
-    #[arg(long, default_value = "32M", value_parser = size_arg)]
+    #[arg(long, default_value = "16M", value_parser = size_arg)]
     memory: u64,
     /// Allocate the whole target file.
     #[arg(long)]

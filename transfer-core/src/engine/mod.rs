@@ -54,7 +54,7 @@ impl Default for CopyOptions {
             connections: 4,
             requests: 16,
             request_size: 1 << 20,
-            memory: 32 << 20,
+            memory: 16 << 20,
             range_size: 64 << 20,
             io_engine: IoEngineKind::Auto,
             writer_threads: 2,

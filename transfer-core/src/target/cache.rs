@@ -22,10 +22,6 @@ pub struct CacheWindow {
 impl CacheWindow {
     /// A window of `window` bytes.
     pub fn new(window: u64) -> Self {
-        let window = std::env::var("FERRY_CACHE_WINDOW")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(window);
         CacheWindow {
             window,
             queue: Mutex::new((VecDeque::new(), 0)),

@@ -2,16 +2,13 @@
 //! BLKZEROOUT with a written-zeros fallback. A device smaller than the source is refused before
 //! anything is written.
 
-use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::fs::OpenOptions;
+use std::os::fd::RawFd;
+use std::path::Path;
 
-use crate::buffer::Buffer;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys;
-use crate::target::cache::{CacheWindow, DEFAULT_WINDOW};
-use crate::target::file::{aligned, open_direct, write_zero_bytes, ZERO_BUF};
+use crate::target::fd::DiskFd;
 use crate::target::zero::{ZeroChain, ZeroMethod};
 use crate::target::{BlockTarget, TargetOptions};
 
@@ -20,15 +17,10 @@ const ZEROOUT_ALIGN: u64 = 4096;
 
 /// A block device opened for writing.
 pub struct BlockDeviceTarget {
-    path: PathBuf,
-    file: File,
-    direct: Option<File>,
+    fd: DiskFd,
     size: u64,
     reads_as_zero: bool,
     chain: ZeroChain,
-    zeros: Buffer,
-    /// Writeback window for buffered writes (None with O_DIRECT).
-    cache: Option<CacheWindow>,
 }
 
 impl BlockDeviceTarget {
@@ -50,20 +42,16 @@ impl BlockDeviceTarget {
                 ),
             ));
         }
-        let direct = if opts.direct {
-            Some(open_direct(path)?)
-        } else {
-            None
-        };
         Ok(BlockDeviceTarget {
-            path: path.to_owned(),
-            file,
-            direct,
+            fd: DiskFd::new(
+                format!("block device {}", path.display()),
+                path,
+                file,
+                opts.direct,
+            )?,
             size,
             reads_as_zero: opts.target_is_zero,
             chain: ZeroChain::new(&[ZeroMethod::BlkZeroout, ZeroMethod::WriteZeros]),
-            zeros: Buffer::new(ZERO_BUF),
-            cache: (!opts.direct).then(|| CacheWindow::new(DEFAULT_WINDOW)),
         })
     }
 
@@ -71,24 +59,11 @@ impl BlockDeviceTarget {
     pub fn zero_methods(&self) -> Vec<ZeroMethod> {
         self.chain.enabled()
     }
-
-    fn write_raw(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
-        match &self.direct {
-            Some(d) if aligned(offset, data.len(), data.as_ptr() as usize) => {
-                d.write_all_at(data, offset)
-            }
-            _ => self.file.write_all_at(data, offset),
-        }
-    }
-
-    fn zero_bytes(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        write_zero_bytes(&self.zeros, offset, len, |b, p| self.write_raw(b, p))
-    }
 }
 
 impl BlockTarget for BlockDeviceTarget {
     fn describe(&self) -> String {
-        format!("block device {}", self.path.display())
+        self.fd.desc().to_owned()
     }
 
     fn size(&self) -> u64 {
@@ -96,16 +71,11 @@ impl BlockTarget for BlockDeviceTarget {
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.write_raw(data, offset)
-            .map_err(|e| Error::io(format!("writing {} at offset {offset}", self.describe()), e))?;
-        self.written(offset, data.len() as u64);
-        Ok(())
+        self.fd.write_at(offset, data)
     }
 
     fn written(&self, offset: u64, len: u64) {
-        if let Some(c) = &self.cache {
-            c.written(&self.file, offset, len);
-        }
+        self.fd.written(offset, len)
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
@@ -113,22 +83,18 @@ impl BlockTarget for BlockDeviceTarget {
         let a = offset.div_ceil(ZEROOUT_ALIGN) * ZEROOUT_ALIGN;
         let b = end / ZEROOUT_ALIGN * ZEROOUT_ALIGN;
         let r = if a < b {
-            self.zero_bytes(offset, a - offset)
-                .and_then(|()| {
-                    self.chain
-                        .zero(&self.file, a, b - a, |o, l| self.zero_bytes(o, l))
-                })
-                .and_then(|()| self.zero_bytes(b, end - b))
+            self.fd
+                .write_zero_bytes(offset, a - offset)
+                .and_then(|()| self.fd.zero_with(&self.chain, a, b - a))
+                .and_then(|()| self.fd.write_zero_bytes(b, end - b))
         } else {
-            self.zero_bytes(offset, len)
+            self.fd.write_zero_bytes(offset, len)
         };
-        r.map_err(|e| Error::io(format!("zeroing {} at offset {offset}", self.describe()), e))
+        r.map_err(|e| self.fd.zero_error(offset, e))
     }
 
     fn flush(&self) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(|e| Error::io(format!("flushing {}", self.describe()), e))
+        self.fd.flush()
     }
 
     fn reads_as_zero(&self) -> bool {
@@ -136,9 +102,6 @@ impl BlockTarget for BlockDeviceTarget {
     }
 
     fn raw_fd_for(&self, offset: u64, len: usize, addr: usize) -> Option<RawFd> {
-        match &self.direct {
-            Some(d) if aligned(offset, len, addr) => Some(d.as_raw_fd()),
-            _ => Some(self.file.as_raw_fd()),
-        }
+        Some(self.fd.raw_fd_for(offset, len, addr))
     }
 }

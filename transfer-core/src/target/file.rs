@@ -1,67 +1,23 @@
 //! Regular-file target (`disk.img`): created if missing and sized to the source; zero ranges of a
-//! new file are left as holes; an existing file is zeroed through the fallback chain.
+//! new file are left as holes; an existing file is zeroed through the fallback chain (punch hole,
+//! then zero range, then written zeros; a preallocated file keeps its allocation).
 
-use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::fs::OpenOptions;
+use std::os::fd::RawFd;
+use std::path::Path;
 
-use crate::buffer::{Buffer, ALIGN};
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::target::cache::{CacheWindow, DEFAULT_WINDOW};
+use crate::target::fd::DiskFd;
 use crate::target::zero::{ZeroChain, ZeroMethod};
 use crate::target::{BlockTarget, TargetOptions};
 
-/// Size of the zero buffer used when zeros must be written.
-pub(crate) const ZERO_BUF: usize = 1 << 20;
-
 /// A regular file opened for writing.
 pub struct FileTarget {
-    path: PathBuf,
-    file: File,
-    /// O_DIRECT descriptor for aligned writes, when `--direct`.
-    direct: Option<File>,
+    fd: DiskFd,
     size: u64,
     reads_as_zero: bool,
     chain: ZeroChain,
-    zeros: Buffer,
-    /// Writeback window for buffered writes (None with O_DIRECT).
-    cache: Option<CacheWindow>,
-}
-
-pub(crate) fn aligned(offset: u64, len: usize, addr: usize) -> bool {
-    offset.is_multiple_of(ALIGN as u64) && len.is_multiple_of(ALIGN) && addr.is_multiple_of(ALIGN)
-}
-
-pub(crate) fn open_direct(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .map_err(|e| {
-            Error::io(
-                format!("opening target {} with O_DIRECT", path.display()),
-                e,
-            )
-        })
-}
-
-/// Writes literal zeros over `[offset, offset+len)` from `zeros`, through `write`.
-pub(crate) fn write_zero_bytes(
-    zeros: &Buffer,
-    offset: u64,
-    len: u64,
-    write: impl Fn(&[u8], u64) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    let mut pos = offset;
-    let end = offset + len;
-    while pos < end {
-        let n = ((end - pos) as usize).min(zeros.len());
-        write(&zeros[..n], pos)?;
-        pos += n as u64;
-    }
-    Ok(())
 }
 
 impl FileTarget {
@@ -92,12 +48,6 @@ impl FileTarget {
         if opts.preallocate && size > 0 {
             sys::fallocate(&file, 0, 0, size).map_err(|e| Error::io(ctx("preallocating"), e))?;
         }
-        let direct = if opts.direct {
-            Some(open_direct(path)?)
-        } else {
-            None
-        };
-        let reads_as_zero = opts.target_is_zero || !existed || old_len == 0;
         let methods: &[ZeroMethod] = if opts.preallocate {
             &[ZeroMethod::ZeroRange, ZeroMethod::WriteZeros]
         } else {
@@ -108,14 +58,10 @@ impl FileTarget {
             ]
         };
         Ok(FileTarget {
-            path: path.to_owned(),
-            file,
-            direct,
+            fd: DiskFd::new(format!("file {}", path.display()), path, file, opts.direct)?,
             size,
-            reads_as_zero,
+            reads_as_zero: opts.target_is_zero || !existed || old_len == 0,
             chain: ZeroChain::new(methods),
-            zeros: Buffer::new(ZERO_BUF),
-            cache: (!opts.direct).then(|| CacheWindow::new(DEFAULT_WINDOW)),
         })
     }
 
@@ -123,20 +69,11 @@ impl FileTarget {
     pub fn zero_methods(&self) -> Vec<ZeroMethod> {
         self.chain.enabled()
     }
-
-    fn write_raw(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
-        match &self.direct {
-            Some(d) if aligned(offset, data.len(), data.as_ptr() as usize) => {
-                d.write_all_at(data, offset)
-            }
-            _ => self.file.write_all_at(data, offset),
-        }
-    }
 }
 
 impl BlockTarget for FileTarget {
     fn describe(&self) -> String {
-        format!("file {}", self.path.display())
+        self.fd.desc().to_owned()
     }
 
     fn size(&self) -> u64 {
@@ -144,30 +81,21 @@ impl BlockTarget for FileTarget {
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.write_raw(data, offset)
-            .map_err(|e| Error::io(format!("writing {} at offset {offset}", self.describe()), e))?;
-        self.written(offset, data.len() as u64);
-        Ok(())
+        self.fd.write_at(offset, data)
     }
 
     fn written(&self, offset: u64, len: u64) {
-        if let Some(c) = &self.cache {
-            c.written(&self.file, offset, len);
-        }
+        self.fd.written(offset, len)
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        self.chain
-            .zero(&self.file, offset, len, |o, l| {
-                write_zero_bytes(&self.zeros, o, l, |b, p| self.write_raw(b, p))
-            })
-            .map_err(|e| Error::io(format!("zeroing {} at offset {offset}", self.describe()), e))
+        self.fd
+            .zero_with(&self.chain, offset, len)
+            .map_err(|e| self.fd.zero_error(offset, e))
     }
 
     fn flush(&self) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(|e| Error::io(format!("flushing {}", self.describe()), e))
+        self.fd.flush()
     }
 
     fn reads_as_zero(&self) -> bool {
@@ -175,9 +103,6 @@ impl BlockTarget for FileTarget {
     }
 
     fn raw_fd_for(&self, offset: u64, len: usize, addr: usize) -> Option<RawFd> {
-        match &self.direct {
-            Some(d) if aligned(offset, len, addr) => Some(d.as_raw_fd()),
-            _ => Some(self.file.as_raw_fd()),
-        }
+        Some(self.fd.raw_fd_for(offset, len, addr))
     }
 }

@@ -10,6 +10,7 @@ use crate::error::{Error, ErrorKind, Result};
 
 pub mod block;
 pub mod cache;
+pub mod fd;
 pub mod file;
 pub mod record;
 pub mod zero;

@@ -1,0 +1,125 @@
+//! What the file and block-device targets share: the buffered descriptor, the optional O_DIRECT
+//! descriptor (aligned writes use it, unaligned edges go through the page cache), the writeback
+//! window for buffered writes, the zero buffer for written zeros, and flushing.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use crate::buffer::{Buffer, ALIGN};
+use crate::error::{Error, Result};
+use crate::target::cache::{CacheWindow, DEFAULT_WINDOW};
+use crate::target::zero::ZeroChain;
+
+/// Size of the zero buffer used when zeros must be written.
+const ZERO_BUF: usize = 1 << 20;
+
+fn aligned(offset: u64, len: usize, addr: usize) -> bool {
+    offset.is_multiple_of(ALIGN as u64) && len.is_multiple_of(ALIGN) && addr.is_multiple_of(ALIGN)
+}
+
+/// An open target descriptor (file or block device) and how it is written.
+pub struct DiskFd {
+    desc: String,
+    file: File,
+    direct: Option<File>,
+    cache: Option<CacheWindow>,
+    zeros: Buffer,
+}
+
+impl DiskFd {
+    /// Wraps `file` (opened read-write at `path`); with `direct`, also opens an O_DIRECT
+    /// descriptor. `desc` names the target in messages.
+    pub fn new(desc: String, path: &Path, file: File, direct: bool) -> Result<Self> {
+        let direct = if direct {
+            let d = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(path)
+                .map_err(|e| Error::io(format!("opening {desc} with O_DIRECT"), e))?;
+            Some(d)
+        } else {
+            None
+        };
+        let cache = direct.is_none().then(|| CacheWindow::new(DEFAULT_WINDOW));
+        Ok(DiskFd {
+            desc,
+            file,
+            direct,
+            cache,
+            zeros: Buffer::new(ZERO_BUF),
+        })
+    }
+
+    /// The buffered descriptor.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The description used in messages.
+    pub fn desc(&self) -> &str {
+        &self.desc
+    }
+
+    fn write_raw(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
+        match &self.direct {
+            Some(d) if aligned(offset, data.len(), data.as_ptr() as usize) => {
+                d.write_all_at(data, offset)
+            }
+            _ => self.file.write_all_at(data, offset),
+        }
+    }
+
+    /// Writes `data` at `offset` and tells the writeback window.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.write_raw(data, offset)
+            .map_err(|e| Error::io(format!("writing {} at offset {offset}", self.desc), e))?;
+        self.written(offset, data.len() as u64);
+        Ok(())
+    }
+
+    /// Tells the writeback window about a completed write.
+    pub fn written(&self, offset: u64, len: u64) {
+        if let Some(c) = &self.cache {
+            c.written(&self.file, offset, len);
+        }
+    }
+
+    /// Writes literal zeros over `[offset, offset+len)`.
+    pub fn write_zero_bytes(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            let n = ((end - pos) as usize).min(self.zeros.len());
+            self.write_raw(&self.zeros[..n], pos)?;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Zeroes `[offset, offset+len)` through `chain`, with written zeros as the last resort.
+    pub fn zero_with(&self, chain: &ZeroChain, offset: u64, len: u64) -> std::io::Result<()> {
+        chain.zero(&self.file, offset, len, |o, l| self.write_zero_bytes(o, l))
+    }
+
+    /// Maps a zeroing failure to an error naming the target.
+    pub fn zero_error(&self, offset: u64, e: std::io::Error) -> Error {
+        Error::io(format!("zeroing {} at offset {offset}", self.desc), e)
+    }
+
+    /// fdatasync.
+    pub fn flush(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io(format!("flushing {}", self.desc), e))
+    }
+
+    /// The descriptor io_uring may write `len` bytes at `offset` from `addr` through.
+    pub fn raw_fd_for(&self, offset: u64, len: usize, addr: usize) -> RawFd {
+        match &self.direct {
+            Some(d) if aligned(offset, len, addr) => d.as_raw_fd(),
+            _ => self.file.as_raw_fd(),
+        }
+    }
+}

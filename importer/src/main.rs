@@ -111,7 +111,8 @@ fn init_logging(cli: &Cli) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match cli.log_format {
         LogFormat::Text => b.with_target(false).init(),
         LogFormat::Json => b.json().init(),
@@ -152,6 +153,7 @@ fn main() -> ExitCode {
 }
 
 async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
+    let io_engine = a.io_engine.parse::<IoEngineKind>()?;
     let source = open_source(&a.source, &SourceOptions::default()).await?;
     let path = target_path(&a.target)?;
     // A file this run creates is removed again if the copy fails, so a failed import never
@@ -164,24 +166,30 @@ async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
     };
     let target = open_target(&path, source.size(), &topts)?;
     let progress = a.progress.then(|| Arc::new(Progress::new()));
+    let started = std::time::Instant::now();
+    let terminal = std::io::stderr().is_terminal();
     let reporter = progress
         .clone()
-        .map(|p| tokio::spawn(progress::report(p, std::io::stderr().is_terminal())));
+        .map(|p| tokio::spawn(progress::report(p, terminal, started)));
     let opts = CopyOptions {
         connections: a.tuning.connections,
         requests: a.tuning.requests,
         request_size: a.tuning.request_size as usize,
         memory: a.memory as usize,
-        io_engine: a.io_engine.parse::<IoEngineKind>()?,
+        io_engine,
         writer_threads: a.writer_threads,
         direct: a.direct,
         progress,
         ..CopyOptions::default()
     };
     let stats = copy(source, target, &opts).await;
-    if let Some(r) = reporter {
+    if let (Some(r), Some(p)) = (reporter, &opts.progress) {
         r.abort();
-        progress::finish(std::io::stderr().is_terminal());
+        if stats.is_ok() {
+            progress::finish(p, terminal, started);
+        } else if terminal {
+            eprintln!();
+        }
     }
     let stats = match stats {
         Ok(s) => s,

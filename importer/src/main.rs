@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use transfer_core::engine::verify::{verify, VerifyOptions, VerifyResult};
 use transfer_core::engine::{copy, CopyOptions, Progress};
+use transfer_core::http::{HttpOptions, Thumbprint, TlsTrust};
 use transfer_core::io::IoEngineKind;
 use transfer_core::open::{open_source, SourceOptions};
 use transfer_core::size::parse_size;
@@ -41,7 +42,7 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Copy SOURCE (nbd://, nbd+unix://, file://, synth://, or a path) to TARGET (a file or a
+    /// Copy SOURCE (nbd://, nbd+unix://, http(s)://, file://, synth://, or a path) to TARGET (a file or a
     /// block device).
     Copy(CopyArgs),
     /// Compare SOURCE and TARGET logically; exit 0 when equal, 1 with the first differing offset.
@@ -62,6 +63,42 @@ struct Tuning {
 }
 
 #[derive(Args)]
+struct HttpArgs {
+    /// CA certificates (PEM file or directory) to trust instead of the system roots.
+    #[arg(long, value_name = "PATH")]
+    cacert: Option<std::path::PathBuf>,
+    /// Do not verify the server's TLS certificate.
+    #[arg(long, conflicts_with_all = ["cacert", "thumbprint"])]
+    insecure: bool,
+    /// Trust exactly the server certificate with this SHA-256 or SHA-1 fingerprint (01:23:...).
+    #[arg(long, value_name = "HEX", conflicts_with = "cacert")]
+    thumbprint: Option<String>,
+    /// Extra request header 'Name: value' (repeatable; sent to the source's own origin only).
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+}
+
+impl HttpArgs {
+    fn options(&self) -> transfer_core::Result<HttpOptions> {
+        let trust = if self.insecure {
+            TlsTrust::Insecure
+        } else if let Some(t) = &self.thumbprint {
+            TlsTrust::Pinned(Thumbprint::parse(t)?)
+        } else if let Some(p) = &self.cacert {
+            TlsTrust::CaBundle(p.clone())
+        } else {
+            TlsTrust::System
+        };
+        let headers = self
+            .headers
+            .iter()
+            .map(|h| HttpOptions::parse_header(h))
+            .collect::<Result<_, _>>()?;
+        Ok(HttpOptions { trust, headers })
+    }
+}
+
+#[derive(Args)]
 struct CopyArgs {
     /// Source URI.
     source: String,
@@ -69,6 +106,8 @@ struct CopyArgs {
     target: String,
     #[command(flatten)]
     tuning: Tuning,
+    #[command(flatten)]
+    http: HttpArgs,
     /// In-flight byte budget (all request buffers together).
     #[arg(long, default_value = "16M", value_parser = size_arg)]
     memory: u64,
@@ -100,6 +139,8 @@ struct VerifyArgs {
     target: String,
     #[command(flatten)]
     tuning: Tuning,
+    #[command(flatten)]
+    http: HttpArgs,
 }
 
 fn size_arg(s: &str) -> Result<u64, String> {
@@ -154,7 +195,12 @@ fn main() -> ExitCode {
 
 async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
     let io_engine = a.io_engine.parse::<IoEngineKind>()?;
-    let source = open_source(&a.source, &SourceOptions::default()).await?;
+    let sopts = SourceOptions {
+        http: a.http.options()?,
+        connections: a.tuning.connections,
+        ..SourceOptions::default()
+    };
+    let source = open_source(&a.source, &sopts).await?;
     let path = target_path(&a.target)?;
     // A file this run creates is removed again if the copy fails, so a failed import never
     // leaves a full-size file behind that looks like a finished disk.
@@ -214,7 +260,11 @@ async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
 }
 
 async fn run_verify(a: VerifyArgs) -> transfer_core::Result<ExitCode> {
-    let opts = SourceOptions::default();
+    let opts = SourceOptions {
+        http: a.http.options()?,
+        connections: a.tuning.connections,
+        ..SourceOptions::default()
+    };
     let x = open_source(&a.source, &opts).await?;
     let y = open_source(&a.target, &opts).await?;
     let vopts = VerifyOptions {

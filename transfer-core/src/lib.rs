@@ -8,6 +8,7 @@ pub mod buffer;
 pub mod engine;
 pub mod error;
 pub mod extent;
+pub mod http;
 pub mod io;
 pub mod open;
 pub mod size;

@@ -1,10 +1,13 @@
-//! Opening sources by URI: `nbd://`, `nbd+unix://`, `file://` (or a plain path), `synth://`.
+//! Opening sources by URI: `nbd://`, `nbd+unix://`, `http://`, `https://`, `file://` (or a plain
+//! path), `synth://`.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::http::HttpOptions;
 use crate::source::file::FileSource;
+use crate::source::http::HttpSource;
 use crate::source::nbd::{NbdSource, NbdUri};
 use crate::source::synth::SynthSource;
 use crate::source::BlockSource;
@@ -14,12 +17,18 @@ use crate::source::BlockSource;
 pub struct SourceOptions {
     /// Ask NBD servers for structured replies and block status.
     pub nbd_structured: bool,
+    /// TLS, headers and proxies of HTTP-family sources.
+    pub http: HttpOptions,
+    /// Parallel connections an HTTP source may use.
+    pub connections: usize,
 }
 
 impl Default for SourceOptions {
     fn default() -> Self {
         SourceOptions {
             nbd_structured: true,
+            http: HttpOptions::default(),
+            connections: 4,
         }
     }
 }
@@ -46,9 +55,12 @@ pub async fn open_source(uri: &str, opts: &SourceOptions) -> Result<Arc<dyn Bloc
             Ok(Arc::new(FileSource::open(&p)?))
         }
         "synth" => Ok(Arc::new(SynthSource::from_url(&parsed()?)?)),
+        "http" | "https" => Ok(Arc::new(
+            HttpSource::open(parsed()?, &opts.http, opts.connections).await?,
+        )),
         other => Err(Error::new(
             ErrorKind::Unsupported,
-            format!("unknown source scheme '{other}' (nbd, nbd+unix, file, synth)"),
+            format!("unknown source scheme '{other}' (nbd, nbd+unix, http, https, file, synth)"),
         )),
     }
 }

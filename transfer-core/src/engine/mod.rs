@@ -12,7 +12,7 @@ use std::time::Instant;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::buffer::BufferPool;
+use crate::buffer::{Buffer, BufferPool};
 use crate::error::{Error, ErrorKind, Result};
 use crate::extent::{coalesce, Extent, ExtentKind, Run};
 use crate::io::{create_engine, IoEngine, IoEngineKind, WriteJob};
@@ -179,15 +179,6 @@ pub async fn copy(
         p.set_total(size);
     }
     let caps = source.caps();
-    if caps.sequential {
-        return Err(Error::new(
-            ErrorKind::Unsupported,
-            format!(
-                "{}: sequential sources are not supported yet",
-                source.describe()
-            ),
-        ));
-    }
     let request_size = opts
         .request_size
         .clamp(MIN_REQUEST, MAX_REQUEST)
@@ -235,7 +226,12 @@ pub async fn copy(
     for h in &handles {
         let (h, sh) = (h.clone(), shared.clone());
         workers.spawn(async move {
-            if let Err(e) = worker(h, sh.clone(), requests, caps.can_extents).await {
+            let r = if caps.sequential {
+                sequential_worker(h, sh.clone()).await
+            } else {
+                worker(h, sh.clone(), requests, caps.can_extents).await
+            };
+            if let Err(e) = r {
                 sh.fail(e);
             }
         });
@@ -341,8 +337,47 @@ async fn worker(
 }
 
 async fn request(src: &dyn BlockSource, sh: &Shared, offset: u64, len: usize) -> Result<()> {
-    let buf = sh.pool.get(len);
-    let buf = src.read_at(offset, buf).await?;
+    let buf = src.read_at(offset, sh.pool.get(len)).await?;
+    write_back(sh, offset, buf).await
+}
+
+/// Reads a sequential source (a stream) front to back with one read at a time, while the writes
+/// of earlier buffers proceed in parallel within the memory budget.
+async fn sequential_worker(src: Arc<dyn BlockSource>, sh: Arc<Shared>) -> Result<()> {
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut pos = 0u64;
+    let result = async {
+        while pos < sh.size && !sh.failed.load(Ordering::Relaxed) {
+            let n = (sh.size - pos).min(sh.request_size as u64) as usize;
+            let mem = sh
+                .budget
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore open");
+            let buf = src.read_at(pos, sh.pool.get(n)).await?;
+            let sh2 = sh.clone();
+            let at = pos;
+            tasks.spawn(async move {
+                if let Err(e) = write_back(&sh2, at, buf).await {
+                    sh2.fail(e);
+                }
+                drop(mem);
+            });
+            pos += n as u64;
+            while tasks.try_join_next().is_some() {}
+        }
+        Ok(())
+    }
+    .await;
+    while tasks.join_next().await.is_some() {}
+    result
+}
+
+/// Zero-detects a filled buffer, zeroes or skips its zero blocks, writes its data blocks, and
+/// returns the buffer to the pool.
+async fn write_back(sh: &Shared, offset: u64, buf: Buffer) -> Result<()> {
+    let len = buf.len();
     let segs = zero::segments(&buf, zero::ZERO_BLOCK);
     let mut data = Vec::with_capacity(segs.len());
     let mut zero_bytes = 0u64;

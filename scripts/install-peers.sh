@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs every test peer from the package registries (Debian). Idempotent; needs root.
 set -euo pipefail
-pkgs=(nbdkit libnbd-bin nbd-server qemu-utils util-linux time)
+# nginx: the HTTP(S) source tests start their own nginx on free loopback ports; openssl makes
+# their CA and server certificates.
+pkgs=(nbdkit libnbd-bin nbd-server qemu-utils util-linux time nginx openssl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -9,9 +11,22 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing test peers: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # Packaged services (nginx on port 80, nbd-server) must not start: the tests run their own
+  # instances. A policy-rc.d that denies every start does that, unless the host has its own.
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-for b in nbdkit nbdcopy nbdinfo nbd-server qemu-nbd qemu-img losetup /usr/bin/time; do
+# Should the packaged nginx have started anyway (its pid file says so), stop it: nothing in the
+# tests uses port 80, and the tests' own nginx instances are left alone.
+if [ -s /run/nginx.pid ]; then
+  service nginx stop >/dev/null 2>&1 || true
+fi
+for b in nbdkit nbdcopy nbdinfo nbd-server qemu-nbd qemu-img losetup /usr/bin/time nginx openssl; do
   command -v "$b" >/dev/null || { echo "test peer missing after install: $b" >&2; exit 1; }
 done

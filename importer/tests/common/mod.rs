@@ -627,3 +627,6 @@ pub fn allocated_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     path.metadata().expect("target metadata").blocks() * 512
 }
+
+/// The nginx peer of the HTTP(S) source tests.
+pub mod nginx;

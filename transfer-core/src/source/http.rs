@@ -78,12 +78,28 @@ pub struct HttpSource {
     connections: usize,
 }
 
-async fn next_chunk(resp: &mut Response, url: &Url) -> Result<Option<bytes::Bytes>> {
+/// The next piece of a body. A transport error mid-body (hyper reports a connection that ends
+/// before Content-Length as one) means fewer bytes arrived than announced: it is reported as a
+/// short body with the counts, never as success.
+async fn next_chunk(
+    resp: &mut Response,
+    url: &Url,
+    offset: u64,
+    got: usize,
+    want: usize,
+) -> Result<Option<bytes::Bytes>> {
     resp.chunk().await.map_err(|e| {
-        Error::new(
-            ErrorKind::Disconnected,
-            format!("{}: reading the body failed: {e}", redact(url)),
-        )
+        let mut cause = String::new();
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+        while let Some(c) = cur {
+            cause = c.to_string();
+            cur = c.source();
+        }
+        let mut err = short_body(url, offset, got, want);
+        if !cause.is_empty() {
+            err = Error::new(err.kind(), format!("{} ({cause})", err.context()));
+        }
+        err
     })
 }
 
@@ -155,7 +171,9 @@ impl HttpSource {
                 pending: bytes::Bytes::new(),
             };
             if size > 0 {
-                if let Some(first) = next_chunk(&mut stream.resp, &src.url).await? {
+                if let Some(first) =
+                    next_chunk(&mut stream.resp, &src.url, 0, 0, size as usize).await?
+                {
                     refuse_formats(&first, &src.url)?;
                     stream.pending = first;
                 }
@@ -195,7 +213,7 @@ impl HttpSource {
             ));
         }
         let mut filled = 0usize;
-        while let Some(chunk) = next_chunk(&mut resp, &at).await? {
+        while let Some(chunk) = next_chunk(&mut resp, &at, offset, filled, buf.len()).await? {
             let end = filled + chunk.len();
             if end > buf.len() {
                 return Err(Error::new(
@@ -235,7 +253,8 @@ impl HttpSource {
         let mut filled = 0usize;
         while filled < buf.len() {
             if s.pending.is_empty() {
-                match next_chunk(&mut s.resp, &self.url).await? {
+                let (url, want) = (self.url.clone(), buf.len());
+                match next_chunk(&mut s.resp, &url, offset, filled, want).await? {
                     Some(c) => s.pending = c,
                     None => return Err(short_body(&self.url, offset, filled, buf.len())),
                 }
@@ -249,7 +268,7 @@ impl HttpSource {
         if s.pos == self.size {
             // The body must end exactly where the announced size does.
             let extra = if s.pending.is_empty() {
-                next_chunk(&mut s.resp, &self.url).await?
+                next_chunk(&mut s.resp, &self.url, self.size, 0, 0).await?
             } else {
                 Some(s.pending.clone())
             };

@@ -73,6 +73,9 @@ struct HttpArgs {
     /// Trust exactly the server certificate with this SHA-256 or SHA-1 fingerprint (01:23:...).
     #[arg(long, value_name = "HEX", conflicts_with = "cacert")]
     thumbprint: Option<String>,
+    /// How to read an http(s):// SOURCE: auto (a disk image file) or imageio (an oVirt ticket URL).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "imageio"])]
+    source_kind: String,
     /// Extra request header 'Name: value' (repeatable; sent to the source's own origin only).
     #[arg(long = "header", value_name = "NAME: VALUE")]
     headers: Vec<String>,
@@ -198,6 +201,7 @@ async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
     let sopts = SourceOptions {
         http: a.http.options()?,
         connections: a.tuning.connections,
+        kind: a.http.source_kind.parse()?,
         ..SourceOptions::default()
     };
     let source = open_source(&a.source, &sopts).await?;
@@ -263,6 +267,7 @@ async fn run_verify(a: VerifyArgs) -> transfer_core::Result<ExitCode> {
     let opts = SourceOptions {
         http: a.http.options()?,
         connections: a.tuning.connections,
+        kind: a.http.source_kind.parse()?,
         ..SourceOptions::default()
     };
     let x = open_source(&a.source, &opts).await?;

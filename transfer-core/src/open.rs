@@ -21,6 +21,33 @@ pub struct SourceOptions {
     pub http: HttpOptions,
     /// Parallel connections an HTTP source may use.
     pub connections: usize,
+    /// How to read a plain `http(s)://` URL: `auto` (a disk image file) or a named protocol
+    /// (`imageio`).
+    pub kind: SourceKind,
+}
+
+/// What protocol a plain `http(s)://` URL speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SourceKind {
+    /// Decide by scheme: `http(s)://` is a disk image file.
+    #[default]
+    Auto,
+    /// oVirt imageio (`/images/TICKET`).
+    Imageio,
+}
+
+impl std::str::FromStr for SourceKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(SourceKind::Auto),
+            "imageio" => Ok(SourceKind::Imageio),
+            _ => Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("unknown source kind '{s}' (auto, imageio)"),
+            )),
+        }
+    }
 }
 
 impl Default for SourceOptions {
@@ -29,8 +56,17 @@ impl Default for SourceOptions {
             nbd_structured: true,
             http: HttpOptions::default(),
             connections: 4,
+            kind: SourceKind::Auto,
         }
     }
+}
+
+/// Opens an oVirt imageio ticket URL (`http(s)://host:54322/images/TICKET`).
+async fn open_imageio(_url: url::Url, _opts: &SourceOptions) -> Result<Arc<dyn BlockSource>> {
+    Err(Error::new(
+        ErrorKind::Unsupported,
+        "oVirt imageio sources are not supported yet",
+    ))
 }
 
 /// Opens the source named by `uri`.
@@ -55,12 +91,21 @@ pub async fn open_source(uri: &str, opts: &SourceOptions) -> Result<Arc<dyn Bloc
             Ok(Arc::new(FileSource::open(&p)?))
         }
         "synth" => Ok(Arc::new(SynthSource::from_url(&parsed()?)?)),
+        "http" | "https" if opts.kind == SourceKind::Imageio => open_imageio(parsed()?, opts).await,
+        "imageio+http" | "imageio+https" => {
+            let u = parsed()?;
+            let plain = uri.split_once('+').map(|(_, rest)| rest).unwrap_or(uri);
+            let _ = u;
+            let plain = url::Url::parse(plain)
+                .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("invalid source URI: {e}")))?;
+            open_imageio(plain, opts).await
+        }
         "http" | "https" => Ok(Arc::new(
             HttpSource::open(parsed()?, &opts.http, opts.connections).await?,
         )),
         other => Err(Error::new(
             ErrorKind::Unsupported,
-            format!("unknown source scheme '{other}' (nbd, nbd+unix, http, https, file, synth)"),
+            format!("unknown source scheme '{other}' (nbd, nbd+unix, http, https, imageio+http, imageio+https, file, synth)"),
         )),
     }
 }

@@ -93,9 +93,7 @@ pub async fn open_source(uri: &str, opts: &SourceOptions) -> Result<Arc<dyn Bloc
         "synth" => Ok(Arc::new(SynthSource::from_url(&parsed()?)?)),
         "http" | "https" if opts.kind == SourceKind::Imageio => open_imageio(parsed()?, opts).await,
         "imageio+http" | "imageio+https" => {
-            let u = parsed()?;
             let plain = uri.split_once('+').map(|(_, rest)| rest).unwrap_or(uri);
-            let _ = u;
             let plain = url::Url::parse(plain)
                 .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("invalid source URI: {e}")))?;
             open_imageio(plain, opts).await

@@ -15,6 +15,7 @@ use transfer_core::http::{HttpOptions, Thumbprint, TlsTrust};
 use transfer_core::io::IoEngineKind;
 use transfer_core::open::{open_source, SourceOptions};
 use transfer_core::size::parse_size;
+use transfer_core::source::stream::Checksum;
 use transfer_core::target::{open_target, target_path, TargetOptions};
 
 #[derive(Parser)]
@@ -76,6 +77,12 @@ struct HttpArgs {
     /// How to read an http(s):// SOURCE: auto (a disk image file) or imageio (an oVirt ticket URL).
     #[arg(long, default_value = "auto", value_parser = ["auto", "imageio"])]
     source_kind: String,
+    /// Verify the received body against ALGO:HEX (md5, sha1, sha256, sha512); reads one stream.
+    #[arg(long, value_name = "ALGO:HEX")]
+    checksum: Option<String>,
+    /// File holding a KubeVirt VirtualMachineExport token (sent as x-kubevirt-export-token).
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<std::path::PathBuf>,
     /// Extra request header 'Name: value' (repeatable; sent to the source's own origin only).
     #[arg(long = "header", value_name = "NAME: VALUE")]
     headers: Vec<String>,
@@ -92,12 +99,27 @@ impl HttpArgs {
         } else {
             TlsTrust::System
         };
-        let headers = self
+        let mut headers: Vec<(String, String)> = self
             .headers
             .iter()
             .map(|h| HttpOptions::parse_header(h))
             .collect::<Result<_, _>>()?;
-        Ok(HttpOptions { trust, headers })
+        if let Some(p) = &self.token_file {
+            let token = std::fs::read_to_string(p).map_err(|e| {
+                transfer_core::Error::io(format!("reading token file {}", p.display()), e)
+            })?;
+            // The token is a secret: checked like a header value, never echoed.
+            headers.push(HttpOptions::parse_header(&format!(
+                "x-kubevirt-export-token: {}",
+                token.trim()
+            ))?);
+        }
+        let checksum = self.checksum.as_deref().map(Checksum::parse).transpose()?;
+        Ok(HttpOptions {
+            trust,
+            headers,
+            checksum,
+        })
     }
 }
 

@@ -40,7 +40,13 @@ pub enum Location {
     NoRange,
     /// 403 without the `X-Ferry-Test: yes` header.
     Secret,
+    /// Like a KubeVirt VirtualMachineExport: 403 unless `x-kubevirt-export-token` is
+    /// [`EXPORT_TOKEN`].
+    Export,
 }
+
+/// The token the `/export/` location accepts.
+pub const EXPORT_TOKEN: &str = "ferry-export-token-5b1e";
 
 impl Location {
     fn prefix(self) -> &'static str {
@@ -48,6 +54,7 @@ impl Location {
             Location::Range => "range",
             Location::NoRange => "norange",
             Location::Secret => "secret",
+            Location::Export => "export",
         }
     }
 }
@@ -269,6 +276,11 @@ impl Nginx {
         &self.tls
     }
 
+    /// Where the served file `name` lives.
+    pub fn put_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join("docroot").join(name)
+    }
+
     /// Writes `bytes` as the served file `name` (visible at every location).
     pub fn put(&self, name: &str, bytes: &[u8]) -> PathBuf {
         let path = self.dir.path().join("docroot").join(name);
@@ -325,6 +337,7 @@ fn config(dir: &Path, tls: &Tls, http_port: u16, https_port: u16) -> String {
     let docroot = s(&docroot);
     let (cert, key) = (tls.server_cert(), tls.server_key());
     let (cert, key) = (s(&cert), s(&key));
+    let token = EXPORT_TOKEN;
     format!(
         r#"daemon off;
 master_process off;
@@ -364,6 +377,12 @@ http {{
         }}
         location /secret/ {{
             if ($http_x_ferry_test != "yes") {{
+                return 403;
+            }}
+            alias {docroot}/;
+        }}
+        location /export/ {{
+            if ($http_x_kubevirt_export_token != "{token}") {{
                 return 403;
             }}
             alias {docroot}/;

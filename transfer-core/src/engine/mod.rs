@@ -98,6 +98,10 @@ impl CopyStats {
 
 struct Shared {
     size: u64,
+    /// False for a stream that learns its size at its end.
+    size_known: bool,
+    /// Bytes read so far by the sequential reader.
+    streamed: AtomicU64,
     range_size: u64,
     request_size: usize,
     next_range: AtomicU64,
@@ -165,7 +169,8 @@ pub async fn copy(
 ) -> Result<CopyStats> {
     let started = Instant::now();
     let size = source.size();
-    if target.size() < size {
+    let size_known = source.caps().size_known;
+    if size_known && target.size() < size {
         return Err(Error::new(
             ErrorKind::TargetTooSmall,
             format!(
@@ -209,6 +214,8 @@ pub async fn copy(
     let shared = Arc::new(Shared {
         size,
         range_size: opts.range_size.max(request_size as u64),
+        size_known,
+        streamed: AtomicU64::new(0),
         request_size,
         next_range: AtomicU64::new(0),
         failed: AtomicBool::new(false),
@@ -250,6 +257,16 @@ pub async fn copy(
     if let Some(e) = shared.first_error.lock().unwrap().take() {
         return Err(e);
     }
+    let size = if size_known {
+        size
+    } else {
+        let total = shared.streamed.load(Ordering::Relaxed);
+        let t = target.clone();
+        tokio::task::spawn_blocking(move || t.set_final_size(total))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Io, format!("sizing task failed: {e}")))??;
+        total
+    };
     shared.io.flush().await?;
     let (d, z) = (
         shared.bytes_data.load(Ordering::Relaxed),
@@ -346,9 +363,10 @@ async fn request(src: &dyn BlockSource, sh: &Shared, offset: u64, len: usize) ->
 async fn sequential_worker(src: Arc<dyn BlockSource>, sh: Arc<Shared>) -> Result<()> {
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut pos = 0u64;
+    let limit = if sh.size_known { sh.size } else { u64::MAX };
     let result = async {
-        while pos < sh.size && !sh.failed.load(Ordering::Relaxed) {
-            let n = (sh.size - pos).min(sh.request_size as u64) as usize;
+        while pos < limit && !sh.failed.load(Ordering::Relaxed) {
+            let n = (limit - pos).min(sh.request_size as u64) as usize;
             let mem = sh
                 .budget
                 .clone()
@@ -356,16 +374,36 @@ async fn sequential_worker(src: Arc<dyn BlockSource>, sh: Arc<Shared>) -> Result
                 .await
                 .expect("semaphore open");
             let buf = src.read_at(pos, sh.pool.get(n)).await?;
+            let got = buf.len();
+            if got < n && sh.size_known {
+                return Err(Error::new(
+                    ErrorKind::Protocol,
+                    format!(
+                        "{}: stream ended at {} of {} bytes",
+                        src.describe(),
+                        pos + got as u64,
+                        sh.size
+                    ),
+                ));
+            }
             let sh2 = sh.clone();
             let at = pos;
-            tasks.spawn(async move {
-                if let Err(e) = write_back(&sh2, at, buf).await {
-                    sh2.fail(e);
-                }
-                drop(mem);
-            });
-            pos += n as u64;
+            if got > 0 {
+                tasks.spawn(async move {
+                    if let Err(e) = write_back(&sh2, at, buf).await {
+                        sh2.fail(e);
+                    }
+                    drop(mem);
+                });
+            } else {
+                sh.pool.put(buf);
+            }
+            pos += got as u64;
+            sh.streamed.store(pos, Ordering::Relaxed);
             while tasks.try_join_next().is_some() {}
+            if got < n {
+                break;
+            }
         }
         Ok(())
     }

@@ -91,6 +91,7 @@ impl BlockSource for FileSource {
             max_connections: 16,
             max_requests: 4,
             sequential: false,
+            size_known: true,
         }
     }
 

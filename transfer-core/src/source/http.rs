@@ -12,12 +12,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE};
 use reqwest::{Method, Response, StatusCode};
-use tokio::sync::Mutex;
 use url::Url;
 
 use crate::buffer::Buffer;
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{redact, HttpClient, HttpOptions};
+use crate::source::stream::{BodyStream, Codec};
 use crate::source::{BlockSource, SourceCaps};
 
 /// A parsed `Content-Range: bytes a-b/total` (total may be `*`).
@@ -62,19 +62,15 @@ pub fn sniff_format(head: &[u8]) -> Option<&'static str> {
     }
 }
 
-struct Stream {
-    resp: Response,
-    pos: u64,
-    pending: bytes::Bytes,
-}
-
 /// An HTTP(S) disk image.
 pub struct HttpSource {
     client: HttpClient,
     url: Url,
     size: u64,
     /// `None` when the server honours Range; otherwise the one stream.
-    stream: Option<Arc<Mutex<Stream>>>,
+    stream: Option<Arc<BodyStream>>,
+    /// Whether the size is known (not for compressed streams, whose size shows at their end).
+    size_known: bool,
     connections: usize,
 }
 
@@ -115,12 +111,19 @@ impl HttpSource {
             }
             Err(_) => None,
         };
-        let (resp, at) = client.send_ok(Method::GET, &url, Some((0, 0))).await?;
+        // A checksum covers the body in order: read it as one stream.
+        let probe = if opts.checksum.is_some() {
+            None
+        } else {
+            Some((0, 0))
+        };
+        let (resp, at) = client.send_ok(Method::GET, &url, probe).await?;
         let mut src = HttpSource {
             client,
             url,
             size: 0,
             stream: None,
+            size_known: true,
             connections: connections.max(1),
         };
         if resp.status() == StatusCode::PARTIAL_CONTENT {
@@ -152,35 +155,61 @@ impl HttpSource {
                 )
             })?;
             drop(resp);
-            if src.size > 0 {
-                let n = src.size.min(512) as usize;
-                let head = src.read_at(0, Buffer::new(n)).await?;
-                refuse_formats(&head, &src.url)?;
+            if src.size == 0 {
+                return Ok(src);
             }
-        } else {
-            let size = content_length(&resp).or(head_size).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Unsupported,
-                    format!("{}: the server does not tell the size", redact(&at)),
-                )
-            })?;
-            src.size = size;
-            let mut stream = Stream {
-                resp,
-                pos: 0,
-                pending: bytes::Bytes::new(),
-            };
-            if size > 0 {
-                if let Some(first) =
-                    next_chunk(&mut stream.resp, &src.url, 0, 0, size as usize).await?
-                {
-                    refuse_formats(&first, &src.url)?;
-                    stream.pending = first;
+            let n = src.size.min(512) as usize;
+            let head = src.read_at(0, Buffer::new(n)).await?;
+            match codec_of(&head, &src.url)? {
+                Codec::Raw => return Ok(src),
+                // Compressed: decode one stream front to back.
+                _ => {
+                    let (resp, at) = src.client.send_ok(Method::GET, &src.url, None).await?;
+                    return src.into_stream(resp, &at, opts).await;
                 }
             }
-            src.stream = Some(Arc::new(Mutex::new(stream)));
         }
-        Ok(src)
+        src.into_stream(resp, &at, opts).await
+    }
+
+    /// Switches to reading `resp` as one stream (raw or decoded).
+    async fn into_stream(
+        mut self,
+        mut resp: Response,
+        at: &Url,
+        opts: &HttpOptions,
+    ) -> Result<Self> {
+        let length = content_length(&resp);
+        let first = match resp.chunk().await {
+            Ok(c) => c.unwrap_or_default(),
+            Err(e) => {
+                return Err(Error::new(
+                    ErrorKind::Disconnected,
+                    format!("{}: reading the body failed: {e}", redact(at)),
+                ))
+            }
+        };
+        let codec = codec_of(&first, at)?;
+        if codec == Codec::Raw {
+            self.size = length.ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Unsupported,
+                    format!("{}: the server does not tell the size", redact(at)),
+                )
+            })?;
+        } else {
+            self.size = 0;
+            self.size_known = false;
+        }
+        self.stream = Some(Arc::new(BodyStream::start(
+            resp,
+            first,
+            at,
+            length,
+            codec,
+            opts.checksum.clone(),
+        )));
+        Ok(self)
     }
 
     async fn read_range(&self, offset: u64, mut buf: Buffer) -> Result<Buffer> {
@@ -232,59 +261,6 @@ impl HttpSource {
         }
         Ok(buf)
     }
-
-    async fn read_stream(
-        &self,
-        stream: &Mutex<Stream>,
-        offset: u64,
-        mut buf: Buffer,
-    ) -> Result<Buffer> {
-        let mut s = stream.lock().await;
-        if offset != s.pos {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!(
-                    "{}: stream read at {offset}, but the stream is at {}",
-                    redact(&self.url),
-                    s.pos
-                ),
-            ));
-        }
-        let mut filled = 0usize;
-        while filled < buf.len() {
-            if s.pending.is_empty() {
-                let (url, want) = (self.url.clone(), buf.len());
-                match next_chunk(&mut s.resp, &url, offset, filled, want).await? {
-                    Some(c) => s.pending = c,
-                    None => return Err(short_body(&self.url, offset, filled, buf.len())),
-                }
-            }
-            let n = s.pending.len().min(buf.len() - filled);
-            buf[filled..filled + n].copy_from_slice(&s.pending[..n]);
-            s.pending = s.pending.slice(n..);
-            filled += n;
-        }
-        s.pos += filled as u64;
-        if s.pos == self.size {
-            // The body must end exactly where the announced size does.
-            let extra = if s.pending.is_empty() {
-                next_chunk(&mut s.resp, &self.url, self.size, 0, 0).await?
-            } else {
-                Some(s.pending.clone())
-            };
-            if extra.is_some_and(|c| !c.is_empty()) {
-                return Err(Error::new(
-                    ErrorKind::Protocol,
-                    format!(
-                        "{}: body is longer than the announced {} bytes",
-                        redact(&self.url),
-                        self.size
-                    ),
-                ));
-            }
-        }
-        Ok(buf)
-    }
 }
 
 fn short_body(url: &Url, offset: u64, got: usize, want: usize) -> Error {
@@ -304,23 +280,19 @@ fn content_length(r: &Response) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-fn refuse_formats(head: &[u8], url: &Url) -> Result<()> {
+/// The codec of a body from its first bytes; formats that need conversion are refused.
+fn codec_of(head: &[u8], url: &Url) -> Result<Codec> {
     match sniff_format(head) {
-        Some(f @ ("qcow2" | "vmdk")) => Err(Error::new(
+        Some("gzip") => Ok(Codec::Gzip),
+        Some("xz") => Ok(Codec::Xz),
+        Some(f) => Err(Error::new(
             ErrorKind::Unsupported,
             format!(
                 "{}: the image is {f} and needs format conversion, which is not supported yet",
                 redact(url)
             ),
         )),
-        Some(f) => Err(Error::new(
-            ErrorKind::Unsupported,
-            format!(
-                "{}: {f}-compressed bodies are not supported yet",
-                redact(url)
-            ),
-        )),
-        None => Ok(()),
+        None => Ok(Codec::Raw),
     }
 }
 
@@ -343,6 +315,7 @@ impl BlockSource for HttpSource {
                 max_connections: 1,
                 max_requests: 1,
                 sequential: true,
+                size_known: self.size_known,
             },
             None => SourceCaps {
                 preferred_request: 4 << 20,
@@ -351,6 +324,7 @@ impl BlockSource for HttpSource {
                 max_connections: self.connections,
                 max_requests: 2,
                 sequential: false,
+                size_known: true,
             },
         }
     }
@@ -359,14 +333,26 @@ impl BlockSource for HttpSource {
         if buf.is_empty() {
             return Ok(buf);
         }
-        if offset + buf.len() as u64 > self.size {
+        if self.size_known && offset + buf.len() as u64 > self.size {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 format!("{}: read past the end", self.describe()),
             ));
         }
         match &self.stream {
-            Some(s) => self.read_stream(s, offset, buf).await,
+            Some(s) => {
+                let want = buf.len();
+                let buf = s.read(offset, buf).await?;
+                if self.size_known {
+                    if buf.len() != want {
+                        return Err(short_body(&self.url, offset, buf.len(), want));
+                    }
+                    if offset + want as u64 == self.size {
+                        s.finish().await?;
+                    }
+                }
+                Ok(buf)
+            }
             None => self.read_range(offset, buf).await,
         }
     }
@@ -384,6 +370,7 @@ impl BlockSource for HttpSource {
             url: self.url.clone(),
             size: self.size,
             stream: None,
+            size_known: true,
             connections: self.connections,
         }))
     }

@@ -11,6 +11,7 @@ use crate::extent::{Extent, ExtentKind};
 pub mod file;
 pub mod http;
 pub mod nbd;
+pub mod stream;
 pub mod synth;
 
 /// What a source can do; the engine plans around it.
@@ -28,6 +29,9 @@ pub struct SourceCaps {
     pub max_requests: usize,
     /// Whether the source can only be read front to back (a stream).
     pub sequential: bool,
+    /// Whether `size()` is the real size. A decompressed stream learns its size at its end: its
+    /// `size()` is 0 and `read_at` returns a short buffer at the end.
+    pub size_known: bool,
 }
 
 impl Default for SourceCaps {
@@ -39,6 +43,7 @@ impl Default for SourceCaps {
             max_connections: 1,
             max_requests: 64,
             sequential: false,
+            size_known: true,
         }
     }
 }

@@ -173,6 +173,7 @@ impl BlockSource for SynthSource {
             max_connections: 64,
             max_requests: 4,
             sequential: false,
+            size_known: true,
         }
     }
 

@@ -60,7 +60,7 @@ impl FileTarget {
         Ok(FileTarget {
             fd: DiskFd::new(format!("file {}", path.display()), path, file, opts.direct)?,
             size,
-            reads_as_zero: opts.target_is_zero || !existed || old_len == 0,
+            reads_as_zero: opts.target_is_zero || !existed || old_len == 0 || size == 0,
             chain: ZeroChain::new(methods),
         })
     }
@@ -96,6 +96,13 @@ impl BlockTarget for FileTarget {
 
     fn flush(&self) -> Result<()> {
         self.fd.flush()
+    }
+
+    fn set_final_size(&self, size: u64) -> Result<()> {
+        self.fd
+            .file()
+            .set_len(size)
+            .map_err(|e| Error::io(format!("sizing {}", self.fd.desc()), e))
     }
 
     fn reads_as_zero(&self) -> bool {

@@ -42,6 +42,22 @@ pub trait BlockTarget: Send + Sync {
     /// Flushes written data to stable storage (fdatasync).
     fn flush(&self) -> Result<()>;
 
+    /// Sets the final size once a stream of unknown size has ended (files are sized to it; a
+    /// device must be at least that large).
+    fn set_final_size(&self, size: u64) -> Result<()> {
+        if size > self.size() {
+            return Err(Error::new(
+                ErrorKind::TargetTooSmall,
+                format!(
+                    "{} is {} bytes, smaller than the source ({size} bytes)",
+                    self.describe(),
+                    self.size()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// True when every byte already reads as zero (a new or truncated file, or the user said
     /// `--target-is-zero`): zero ranges can then be skipped.
     fn reads_as_zero(&self) -> bool;

@@ -182,6 +182,7 @@ impl BlockSource for NbdSource {
             max_connections: if i.can_multi_conn() { 16 } else { 1 },
             max_requests: 64,
             sequential: false,
+            size_known: true,
         }
     }
 

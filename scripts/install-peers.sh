@@ -30,3 +30,13 @@ fi
 for b in nbdkit nbdcopy nbdinfo nbd-server qemu-nbd qemu-img losetup /usr/bin/time nginx openssl; do
   command -v "$b" >/dev/null || { echo "test peer missing after install: $b" >&2; exit 1; }
 done
+# ovirt-imageio (PyPI): the real imageio daemon for the imageio source tests, in a venv inside the
+# repository (.peers/, ignored by git) so that the system Python stays untouched. Needs python3
+# with venv and pip; the tests find the daemon at .peers/venv/bin/ovirt-imageio.
+venv="$(cd "$(dirname "$0")/.." && pwd)/.peers/venv"
+if [ ! -x "$venv/bin/ovirt-imageio" ]; then
+  echo "installing test peer: ovirt-imageio (into $venv)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check ovirt-imageio
+fi
+[ -x "$venv/bin/ovirt-imageio" ] || { echo "test peer missing after install: $venv/bin/ovirt-imageio" >&2; exit 1; }

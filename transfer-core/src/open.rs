@@ -8,6 +8,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::http::HttpOptions;
 use crate::source::file::FileSource;
 use crate::source::http::HttpSource;
+use crate::source::imageio::ImageioSource;
 use crate::source::nbd::{NbdSource, NbdUri};
 use crate::source::synth::SynthSource;
 use crate::source::BlockSource;
@@ -62,10 +63,9 @@ impl Default for SourceOptions {
 }
 
 /// Opens an oVirt imageio ticket URL (`http(s)://host:54322/images/TICKET`).
-async fn open_imageio(_url: url::Url, _opts: &SourceOptions) -> Result<Arc<dyn BlockSource>> {
-    Err(Error::new(
-        ErrorKind::Unsupported,
-        "oVirt imageio sources are not supported yet",
+async fn open_imageio(url: url::Url, opts: &SourceOptions) -> Result<Arc<dyn BlockSource>> {
+    Ok(Arc::new(
+        ImageioSource::open(url, &opts.http, opts.connections).await?,
     ))
 }
 

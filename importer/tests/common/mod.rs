@@ -630,3 +630,6 @@ pub fn allocated_bytes(path: &Path) -> u64 {
 
 /// The nginx peer of the HTTP(S) source tests.
 pub mod nginx;
+
+/// The oVirt imageio daemon peer of the imageio source tests.
+pub mod imageio;

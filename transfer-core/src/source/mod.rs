@@ -10,6 +10,7 @@ use crate::extent::{Extent, ExtentKind};
 
 pub mod file;
 pub mod http;
+pub mod imageio;
 pub mod nbd;
 pub mod stream;
 pub mod synth;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::HttpOptions;
 use crate::source::file::FileSource;
+use crate::source::glance::{GlanceAuth, GlanceSource};
 use crate::source::http::HttpSource;
 use crate::source::imageio::ImageioSource;
 use crate::source::nbd::{NbdSource, NbdUri};
@@ -25,6 +26,8 @@ pub struct SourceOptions {
     /// How to read a plain `http(s)://` URL: `auto` (a disk image file) or a named protocol
     /// (`imageio`).
     pub kind: SourceKind,
+    /// Keystone credentials for `glance+` URIs (default: the `OS_*` variables).
+    pub glance_auth: Option<GlanceAuth>,
 }
 
 /// What protocol a plain `http(s)://` URL speaks.
@@ -58,6 +61,7 @@ impl Default for SourceOptions {
             http: HttpOptions::default(),
             connections: 4,
             kind: SourceKind::Auto,
+            glance_auth: None,
         }
     }
 }
@@ -91,6 +95,19 @@ pub async fn open_source(uri: &str, opts: &SourceOptions) -> Result<Arc<dyn Bloc
             Ok(Arc::new(FileSource::open(&p)?))
         }
         "synth" => Ok(Arc::new(SynthSource::from_url(&parsed()?)?)),
+        "glance+http" | "glance+https" => {
+            let plain = uri.split_once('+').map(|(_, rest)| rest).unwrap_or(uri);
+            let mut keystone = url::Url::parse(plain)
+                .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("invalid source URI: {e}")))?;
+            let image = keystone
+                .query_pairs()
+                .find(|(k, _)| k == "image")
+                .map(|(_, v)| v.into_owned())
+                .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "glance URI needs ?image=ID"))?;
+            keystone.set_query(None);
+            let auth = opts.glance_auth.clone().unwrap_or_else(GlanceAuth::from_env);
+            Ok(Arc::new(GlanceSource::open(keystone, &image, &auth, &opts.http).await?))
+        }
         "http" | "https" if opts.kind == SourceKind::Imageio => open_imageio(parsed()?, opts).await,
         "imageio+http" | "imageio+https" => {
             let plain = uri.split_once('+').map(|(_, rest)| rest).unwrap_or(uri);
@@ -103,7 +120,7 @@ pub async fn open_source(uri: &str, opts: &SourceOptions) -> Result<Arc<dyn Bloc
         )),
         other => Err(Error::new(
             ErrorKind::Unsupported,
-            format!("unknown source scheme '{other}' (nbd, nbd+unix, http, https, imageio+http, imageio+https, file, synth)"),
+            format!("unknown source scheme '{other}' (nbd, nbd+unix, http, https, imageio+http, imageio+https, glance+http, glance+https, file, synth)"),
         )),
     }
 }

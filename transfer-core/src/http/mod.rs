@@ -160,11 +160,30 @@ impl HttpClient {
         url: &Url,
         range: Option<(u64, u64)>,
     ) -> Result<(Response, Url)> {
+        self.send_with(method, url, range, None, &HeaderMap::new())
+            .await
+    }
+
+    /// [`send`](Self::send) with a request body and request-specific headers (such as an API
+    /// token); both follow the same origin rule as the user's headers.
+    pub async fn send_with(
+        &self,
+        method: Method,
+        url: &Url,
+        range: Option<(u64, u64)>,
+        body: Option<Vec<u8>>,
+        extra: &HeaderMap,
+    ) -> Result<(Response, Url)> {
         let mut cur = url.clone();
         for _ in 0..=MAX_REDIRECTS {
             let mut req = self.client.request(method.clone(), cur.clone());
             if same_origin(url, &cur) {
-                req = req.headers(self.headers.clone());
+                req = req.headers(self.headers.clone()).headers(extra.clone());
+                if let Some(b) = &body {
+                    req = req
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .body(b.clone());
+                }
             }
             if let Some((a, b)) = range {
                 req = req.header(RANGE, format!("bytes={a}-{b}"));
@@ -203,7 +222,20 @@ impl HttpClient {
         url: &Url,
         range: Option<(u64, u64)>,
     ) -> Result<(Response, Url)> {
-        let (resp, at) = self.send(method, url, range).await?;
+        self.send_ok_with(method, url, range, None, &HeaderMap::new())
+            .await
+    }
+
+    /// [`send_with`](Self::send_with), but a non-success status is an error naming the code.
+    pub async fn send_ok_with(
+        &self,
+        method: Method,
+        url: &Url,
+        range: Option<(u64, u64)>,
+        body: Option<Vec<u8>>,
+        extra: &HeaderMap,
+    ) -> Result<(Response, Url)> {
+        let (resp, at) = self.send_with(method, url, range, body, extra).await?;
         let st = resp.status();
         if !st.is_success() {
             let kind = match st {

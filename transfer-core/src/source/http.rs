@@ -172,6 +172,42 @@ impl HttpSource {
         src.into_stream(resp, &at, opts).await
     }
 
+    /// A raw body of `size` bytes (else its Content-Length) read as one stream, checked against
+    /// `checksum` (Glance images are written as they are, whatever their format).
+    pub(crate) async fn raw_stream(
+        client: HttpClient,
+        mut resp: Response,
+        at: &Url,
+        size: Option<u64>,
+        checksum: Option<crate::source::stream::Checksum>,
+    ) -> Result<Self> {
+        let length = content_length(&resp).or(size);
+        let size = length.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                format!("{}: the server does not tell the size", redact(at)),
+            )
+        })?;
+        let first = match resp.chunk().await {
+            Ok(c) => c.unwrap_or_default(),
+            Err(e) => {
+                return Err(Error::new(
+                    ErrorKind::Disconnected,
+                    format!("{}: reading the body failed: {e}", redact(at)),
+                ))
+            }
+        };
+        let stream = BodyStream::start(resp, first, at, Some(size), Codec::Raw, checksum);
+        Ok(HttpSource {
+            client,
+            url: at.clone(),
+            size,
+            stream: Some(Arc::new(stream)),
+            size_known: true,
+            connections: 1,
+        })
+    }
+
     /// Switches to reading `resp` as one stream (raw or decoded).
     async fn into_stream(
         mut self,

@@ -9,6 +9,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::extent::{Extent, ExtentKind};
 
 pub mod file;
+pub mod glance;
 pub mod http;
 pub mod imageio;
 pub mod nbd;

@@ -248,55 +248,65 @@ impl HttpSource {
         Ok(self)
     }
 
-    async fn read_range(&self, offset: u64, mut buf: Buffer) -> Result<Buffer> {
+    async fn read_range(&self, offset: u64, buf: Buffer) -> Result<Buffer> {
         let last = offset + buf.len() as u64 - 1;
-        let (mut resp, at) = self
+        let (resp, at) = self
             .client
             .send_ok(Method::GET, &self.url, Some((offset, last)))
             .await?;
-        let cr = resp
-            .headers()
-            .get(CONTENT_RANGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_content_range);
-        let ok = resp.status() == StatusCode::PARTIAL_CONTENT
-            && cr.is_some_and(|c| {
-                c.first == offset && c.last == last && c.total.is_none_or(|t| t == self.size)
-            });
-        if !ok {
+        fill_from_range_reply(resp, &at, offset, self.size, buf).await
+    }
+}
+
+/// Fills `buf` from the reply to `Range: bytes=offset-(offset+len-1)` of a disk of `size` bytes,
+/// checking the status (206), the `Content-Range` (exactly the range asked, of this size) and
+/// the body length (neither shorter nor longer).
+pub(crate) async fn fill_from_range_reply(
+    mut resp: Response,
+    at: &Url,
+    offset: u64,
+    size: u64,
+    mut buf: Buffer,
+) -> Result<Buffer> {
+    let last = offset + buf.len() as u64 - 1;
+    let header = resp
+        .headers()
+        .get(CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok());
+    let ok = resp.status() == StatusCode::PARTIAL_CONTENT
+        && header.and_then(parse_content_range).is_some_and(|c| {
+            c.first == offset && c.last == last && c.total.is_none_or(|t| t == size)
+        });
+    if !ok {
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            format!(
+                "{}: reply to Range bytes={offset}-{last} has status {} and Content-Range {:?}",
+                redact(at),
+                resp.status().as_u16(),
+                header.unwrap_or("(none)")
+            ),
+        ));
+    }
+    let mut filled = 0usize;
+    while let Some(chunk) = next_chunk(&mut resp, at, offset, filled, buf.len()).await? {
+        let end = filled + chunk.len();
+        if end > buf.len() {
             return Err(Error::new(
                 ErrorKind::Protocol,
                 format!(
-                    "{}: reply to Range bytes={offset}-{last} has status {} and Content-Range {:?}",
-                    redact(&at),
-                    resp.status().as_u16(),
-                    resp.headers()
-                        .get(CONTENT_RANGE)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("(none)")
+                    "{}: body for bytes={offset}-{last} is longer than the range",
+                    redact(at)
                 ),
             ));
         }
-        let mut filled = 0usize;
-        while let Some(chunk) = next_chunk(&mut resp, &at, offset, filled, buf.len()).await? {
-            let end = filled + chunk.len();
-            if end > buf.len() {
-                return Err(Error::new(
-                    ErrorKind::Protocol,
-                    format!(
-                        "{}: body for bytes={offset}-{last} is longer than the range",
-                        redact(&at)
-                    ),
-                ));
-            }
-            buf[filled..end].copy_from_slice(&chunk);
-            filled = end;
-        }
-        if filled != buf.len() {
-            return Err(short_body(&at, offset, filled, buf.len()));
-        }
-        Ok(buf)
+        buf[filled..end].copy_from_slice(&chunk);
+        filled = end;
     }
+    if filled != buf.len() {
+        return Err(short_body(at, offset, filled, buf.len()));
+    }
+    Ok(buf)
 }
 
 fn short_body(url: &Url, offset: u64, got: usize, want: usize) -> Error {

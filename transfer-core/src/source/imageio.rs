@@ -27,7 +27,7 @@ use crate::buffer::Buffer;
 use crate::error::{Error, ErrorKind, Result};
 use crate::extent::{Extent, ExtentKind};
 use crate::http::{redact, HttpClient, HttpOptions};
-use crate::source::http::{parse_content_range, ContentRange};
+use crate::source::http::{fill_from_range_reply, parse_content_range, ContentRange};
 use crate::source::{BlockSource, SourceCaps};
 
 /// Largest JSON answer accepted (an extent list of a fragmented multi-TiB disk fits easily).
@@ -380,54 +380,12 @@ impl ImageioSource {
         Ok((body, at))
     }
 
-    async fn read_range(&self, offset: u64, mut buf: Buffer) -> Result<Buffer> {
+    async fn read_range(&self, offset: u64, buf: Buffer) -> Result<Buffer> {
         let last = offset + buf.len() as u64 - 1;
-        let (mut resp, at) = self
+        let (resp, at) = self
             .request(Method::GET, &self.url, Some((offset, last)))
             .await?;
-        let cr = content_range(&resp);
-        let ok = resp.status() == StatusCode::PARTIAL_CONTENT
-            && cr.is_some_and(|c| {
-                c.first == offset && c.last == last && c.total.is_none_or(|t| t == self.size)
-            });
-        if !ok {
-            return Err(Error::new(
-                ErrorKind::Protocol,
-                format!(
-                    "{}: reply to Range bytes={offset}-{last} has status {} and Content-Range {:?}",
-                    redact(&at),
-                    resp.status().as_u16(),
-                    resp.headers()
-                        .get(CONTENT_RANGE)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("(none)")
-                ),
-            ));
-        }
-        let mut filled = 0usize;
-        loop {
-            let chunk = resp.chunk().await.map_err(|e| {
-                let err = short_body(&at, offset, filled, buf.len());
-                Error::new(err.kind(), format!("{} ({e})", err.context()))
-            })?;
-            let Some(chunk) = chunk else { break };
-            let end = filled + chunk.len();
-            if end > buf.len() {
-                return Err(Error::new(
-                    ErrorKind::Protocol,
-                    format!(
-                        "{}: body for bytes={offset}-{last} is longer than the range",
-                        redact(&at)
-                    ),
-                ));
-            }
-            buf[filled..end].copy_from_slice(&chunk);
-            filled = end;
-        }
-        if filled != buf.len() {
-            return Err(short_body(&at, offset, filled, buf.len()));
-        }
-        Ok(buf)
+        fill_from_range_reply(resp, &at, offset, self.size, buf).await
     }
 }
 
@@ -436,16 +394,6 @@ fn content_range(resp: &Response) -> Option<ContentRange> {
         .get(CONTENT_RANGE)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_content_range)
-}
-
-fn short_body(url: &Url, offset: u64, got: usize, want: usize) -> Error {
-    Error::new(
-        ErrorKind::Disconnected,
-        format!(
-            "{}: body shorter than announced: got {got} of {want} bytes at offset {offset}",
-            redact(url)
-        ),
-    )
 }
 
 #[async_trait]

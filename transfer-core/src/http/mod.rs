@@ -13,6 +13,30 @@ use url::Url;
 use crate::error::{invalid, Error, ErrorKind, Result};
 pub use tls::{Thumbprint, TlsTrust};
 
+/// Largest answer [`read_bounded`] takes by default (API answers: catalogs, extents lists).
+pub const MAX_ANSWER: usize = 64 << 20;
+
+/// Reads a whole response body of at most `limit` bytes (API answers, never disk data): a
+/// longer or broken body is an error naming `at`.
+pub async fn read_bounded(mut resp: Response, at: &Url, limit: usize) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| {
+        Error::new(
+            ErrorKind::Disconnected,
+            format!("{}: reading the answer: {e}", redact(at)),
+        )
+    })? {
+        if body.len() + chunk.len() > limit {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!("{}: answer larger than {} MiB", redact(at), limit >> 20),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// Redirects followed at most.
 pub const MAX_REDIRECTS: usize = 10;
 

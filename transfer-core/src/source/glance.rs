@@ -17,7 +17,7 @@ use url::Url;
 
 use crate::buffer::Buffer;
 use crate::error::{invalid, Error, ErrorKind, Result};
-use crate::http::{redact, HttpClient, HttpOptions};
+use crate::http::{read_bounded, redact, HttpClient, HttpOptions, MAX_ANSWER};
 use crate::source::http::HttpSource;
 use crate::source::stream::Checksum;
 use crate::source::{BlockSource, SourceCaps};
@@ -185,16 +185,11 @@ impl GlanceAuth {
     }
 }
 
-/// Reads a JSON reply (at most 16 MiB: catalogs and image records are small).
-async fn json_body(mut resp: reqwest::Response) -> std::result::Result<Value, String> {
-    let mut raw = Vec::new();
-    while let Some(c) = resp.chunk().await.map_err(|e| e.to_string())? {
-        raw.extend_from_slice(&c);
-        if raw.len() > 16 << 20 {
-            return Err("reply larger than 16 MiB".into());
-        }
-    }
-    serde_json::from_slice(&raw).map_err(|e| e.to_string())
+/// Reads a JSON answer (bounded: tokens with catalogs and image records are small).
+async fn json_body(resp: reqwest::Response, at: &Url, what: &str) -> Result<Value> {
+    let raw = read_bounded(resp, at, MAX_ANSWER).await?;
+    serde_json::from_slice(&raw)
+        .map_err(|e| Error::new(ErrorKind::Protocol, format!("{what} is not JSON: {e}")))
 }
 
 /// Picks the `image` endpoint from a Keystone v3 catalog.
@@ -246,7 +241,7 @@ impl GlanceSource {
         let tokens = Url::parse(&format!("{base}/auth/tokens"))
             .map_err(|e| invalid(format!("invalid Keystone URL: {e}")))?;
         let body = serde_json::to_vec(&auth.request_body()?).expect("JSON");
-        let (resp, _) = client
+        let (resp, answered) = client
             .send_with(Method::POST, &tokens, None, Some(body), &HeaderMap::new())
             .await?;
         match resp.status() {
@@ -277,12 +272,7 @@ impl GlanceSource {
                     "Keystone answered without an X-Subject-Token header",
                 )
             })?;
-        let body: Value = json_body(resp).await.map_err(|e| {
-            Error::new(
-                ErrorKind::Protocol,
-                format!("Keystone token reply is not JSON: {e}"),
-            )
-        })?;
+        let body: Value = json_body(resp, &answered, "Keystone token reply").await?;
         let interface = auth.interface.as_deref().unwrap_or("public");
         let endpoint = image_endpoint(&body["token"]["catalog"], auth.region.as_deref(), interface)
             .ok_or_else(|| {
@@ -305,7 +295,7 @@ impl GlanceSource {
         let mut token = token;
         token.set_sensitive(true);
         h.insert("x-auth-token", token);
-        let (resp, _) = client
+        let (resp, answered) = client
             .send_ok_with(Method::GET, &meta_url, None, None, &h)
             .await
             .map_err(|e| {
@@ -318,12 +308,7 @@ impl GlanceSource {
                     e
                 }
             })?;
-        let meta: Value = json_body(resp).await.map_err(|e| {
-            Error::new(
-                ErrorKind::Protocol,
-                format!("Glance image reply is not JSON: {e}"),
-            )
-        })?;
+        let meta: Value = json_body(resp, &answered, "Glance image reply").await?;
         let checksum = image_checksum(&meta)?;
         let file_url = Url::parse(&format!("{ep}/v2/images/{image}/file")).expect("valid");
         let (resp, at) = client

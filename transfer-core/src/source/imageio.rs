@@ -26,12 +26,9 @@ use url::Url;
 use crate::buffer::Buffer;
 use crate::error::{Error, ErrorKind, Result};
 use crate::extent::{Extent, ExtentKind};
-use crate::http::{redact, HttpClient, HttpOptions};
+use crate::http::{read_bounded, redact, HttpClient, HttpOptions, MAX_ANSWER};
 use crate::source::http::{fill_from_range_reply, parse_content_range, ContentRange};
 use crate::source::{BlockSource, SourceCaps};
-
-/// Largest JSON answer accepted (an extent list of a fragmented multi-TiB disk fits easily).
-const MAX_JSON: usize = 64 << 20;
 
 /// What `OPTIONS /images/TICKET` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -364,19 +361,8 @@ impl ImageioSource {
 
     /// The whole (bounded) body of a successful request.
     async fn get_body(&self, method: Method, url: &Url) -> Result<(Vec<u8>, Url)> {
-        let (mut resp, at) = self.request(method, url, None).await?;
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| {
-            Error::new(
-                ErrorKind::Disconnected,
-                format!("{}: reading the answer: {e}", redact(&at)),
-            )
-        })? {
-            if body.len() + chunk.len() > MAX_JSON {
-                return Err(bad(&redact(&at), "answer larger than 64 MiB"));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let (resp, at) = self.request(method, url, None).await?;
+        let body = read_bounded(resp, &at, MAX_ANSWER).await?;
         Ok((body, at))
     }
 

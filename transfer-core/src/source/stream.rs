@@ -107,7 +107,7 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-type Chunk = std::result::Result<Bytes, String>;
+type Chunk = Result<Bytes>;
 
 /// Moves the body into `tx`, hashing it; the end is an error when the body is short or the
 /// checksum differs.
@@ -132,9 +132,11 @@ async fn pump(
                     let cause = std::error::Error::source(&e)
                         .map(|c| c.to_string())
                         .unwrap_or_else(|| e.to_string());
-                    let _ = tx
-                        .send(Err(format!("{}: body shorter than announced: the body ended after {total} bytes ({cause})", redact(&url))))
-                        .await;
+                    let msg = format!(
+                        "{}: body shorter than announced: the body ended after {total} bytes ({cause})",
+                        redact(&url)
+                    );
+                    let _ = tx.send(Err(Error::new(ErrorKind::Disconnected, msg))).await;
                     return;
                 }
             },
@@ -151,12 +153,11 @@ async fn pump(
         }
     }
     if let Some(len) = length.filter(|&l| l != total) {
-        let _ = tx
-            .send(Err(format!(
-                "{}: body shorter than announced: {total} of {len} bytes",
-                redact(&url)
-            )))
-            .await;
+        let msg = format!(
+            "{}: body shorter than announced: {total} of {len} bytes",
+            redact(&url)
+        );
+        let _ = tx.send(Err(Error::new(ErrorKind::Disconnected, msg))).await;
         return;
     }
     if let (Some(h), Some(c)) = (hasher, checksum) {
@@ -169,7 +170,7 @@ async fn pump(
                 hex(&c.expected),
                 hex(&got)
             );
-            let _ = tx.send(Err(msg)).await;
+            let _ = tx.send(Err(Error::new(ErrorKind::Mismatch, msg))).await;
         }
     }
 }
@@ -185,7 +186,8 @@ impl Read for ChannelReader {
         while self.cur.is_empty() {
             match self.rx.blocking_recv() {
                 Some(Ok(b)) => self.cur = b,
-                Some(Err(msg)) => return Err(std::io::Error::other(msg)),
+                // Carried through the decoder as the io::Error's payload, kind and all.
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
                 None => return Ok(0),
             }
         }
@@ -196,7 +198,7 @@ impl Read for ChannelReader {
     }
 }
 
-type FillRequest = (Buffer, oneshot::Sender<std::result::Result<Buffer, String>>);
+type FillRequest = (Buffer, oneshot::Sender<Result<Buffer>>);
 
 fn decoder_thread(
     codec: Codec,
@@ -226,8 +228,22 @@ fn decoder_thread(
                 Ok(0) => break Ok(()),
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Other => break Err(e.to_string()),
-                Err(e) => break Err(format!("{url}: corrupt {name} stream: {e}")),
+                Err(e) => {
+                    break Err(
+                        match e.into_inner().map(|inner| inner.downcast::<Error>()) {
+                            // An error of the body itself (short, checksum), passed through.
+                            Some(Ok(ours)) => *ours,
+                            Some(Err(other)) => Error::new(
+                                ErrorKind::Protocol,
+                                format!("{url}: corrupt {name} stream: {other}"),
+                            ),
+                            None => Error::new(
+                                ErrorKind::Protocol,
+                                format!("{url}: corrupt {name} stream"),
+                            ),
+                        },
+                    );
+                }
             }
         };
         buf.set_len(filled);
@@ -301,14 +317,6 @@ impl BodyStream {
                 ),
             ));
         }
-        let stream_err = |m: String| {
-            let kind = if m.contains("checksum mismatch") {
-                ErrorKind::Mismatch
-            } else {
-                ErrorKind::Disconnected
-            };
-            Error::new(kind, m)
-        };
         let buf = match feed {
             Feed::Direct(rx, pending) => {
                 let cap = buf.len();
@@ -317,7 +325,7 @@ impl BodyStream {
                     if pending.is_empty() {
                         match rx.recv().await {
                             Some(Ok(b)) => *pending = b,
-                            Some(Err(m)) => return Err(stream_err(m)),
+                            Some(Err(e)) => return Err(e),
                             None => break,
                         }
                     }
@@ -334,8 +342,7 @@ impl BodyStream {
                 tx.send((buf, rtx))
                     .map_err(|_| Error::new(ErrorKind::Io, "decoder stopped"))?;
                 rrx.await
-                    .map_err(|_| Error::new(ErrorKind::Io, "decoder thread died"))?
-                    .map_err(stream_err)?
+                    .map_err(|_| Error::new(ErrorKind::Io, "decoder thread died"))??
             }
         };
         *pos += buf.len() as u64;
@@ -367,14 +374,7 @@ impl BodyStream {
                             redact(&self.url)
                         ),
                     )),
-                    Some(Err(m)) => Err(Error::new(
-                        if m.contains("checksum mismatch") {
-                            ErrorKind::Mismatch
-                        } else {
-                            ErrorKind::Disconnected
-                        },
-                        m,
-                    )),
+                    Some(Err(e)) => Err(e),
                 }
             }
             // The decoder only reports the end after its input ended cleanly.

@@ -57,6 +57,13 @@ pub fn require_peers(bins: &[&str]) -> bool {
     if missing.is_empty() {
         return true;
     }
+    peer_missing(&format!("test peer(s) {missing:?}"))
+}
+
+/// Reports a missing test peer (`what`, e.g. "test peer(s) [\"nbdkit\"]") and returns false:
+/// panics under CI (`CI=true`), where scripts/install-peers.sh must have installed it; otherwise
+/// prints a SKIP line naming the test.
+pub fn peer_missing(what: &str) -> bool {
     let test = std::thread::current()
         .name()
         .unwrap_or("<unnamed test>")
@@ -64,13 +71,13 @@ pub fn require_peers(bins: &[&str]) -> bool {
     let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
     assert!(
         !ci,
-        "{test}: test peer(s) {missing:?} not installed; CI must run scripts/install-peers.sh"
+        "{test}: {what} not installed; CI must run scripts/install-peers.sh"
     );
     // Straight to the stderr descriptor: the test harness captures eprintln!, which would hide
     // the skip unless the test failed.
     let _ = writeln!(
         std::io::stderr().lock(),
-        "SKIP {test}: test peer(s) {missing:?} not installed (scripts/install-peers.sh installs them)"
+        "SKIP {test}: {what} not installed (scripts/install-peers.sh installs them)"
     );
     false
 }

@@ -188,15 +188,7 @@ impl HttpSource {
                 format!("{}: the server does not tell the size", redact(at)),
             )
         })?;
-        let first = match resp.chunk().await {
-            Ok(c) => c.unwrap_or_default(),
-            Err(e) => {
-                return Err(Error::new(
-                    ErrorKind::Disconnected,
-                    format!("{}: reading the body failed: {e}", redact(at)),
-                ))
-            }
-        };
+        let first = first_chunk(&mut resp, at).await?;
         let stream = BodyStream::start(resp, first, at, Some(size), Codec::Raw, checksum);
         Ok(HttpSource {
             client,
@@ -216,15 +208,7 @@ impl HttpSource {
         opts: &HttpOptions,
     ) -> Result<Self> {
         let length = content_length(&resp);
-        let first = match resp.chunk().await {
-            Ok(c) => c.unwrap_or_default(),
-            Err(e) => {
-                return Err(Error::new(
-                    ErrorKind::Disconnected,
-                    format!("{}: reading the body failed: {e}", redact(at)),
-                ))
-            }
-        };
+        let first = first_chunk(&mut resp, at).await?;
         let codec = codec_of(&first, at)?;
         if codec == Codec::Raw {
             self.size = length.ok_or_else(|| {
@@ -307,6 +291,19 @@ pub(crate) async fn fill_from_range_reply(
         return Err(short_body(at, offset, filled, buf.len()));
     }
     Ok(buf)
+}
+
+/// The first piece of a body that is about to be read as a stream (empty for an empty body).
+async fn first_chunk(resp: &mut Response, at: &Url) -> Result<bytes::Bytes> {
+    resp.chunk()
+        .await
+        .map(Option::unwrap_or_default)
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Disconnected,
+                format!("{}: reading the body failed: {e}", redact(at)),
+            )
+        })
 }
 
 fn short_body(url: &Url, offset: u64, got: usize, want: usize) -> Error {

@@ -13,8 +13,9 @@ use transfer_core::engine::verify::{verify, VerifyOptions, VerifyResult};
 use transfer_core::engine::{copy, CopyOptions, Progress};
 use transfer_core::http::{HttpOptions, Thumbprint, TlsTrust};
 use transfer_core::io::IoEngineKind;
-use transfer_core::open::{open_source, SourceOptions};
+use transfer_core::open::{dirty_ranges, open_source, SourceOptions};
 use transfer_core::size::parse_size;
+use transfer_core::source::imageio::Transport;
 use transfer_core::source::stream::Checksum;
 use transfer_core::target::{open_target, target_path, TargetOptions};
 
@@ -48,6 +49,9 @@ enum Cmd {
     Copy(CopyArgs),
     /// Compare SOURCE and TARGET logically; exit 0 when equal, 1 with the first differing offset.
     Verify(VerifyArgs),
+    /// Print SOURCE's extents as JSON ([{"start","length","kind"}], kind data|zero|hole), or
+    /// with --dirty its changed ranges ([{"start","length"}]; oVirt imageio tickets).
+    Extents(ExtentsArgs),
 }
 
 #[derive(Args)]
@@ -77,6 +81,10 @@ struct HttpArgs {
     /// How to read an http(s):// SOURCE: auto (a disk image file) or imageio (an oVirt ticket URL).
     #[arg(long, default_value = "auto", value_parser = ["auto", "imageio"])]
     source_kind: String,
+    /// How to reach an imageio daemon: auto (its local Unix socket when it offers one and runs
+    /// on this host, else HTTP(S)) or tcp (HTTP(S) only).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "tcp"])]
+    imageio_transport: String,
     /// Verify the received body against ALGO:HEX (md5, sha1, sha256, sha512); reads one stream.
     #[arg(long, value_name = "ALGO:HEX")]
     checksum: Option<String>,
@@ -89,6 +97,20 @@ struct HttpArgs {
 }
 
 impl HttpArgs {
+    /// The source options for these HTTP arguments and `connections`.
+    fn source_options(&self, connections: usize) -> transfer_core::Result<SourceOptions> {
+        Ok(SourceOptions {
+            http: self.options()?,
+            connections,
+            kind: self.source_kind.parse()?,
+            imageio_transport: match self.imageio_transport.as_str() {
+                "tcp" => Transport::Tcp,
+                _ => Transport::Auto,
+            },
+            ..SourceOptions::default()
+        })
+    }
+
     fn options(&self) -> transfer_core::Result<HttpOptions> {
         let trust = if self.insecure {
             TlsTrust::Insecure
@@ -157,6 +179,17 @@ struct CopyArgs {
 }
 
 #[derive(Args)]
+struct ExtentsArgs {
+    /// Source URI.
+    source: String,
+    /// Print the ranges changed since the ticket's checkpoint (imageio `context=dirty`).
+    #[arg(long)]
+    dirty: bool,
+    #[command(flatten)]
+    http: HttpArgs,
+}
+
+#[derive(Args)]
 struct VerifyArgs {
     /// First disk (any source URI).
     source: String,
@@ -189,7 +222,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
     let Some(cmd) = cli.cmd else {
-        eprintln!("importer: a subcommand is required (copy, verify); see --help");
+        eprintln!("importer: a subcommand is required (copy, verify, extents); see --help");
         return ExitCode::from(2);
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -206,6 +239,7 @@ fn main() -> ExitCode {
         match cmd {
             Cmd::Copy(a) => run_copy(a).await,
             Cmd::Verify(a) => run_verify(a).await,
+            Cmd::Extents(a) => run_extents(a).await,
         }
     });
     rt.shutdown_timeout(Duration::from_secs(1));
@@ -220,12 +254,7 @@ fn main() -> ExitCode {
 
 async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
     let io_engine = a.io_engine.parse::<IoEngineKind>()?;
-    let sopts = SourceOptions {
-        http: a.http.options()?,
-        connections: a.tuning.connections,
-        kind: a.http.source_kind.parse()?,
-        ..SourceOptions::default()
-    };
+    let sopts = a.http.source_options(a.tuning.connections)?;
     let source = open_source(&a.source, &sopts).await?;
     let path = target_path(&a.target)?;
     // A file this run creates is removed again if the copy fails, so a failed import never
@@ -286,12 +315,7 @@ async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
 }
 
 async fn run_verify(a: VerifyArgs) -> transfer_core::Result<ExitCode> {
-    let opts = SourceOptions {
-        http: a.http.options()?,
-        connections: a.tuning.connections,
-        kind: a.http.source_kind.parse()?,
-        ..SourceOptions::default()
-    };
+    let opts = a.http.source_options(a.tuning.connections)?;
     let x = open_source(&a.source, &opts).await?;
     let y = open_source(&a.target, &opts).await?;
     let vopts = VerifyOptions {
@@ -322,4 +346,41 @@ async fn run_verify(a: VerifyArgs) -> transfer_core::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// Extents are asked for in windows of this size (sources answer per range).
+const EXTENTS_WINDOW: u64 = 1 << 30;
+
+async fn run_extents(a: ExtentsArgs) -> transfer_core::Result<ExitCode> {
+    let opts = a.http.source_options(1)?;
+    let list: Vec<serde_json::Value> = if a.dirty {
+        dirty_ranges(&a.source, &opts)
+            .await?
+            .into_iter()
+            .map(|(start, length)| serde_json::json!({"start": start, "length": length}))
+            .collect()
+    } else {
+        let source = open_source(&a.source, &opts).await?;
+        let mut merged: Vec<(u64, u64, &'static str)> = Vec::new();
+        let mut offset = 0;
+        while offset < source.size() {
+            let len = EXTENTS_WINDOW.min(source.size() - offset);
+            for e in source.extents(offset, len).await? {
+                let kind = e.kind.name();
+                match merged.last_mut() {
+                    Some((s, l, k)) if *k == kind && *s + *l == e.offset => *l += e.len,
+                    _ => merged.push((e.offset, e.len, kind)),
+                }
+            }
+            offset += len;
+        }
+        merged
+            .into_iter()
+            .map(|(start, length, kind)| {
+                serde_json::json!({"start": start, "length": length, "kind": kind})
+            })
+            .collect()
+    };
+    println!("{}", serde_json::Value::Array(list));
+    Ok(ExitCode::SUCCESS)
 }

@@ -2,8 +2,10 @@
 //! file-backed ticket over HTTP and over HTTPS (trusted through `--cacert`) copies byte for byte
 //! and `importer verify` agrees; an NBD-backed ticket of a sparse qcow2 copies like
 //! `qemu-img convert -O raw` and downloads only the allocated data; unknown and expired tickets
-//! fail in one line naming the 403; and the dirty extents of a ticket on a qcow2 with a bitmap
-//! are exactly the ranges written after the bitmap was added.
+//! fail in one line naming the 403; the dirty extents of a ticket on a qcow2 with a bitmap
+//! are exactly the ranges written after the bitmap was added (library and `importer extents
+//! --dirty`); a daemon offering its local socket is read through it after the first OPTIONS,
+//! unless `--imageio-transport tcp` says otherwise.
 
 mod common;
 
@@ -28,7 +30,11 @@ fn file_ticket(tls: bool, dir: &Path) -> Option<(Imageio, Vec<u8>)> {
     if !require_imageio() {
         return None;
     }
-    let daemon = Imageio::start(tls);
+    Some(with_file_ticket(Imageio::start(tls), dir))
+}
+
+/// `daemon` with a file-backed ticket `file-ticket` on a disk of [`DISK_SIZE`].
+fn with_file_ticket(daemon: Imageio, dir: &Path) -> (Imageio, Vec<u8>) {
     let disk = disk_bytes(DISK_SIZE, 21);
     let path = dir.join("disk.raw");
     write_sparse(&path, &disk);
@@ -39,7 +45,7 @@ fn file_ticket(tls: bool, dir: &Path) -> Option<(Imageio, Vec<u8>)> {
         timeout: 300,
         dirty: false,
     });
-    Some((daemon, disk))
+    (daemon, disk)
 }
 
 /// `importer copy [OPTIONS...] imageio+URL DIR/target.img`, asserting success.
@@ -289,4 +295,156 @@ fn dirty_extents_are_the_ranges_written_after_the_bitmap() {
             (7 * MIB, 64 * KIB),
         ]
     );
+}
+
+/// The clients of the connections the daemon opened (`127.0.0.1` for TCP), from its
+/// `OPEN connection=N client=X` lines of the daemon's `log`.
+fn connection_clients(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|l| l.split_once("] OPEN connection=").map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split_once("client=").map(|(_, c)| c.trim().to_owned()))
+        .collect()
+}
+
+#[test]
+fn ticket_on_this_host_is_read_through_the_local_socket() {
+    if !require_imageio() {
+        return;
+    }
+    let dir = tempdir();
+    let (daemon, disk) = with_file_ticket(Imageio::start_local(true), dir.path());
+    let ca = daemon.tls().ca_cert();
+
+    let (target, stats) = copy_ok(
+        &daemon,
+        dir.path(),
+        &daemon.url("file-ticket"),
+        &["--cacert", s(&ca), "--connections", "4"],
+    );
+
+    assert_file_holds(&target, &disk);
+    assert_eq!(stats.bytes_total, DISK_SIZE as u64);
+    // The first OPTIONS comes over TCP (it tells of the socket); every connection after it
+    // (OPTIONS again, extents, the reads) is local.
+    let log = daemon.logs();
+    let first = log
+        .find("[127.0.0.1] OPTIONS transfer=")
+        .unwrap_or_else(|| panic!("an OPTIONS over TCP: {log}"));
+    let later = connection_clients(&log[first..]);
+    assert!(!later.is_empty(), "reads open connections: {log}");
+    assert!(
+        later.iter().all(|c| c == "local"),
+        "no connection after the first OPTIONS is TCP: {later:?}"
+    );
+}
+
+#[test]
+fn transport_tcp_keeps_reads_on_https_though_a_local_socket_is_offered() {
+    if !require_imageio() {
+        return;
+    }
+    let dir = tempdir();
+    let (daemon, disk) = with_file_ticket(Imageio::start_local(true), dir.path());
+    let ca = daemon.tls().ca_cert();
+
+    let (target, _) = copy_ok(
+        &daemon,
+        dir.path(),
+        &daemon.url("file-ticket"),
+        &["--cacert", s(&ca), "--imageio-transport", "tcp"],
+    );
+
+    assert_file_holds(&target, &disk);
+    let clients = connection_clients(&daemon.logs());
+    assert!(
+        clients.len() >= 3 && clients.iter().all(|c| c == "127.0.0.1"),
+        "every connection is TCP: {clients:?}"
+    );
+}
+
+#[test]
+fn extents_command_prints_the_zero_and_data_ranges_of_an_nbd_ticket() {
+    if !require_imageio() {
+        return;
+    }
+    let dir = tempdir();
+    let image = dir.path().join("disk.qcow2");
+    qcow2_create(&image, 4 * MIB);
+    qcow2_write(&image, &[(MIB, MIB, 0x77)]);
+    run_ok(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -q -z 3M 512K", s(&image)],
+    );
+    let export = NbdExport::qcow2(&image, None);
+    let daemon = Imageio::start(false);
+    daemon.add_ticket(&Ticket {
+        id: "map-ticket",
+        size: 4 * MIB,
+        url: export.ticket_url(),
+        timeout: 300,
+        dirty: false,
+    });
+
+    let out = importer(&["extents", &format!("imageio+{}", daemon.url("map-ticket"))]);
+
+    assert!(out.status.success(), "{}", out.stderr);
+    let map: serde_json::Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("extents prints JSON ({e}): {:?}", out.stdout));
+    // imageio 2.5's nbd backend reports unallocated and zero clusters alike as `zero` (no
+    // `hole`); adjacent zero ranges are merged.
+    assert_eq!(
+        map,
+        serde_json::json!([
+            {"start": 0, "length": MIB, "kind": "zero"},
+            {"start": MIB, "length": MIB, "kind": "data"},
+            {"start": 2 * MIB, "length": 2 * MIB, "kind": "zero"},
+        ])
+    );
+}
+
+#[test]
+fn extents_dirty_command_prints_the_changed_ranges() {
+    if !require_imageio() {
+        return;
+    }
+    let dir = tempdir();
+    let image = dir.path().join("disk.qcow2");
+    qcow2_create(&image, 4 * MIB);
+    qcow2_write(&image, &[(0, 4 * MIB, 0x10)]);
+    run_ok("qemu-img", &["bitmap", "--add", s(&image), "b2"]);
+    qcow2_write(&image, &[(MIB, 128 * KIB, 0x20), (3 * MIB, 64 * KIB, 0x30)]);
+    let export = NbdExport::qcow2(&image, Some("b2"));
+    let daemon = Imageio::start(false);
+    daemon.add_ticket(&Ticket {
+        id: "delta-ticket",
+        size: 4 * MIB,
+        url: export.ticket_url(),
+        timeout: 300,
+        dirty: true,
+    });
+
+    let out = importer(&[
+        "extents",
+        "--dirty",
+        &format!("imageio+{}", daemon.url("delta-ticket")),
+    ]);
+
+    assert!(out.status.success(), "{}", out.stderr);
+    let delta: serde_json::Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("extents --dirty prints JSON ({e}): {:?}", out.stdout));
+    assert_eq!(
+        delta,
+        serde_json::json!([
+            {"start": MIB, "length": 128 * KIB},
+            {"start": 3 * MIB, "length": 64 * KIB},
+        ])
+    );
+}
+
+#[test]
+fn extents_dirty_of_a_plain_http_url_is_a_clean_error() {
+    let out = importer(&["extents", "--dirty", "http://127.0.0.1:9/disk.img"]);
+
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    out.assert_clean_failure(&["dirty", "imageio"]);
 }

@@ -16,6 +16,15 @@ impl ExtentKind {
     pub fn is_zero(self) -> bool {
         matches!(self, ExtentKind::Zero | ExtentKind::Hole)
     }
+
+    /// `data`, `zero` or `hole`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExtentKind::Data => "data",
+            ExtentKind::Zero => "zero",
+            ExtentKind::Hole => "hole",
+        }
+    }
 }
 
 /// A contiguous byte range of one kind.

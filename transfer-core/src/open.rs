@@ -9,7 +9,7 @@ use crate::http::HttpOptions;
 use crate::source::file::FileSource;
 use crate::source::glance::{GlanceAuth, GlanceSource};
 use crate::source::http::HttpSource;
-use crate::source::imageio::ImageioSource;
+use crate::source::imageio::{ImageioSource, Transport};
 use crate::source::nbd::{NbdSource, NbdUri};
 use crate::source::synth::SynthSource;
 use crate::source::BlockSource;
@@ -28,6 +28,8 @@ pub struct SourceOptions {
     pub kind: SourceKind,
     /// Keystone credentials for `glance+` URIs (default: the `OS_*` variables).
     pub glance_auth: Option<GlanceAuth>,
+    /// How imageio sources reach the daemon (its local socket when it can, by default).
+    pub imageio_transport: Transport,
 }
 
 /// What protocol a plain `http(s)://` URL speaks.
@@ -62,6 +64,7 @@ impl Default for SourceOptions {
             connections: 4,
             kind: SourceKind::Auto,
             glance_auth: None,
+            imageio_transport: Transport::Auto,
         }
     }
 }
@@ -69,8 +72,31 @@ impl Default for SourceOptions {
 /// Opens an oVirt imageio ticket URL (`http(s)://host:54322/images/TICKET`).
 async fn open_imageio(url: url::Url, opts: &SourceOptions) -> Result<Arc<dyn BlockSource>> {
     Ok(Arc::new(
-        ImageioSource::open(url, &opts.http, opts.connections).await?,
+        ImageioSource::open_with(url, &opts.http, opts.connections, opts.imageio_transport).await?,
     ))
+}
+
+/// The ranges `(offset, length)` changed since the previous checkpoint, for the sources that
+/// can tell: oVirt imageio tickets created with `dirty` (`imageio+http(s)://`, or `http(s)://`
+/// with [`SourceKind::Imageio`]).
+pub async fn dirty_ranges(uri: &str, opts: &SourceOptions) -> Result<Vec<(u64, u64)>> {
+    let scheme = uri.split("://").next().unwrap_or("").to_ascii_lowercase();
+    let plain = match scheme.as_str() {
+        "imageio+http" | "imageio+https" => uri.split_once('+').map_or(uri, |(_, rest)| rest),
+        "http" | "https" if opts.kind == SourceKind::Imageio => uri,
+        _ => {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "dirty extents come from oVirt imageio tickets only (imageio+http(s):// or --source-kind imageio)",
+            ))
+        }
+    };
+    let url = url::Url::parse(plain)
+        .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("invalid source URI: {e}")))?;
+    ImageioSource::open_with(url, &opts.http, 1, opts.imageio_transport)
+        .await?
+        .dirty_extents()
+        .await
 }
 
 /// Opens the source named by `uri`.

@@ -58,11 +58,22 @@ pub struct Ticket<'a> {
 }
 
 impl Imageio {
-    /// Starts the daemon with TLS (a test CA and server certificate) or without.
+    /// Starts the daemon with TLS (a test CA and server certificate) or without, and without
+    /// its local socket service.
     pub fn start(tls: bool) -> Imageio {
+        Imageio::start_with(tls, false)
+    }
+
+    /// Starts the daemon with its local socket service on (a random abstract socket, as unique
+    /// per daemon as the default `\0/org/ovirt/imageio` is per host).
+    pub fn start_local(tls: bool) -> Imageio {
+        Imageio::start_with(tls, true)
+    }
+
+    fn start_with(tls: bool, local: bool) -> Imageio {
         let mut last = String::new();
         for _ in 0..START_ATTEMPTS {
-            match Imageio::try_start(tls) {
+            match Imageio::try_start(tls, local) {
                 Ok(d) => return d,
                 Err(e) => last = e,
             }
@@ -70,7 +81,7 @@ impl Imageio {
         panic!("ovirt-imageio did not start in {START_ATTEMPTS} attempts: {last}");
     }
 
-    fn try_start(with_tls: bool) -> Result<Imageio, String> {
+    fn try_start(with_tls: bool, local: bool) -> Result<Imageio, String> {
         let dir = tempdir();
         let tls = with_tls.then(|| Tls::create(&dir.path().join("tls")));
         let (port, control) = (free_tcp_port(), free_tcp_port());
@@ -93,7 +104,7 @@ impl Imageio {
              poll_interval = 0.1\n\
              [tls]\n{tls_section}\
              [remote]\nhost = 127.0.0.1\nport = {port}\n\
-             [local]\nenable = false\n\
+             [local]\nenable = {local}\nsocket =\n\
              [control]\ntransport = tcp\nport = {control}\n\
              [profile]\nfilename = {run}/profile\n\
              [handler_logfile]\nargs = ('{log}',)\n",

@@ -153,6 +153,19 @@ fn request_error(url: &Url, e: reqwest::Error) -> Error {
     Error::new(ErrorKind::Io, format!("{target}: {detail}"))
 }
 
+/// The user's extra headers of `opts`, checked (values are never echoed).
+fn user_headers(opts: &HttpOptions) -> Result<HeaderMap> {
+    let mut headers = HeaderMap::new();
+    for (n, v) in &opts.headers {
+        let name = HeaderName::from_bytes(n.as_bytes())
+            .map_err(|_| invalid(format!("invalid header name '{n}'")))?;
+        let value = HeaderValue::from_str(v)
+            .map_err(|_| invalid(format!("invalid value for header '{n}'")))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
 impl HttpClient {
     /// A client for `opts`.
     pub fn new(opts: &HttpOptions) -> Result<Self> {
@@ -164,15 +177,29 @@ impl HttpClient {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("HTTP client setup: {e}")))?;
-        let mut headers = HeaderMap::new();
-        for (n, v) in &opts.headers {
-            let name = HeaderName::from_bytes(n.as_bytes())
-                .map_err(|_| invalid(format!("invalid header name '{n}'")))?;
-            let value = HeaderValue::from_str(v)
-                .map_err(|_| invalid(format!("invalid value for header '{n}'")))?;
-            headers.append(name, value);
-        }
-        Ok(HttpClient { client, headers })
+        Ok(HttpClient {
+            client,
+            headers: user_headers(opts)?,
+        })
+    }
+
+    /// A client whose every connection goes to the Unix socket `path` (plain HTTP; a path
+    /// starting with NUL names a Linux abstract socket), with the same header and redirect
+    /// policies. Request URLs keep naming the host for the `Host` header.
+    pub fn unix(opts: &HttpOptions, path: &std::path::Path) -> Result<Self> {
+        // reqwest needs a TLS configuration even for plain HTTP (no process-wide provider).
+        let tls = tls::client_config(&opts.trust)?;
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .unix_socket(path)
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("HTTP client setup: {e}")))?;
+        Ok(HttpClient {
+            client,
+            headers: user_headers(opts)?,
+        })
     }
 
     /// Sends `method` to `url` (with `Range: bytes=a-b` when `range` is given), following up to

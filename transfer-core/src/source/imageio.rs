@@ -9,7 +9,12 @@
 //! A 403 means the ticket is unknown, expired or cancelled, and says so in one line.
 //!
 //! Dirty extents for warm migration come from `?context=dirty` ([`ImageioSource::dirty_extents`]).
-//! imageio's local Unix socket transport is not used: everything goes over HTTP(S).
+//!
+//! When the daemon offers its local Unix socket (`unix_socket` in the OPTIONS answer) and runs on
+//! this host (the TCP peer's address is one of ours, as imageio's own client checks), every later
+//! request goes over that socket as plain HTTP: no TLS and no TCP on the data path. The switch is
+//! made only after `OPTIONS` for the same ticket succeeds over the socket; otherwise the source
+//! stays on HTTP(S) and logs why.
 //!
 //! The JSON answers are parsed by pure functions ([`parse_options`], [`parse_zero_extents`],
 //! [`parse_dirty_extents`]) that check every field and the ordering.
@@ -37,6 +42,8 @@ pub struct ImageioOptions {
     pub features: Vec<String>,
     /// How many parallel readers the ticket allows (1 when not given, as old daemons do).
     pub max_readers: usize,
+    /// The daemon's local socket (`\0/org/ovirt/imageio` by default: an abstract socket).
+    pub unix_socket: Option<String>,
 }
 
 impl ImageioOptions {
@@ -78,9 +85,20 @@ pub fn parse_options(body: &[u8]) -> Result<ImageioOptions> {
             _ => return Err(bad(WHAT, format!("invalid max_readers {n}"))),
         },
     };
+    let unix_socket = match obj.get("unix_socket") {
+        None | Some(Value::Null) => None,
+        // sun_path holds 108 bytes; an abstract name has no terminator.
+        Some(Value::String(p))
+            if !p.is_empty() && p.len() <= 107 && !p.as_bytes()[1..].contains(&0) =>
+        {
+            Some(p.clone())
+        }
+        Some(_) => return Err(bad(WHAT, "invalid unix_socket")),
+    };
     Ok(ImageioOptions {
         features,
         max_readers,
+        unix_socket,
     })
 }
 
@@ -208,10 +226,31 @@ fn extents_in(list: &[Extent], offset: u64, len: u64) -> Vec<Extent> {
         .collect()
 }
 
-/// An oVirt imageio ticket, read over HTTP(S).
+/// Whether an address is one of this host's: binding a socket to it succeeds only then.
+fn is_local_address(ip: std::net::IpAddr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
+
+/// How an imageio source reaches the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// The local Unix socket when the daemon offers it and runs on this host, else HTTP(S).
+    #[default]
+    Auto,
+    /// HTTP(S) only.
+    Tcp,
+}
+
+/// An oVirt imageio ticket, read over HTTP(S) or the daemon's local socket.
 pub struct ImageioSource {
     client: HttpClient,
+    /// What requests are sent to: the ticket URL, or `http://localhost/images/TICKET` over the
+    /// local socket.
     url: Url,
+    /// The ticket URL as given (for messages).
+    public_url: Url,
+    /// The local socket in use, if any.
+    local_socket: Option<String>,
     size: u64,
     options: ImageioOptions,
     connections: usize,
@@ -221,8 +260,18 @@ pub struct ImageioSource {
 
 impl ImageioSource {
     /// Opens the ticket URL `url` (`.../images/TICKET`); `connections` bounds the parallel
-    /// readers together with the ticket's `max_readers`.
+    /// readers together with the ticket's `max_readers`. Uses the local socket when it can.
     pub async fn open(url: Url, opts: &HttpOptions, connections: usize) -> Result<Self> {
+        ImageioSource::open_with(url, opts, connections, Transport::Auto).await
+    }
+
+    /// [`open`](Self::open) with a choice of transport.
+    pub async fn open_with(
+        url: Url,
+        opts: &HttpOptions,
+        connections: usize,
+        transport: Transport,
+    ) -> Result<Self> {
         let client = HttpClient::new(opts)?;
         let mut url = url;
         if url.path().ends_with('/') {
@@ -231,17 +280,29 @@ impl ImageioSource {
         }
         let mut src = ImageioSource {
             client,
+            public_url: url.clone(),
             url,
+            local_socket: None,
             size: 0,
             options: ImageioOptions {
                 features: Vec::new(),
                 max_readers: 1,
+                unix_socket: None,
             },
             connections: connections.max(1),
             extents: Arc::new(OnceCell::new()),
         };
-        let (body, _) = src.get_body(Method::OPTIONS, &src.url.clone()).await?;
+        let (resp, at) = src.request(Method::OPTIONS, &src.url, None).await?;
+        let peer = resp.remote_addr();
+        let body = read_bounded(resp, &at, MAX_ANSWER).await?;
         src.options = parse_options(&body).map_err(|e| e.context_prefix(src.describe()))?;
+        if transport == Transport::Auto {
+            if let Some(path) = src.options.unix_socket.clone() {
+                if peer.is_some_and(|p| is_local_address(p.ip())) {
+                    src.switch_to_local(opts, &path).await;
+                }
+            }
+        }
         if src.options.has("extents") {
             let list = src.read_zero_extents().await?;
             src.size = list.last().map_or(0, Extent::end);
@@ -250,6 +311,43 @@ impl ImageioSource {
             src.size = src.probe_size().await?;
         }
         Ok(src)
+    }
+
+    /// Moves every later request to the daemon's local socket `path`, if `OPTIONS` for the
+    /// ticket succeeds there; otherwise stays on HTTP(S) and says why.
+    async fn switch_to_local(&mut self, opts: &HttpOptions, path: &str) {
+        let shown = path.replace('\0', "@");
+        let attempt = async {
+            let client = HttpClient::unix(opts, std::path::Path::new(path))?;
+            let mut url = Url::parse("http://localhost/").expect("a valid URL");
+            url.set_path(self.public_url.path());
+            let (resp, at) = client.send(Method::OPTIONS, &url, None).await?;
+            if !resp.status().is_success() {
+                return Err(Error::new(
+                    ErrorKind::Server,
+                    format!("OPTIONS answered HTTP {}", resp.status().as_u16()),
+                ));
+            }
+            parse_options(&read_bounded(resp, &at, MAX_ANSWER).await?)?;
+            Ok((client, url))
+        };
+        match attempt.await {
+            Ok((client, url)) => {
+                tracing::debug!(socket = %shown, "imageio: using the daemon's local socket");
+                self.client = client;
+                self.url = url;
+                self.local_socket = Some(shown);
+            }
+            Err(e) => tracing::warn!(
+                socket = %shown,
+                "imageio: cannot use the daemon's local socket, staying on HTTP(S): {e}"
+            ),
+        }
+    }
+
+    /// The local socket the source reads through (`@` standing for a leading NUL), if any.
+    pub fn local_socket(&self) -> Option<&str> {
+        self.local_socket.as_deref()
     }
 
     /// [`open`](Self::open) for a URI string (`http(s)://` or `imageio+http(s)://`).
@@ -320,6 +418,12 @@ impl ImageioSource {
         range: Option<(u64, u64)>,
     ) -> Result<(Response, Url)> {
         let (resp, at) = self.client.send(method.clone(), url, range).await?;
+        // Over the local socket the URL is `http://localhost/...`: messages name the ticket URL.
+        let at = if self.local_socket.is_some() {
+            self.public_url.clone()
+        } else {
+            at
+        };
         let st = resp.status();
         if st.is_success() {
             return Ok((resp, at));
@@ -385,7 +489,7 @@ fn content_range(resp: &Response) -> Option<ContentRange> {
 #[async_trait]
 impl BlockSource for ImageioSource {
     fn describe(&self) -> String {
-        redact(&self.url)
+        redact(&self.public_url)
     }
 
     fn size(&self) -> u64 {
@@ -432,6 +536,8 @@ impl BlockSource for ImageioSource {
         Ok(Arc::new(ImageioSource {
             client: self.client.clone(),
             url: self.url.clone(),
+            public_url: self.public_url.clone(),
+            local_socket: self.local_socket.clone(),
             size: self.size,
             options: self.options.clone(),
             connections: self.connections,
@@ -453,6 +559,23 @@ mod tests {
         assert!(o.has("extents") && !o.has("zero"));
         assert_eq!(o.max_readers, 8);
         assert_eq!(parse_options(b"{}").unwrap().max_readers, 1);
+        assert_eq!(parse_options(b"{}").unwrap().unix_socket, None);
+    }
+
+    #[test]
+    fn options_give_the_local_socket_abstract_or_path() {
+        let o = parse_options(br#"{"unix_socket": "\u0000/org/ovirt/imageio"}"#).unwrap();
+        assert_eq!(o.unix_socket.as_deref(), Some("\0/org/ovirt/imageio"));
+        let o = parse_options(br#"{"unix_socket": "/run/imageio.sock"}"#).unwrap();
+        assert_eq!(o.unix_socket.as_deref(), Some("/run/imageio.sock"));
+    }
+
+    #[test]
+    fn loopback_and_own_addresses_are_local_others_not() {
+        assert!(is_local_address("127.0.0.1".parse().unwrap()));
+        assert!(is_local_address("::1".parse().unwrap()));
+        // TEST-NET-3: never assigned to a host.
+        assert!(!is_local_address("203.0.113.7".parse().unwrap()));
     }
 
     #[test]
@@ -465,6 +588,10 @@ mod tests {
             br#"{"max_readers": 0}"#,
             br#"{"max_readers": -1}"#,
             br#"{"max_readers": "8"}"#,
+            br#"{"unix_socket": ""}"#,
+            br#"{"unix_socket": 1}"#,
+            br#"{"unix_socket": "\u00e9\u0000x"}"#,
+            br#"{"unix_socket": "/a\u0000b"}"#,
         ] {
             let e = parse_options(body).unwrap_err();
             assert_eq!(

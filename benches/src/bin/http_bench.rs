@@ -11,71 +11,17 @@
 //! Run: `cargo build --release -p importer -p benches && ./target/release/http-bench --rounds 3`
 //! (options: `--size 2G`, `--rounds N`, `--dir /var/tmp/ferry-http-bench`).
 
+mod util;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-fn arg(name: &str, default: &str) -> String {
-    let a: Vec<String> = std::env::args().collect();
-    a.iter()
-        .position(|x| x == name)
-        .and_then(|i| a.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_owned())
-}
+use util::{arg, free_port, rounds, run, self_signed, table, Guard};
 
-fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
-    let st = Command::new(cmd)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    match st {
-        Ok(s) if s.success() => Ok(()),
-        other => Err(format!("{cmd} {args:?} failed: {other:?}")),
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Nginx(Child);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_nginx(dir: &Path, http: u16, https: u16) -> Result<Nginx, String> {
+fn start_nginx(dir: &Path, http: u16, https: u16) -> Result<Guard, String> {
     let d = dir.display();
-    run(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            &format!("{d}/key.pem"),
-            "-out",
-            &format!("{d}/cert.pem"),
-        ],
-    )?;
+    self_signed(dir)?;
     let conf = format!(
         "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log warn;
 events {{ worker_connections 256; }}
@@ -92,7 +38,7 @@ http {{ access_log off; sendfile on; client_body_temp_path {d}; proxy_temp_path 
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("starting nginx: {e}"))?;
-    let n = Nginx(child);
+    let n = Guard(child);
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", http)).is_ok() {
             return Ok(n);
@@ -100,29 +46,6 @@ http {{ access_log off; sendfile on; client_body_temp_path {d}; proxy_temp_path 
         std::thread::sleep(Duration::from_millis(50));
     }
     Err("nginx did not start".into())
-}
-
-/// Runs one tool writing `out`; returns (seconds, seconds including the sync after it).
-fn timed(cmd: &str, args: &[String], out: &Path) -> Result<(f64, f64), String> {
-    let _ = std::fs::remove_file(out);
-    run("sync", &[])?;
-    let t = Instant::now();
-    let st = Command::new(cmd)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .status();
-    let secs = t.elapsed().as_secs_f64();
-    if !st.is_ok_and(|s| s.success()) {
-        return Err(format!("{cmd} {args:?} failed"));
-    }
-    run("sync", &[])?;
-    Ok((secs, t.elapsed().as_secs_f64()))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 fn main() {
@@ -133,7 +56,7 @@ fn main() {
 }
 
 fn bench() -> Result<(), String> {
-    let rounds: usize = arg("--rounds", "3").parse().map_err(|_| "bad --rounds")?;
+    let rounds_n: usize = arg("--rounds", "3").parse().map_err(|_| "bad --rounds")?;
     let size = arg("--size", "2G");
     let dir = PathBuf::from(arg("--dir", "/var/tmp/ferry-http-bench"));
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -161,79 +84,43 @@ fn bench() -> Result<(), String> {
     let h = format!("http://127.0.0.1:{http}/disk.img");
     let s = format!("https://127.0.0.1:{https}/disk.img");
     let n = format!("http://127.0.0.1:{http}/norange/disk.img");
-    let rows: Vec<(&str, &str, Vec<String>)> = vec![
+    let rows: Vec<(String, String, Vec<String>)> = vec![
         (
-            "curl http",
-            "curl",
+            "curl http".into(),
+            "curl".into(),
             vec!["-sf".into(), "-o".into(), o.clone(), h.clone()],
         ),
         (
-            "importer http ranged",
-            &importer,
+            "importer http ranged".into(),
+            importer.clone(),
             vec!["copy".into(), h.clone(), o.clone()],
         ),
         (
-            "importer http 1 stream",
-            &importer,
+            "importer http 1 stream".into(),
+            importer.clone(),
             vec!["copy".into(), n.clone(), o.clone()],
         ),
         (
-            "curl https",
-            "curl",
+            "curl https".into(),
+            "curl".into(),
             vec!["-sfk".into(), "-o".into(), o.clone(), s.clone()],
         ),
         (
-            "importer https ranged",
-            &importer,
+            "importer https ranged".into(),
+            importer.clone(),
             vec!["copy".into(), "--insecure".into(), s.clone(), o.clone()],
         ),
     ];
-    let mut times: Vec<Vec<(f64, f64)>> = vec![Vec::new(); rows.len()];
-    for r in 0..rounds {
-        for k in 0..rows.len() {
-            let i = (k + r) % rows.len();
-            let (name, cmd, args) = &rows[i];
-            let t = timed(cmd, args, &out)?;
-            println!(
-                "round {}/{rounds}  {name:<24} {:6.2} s  (+sync {:6.2} s)",
-                r + 1,
-                t.0,
-                t.1
-            );
-            times[i].push(t);
-        }
-    }
-    let _ = std::fs::remove_file(&out);
-    let mib = bytes as f64 / (1 << 20) as f64;
-    println!(
-        "\n{:<24} {:>9} {:>9} {:>10}",
-        "tool", "median s", "MiB/s", "+sync s"
-    );
-    let med: Vec<(f64, f64)> = times
-        .iter()
-        .map(|t| {
-            (
-                median(t.iter().map(|x| x.0).collect()),
-                median(t.iter().map(|x| x.1).collect()),
-            )
-        })
-        .collect();
-    for (i, (name, _, _)) in rows.iter().enumerate() {
-        println!(
-            "{name:<24} {:>9.2} {:>9.0} {:>10.2}",
-            med[i].0,
-            mib / med[i].0,
-            med[i].1
-        );
-    }
+    let med = rounds(&rows, rounds_n, &out)?;
+    table(&rows, &med, bytes);
     let ratio = |a: usize, b: usize| (med[b].0 / med[a].0, med[b].1 / med[a].1);
     let (r1, r1s) = ratio(1, 0);
     let (r2, r2s) = ratio(2, 0);
     let (r3, r3s) = ratio(4, 3);
     println!("\ncurl/importer speed: http ranged {r1:.2}x (+sync {r1s:.2}x, goal >= 1.0x), http one stream {r2:.2}x (+sync {r2s:.2}x, goal >= 1.0x), https ranged {r3:.2}x (+sync {r3s:.2}x, goal >= 1.3x)");
     let json = serde_json::json!({
-        "bench": "http-bench", "bytes": bytes, "rounds": rounds,
-        "median_s": rows.iter().zip(&med).map(|((n, _, _), m)| (n.to_string(), serde_json::json!(m.0))).collect::<serde_json::Map<_, _>>(),
+        "bench": "http-bench", "bytes": bytes, "rounds": rounds_n,
+        "median_s": rows.iter().zip(&med).map(|((n, _, _), m)| (n.clone(), serde_json::json!(m.0))).collect::<serde_json::Map<_, _>>(),
         "speedup_vs_curl": { "http_ranged": r1, "http_one_stream": r2, "https_ranged": r3 },
     });
     println!("{json}");

@@ -1,0 +1,148 @@
+//! Helpers shared by the side-by-side benchmark binaries (`http-bench`, `imageio-bench`):
+//! arguments, running and timing peers, free ports, medians, a self-signed certificate.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+/// The value after `name` on the command line, or `default`.
+pub fn arg(name: &str, default: &str) -> String {
+    let a: Vec<String> = std::env::args().collect();
+    a.iter()
+        .position(|x| x == name)
+        .and_then(|i| a.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// Runs `cmd args` quietly; an error unless it exits 0.
+pub fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
+    let st = Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match st {
+        Ok(s) if s.success() => Ok(()),
+        other => Err(format!("{cmd} {args:?} failed: {other:?}")),
+    }
+}
+
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A child process killed when dropped.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs one tool writing `out` (deleted and synced first); returns (seconds, seconds including
+/// the `sync` after it).
+pub fn timed(cmd: &str, args: &[String], out: &Path) -> Result<(f64, f64), String> {
+    let _ = std::fs::remove_file(out);
+    run("sync", &[])?;
+    let t = Instant::now();
+    let st = Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status();
+    let secs = t.elapsed().as_secs_f64();
+    if !st.is_ok_and(|s| s.success()) {
+        return Err(format!("{cmd} {args:?} failed"));
+    }
+    run("sync", &[])?;
+    Ok((secs, t.elapsed().as_secs_f64()))
+}
+
+/// The median of `v` (not empty).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// A self-signed P-256 end-entity certificate for 127.0.0.1 (its own CA file): `DIR/cert.pem` and `DIR/key.pem`.
+pub fn self_signed(dir: &Path) -> Result<(), String> {
+    let d = dir.display();
+    run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            // An end-entity certificate (webpki refuses a CA certificate as the server's own);
+            // self-signed, it is its own trust anchor.
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-keyout",
+            &format!("{d}/key.pem"),
+            "-out",
+            &format!("{d}/cert.pem"),
+        ],
+    )
+}
+
+/// Runs every row `rounds` times, rotating the order each round, printing each time; returns
+/// the (seconds, +sync seconds) of each row's runs.
+pub fn rounds(
+    rows: &[(String, String, Vec<String>)],
+    rounds: usize,
+    out: &Path,
+) -> Result<Vec<(f64, f64)>, String> {
+    let mut times: Vec<Vec<(f64, f64)>> = vec![Vec::new(); rows.len()];
+    for r in 0..rounds {
+        for k in 0..rows.len() {
+            let i = (k + r) % rows.len();
+            let (name, cmd, args) = &rows[i];
+            let t = timed(cmd, args, out)?;
+            println!(
+                "round {}/{rounds}  {name:<28} {:6.2} s  (+sync {:6.2} s)",
+                r + 1,
+                t.0,
+                t.1
+            );
+            times[i].push(t);
+        }
+    }
+    let _ = std::fs::remove_file(out);
+    Ok(times
+        .iter()
+        .map(|t| {
+            (
+                median(t.iter().map(|x| x.0).collect()),
+                median(t.iter().map(|x| x.1).collect()),
+            )
+        })
+        .collect())
+}
+
+/// Prints the median table of `rows` for a copy of `bytes`.
+pub fn table(rows: &[(String, String, Vec<String>)], med: &[(f64, f64)], bytes: u64) {
+    let mib = bytes as f64 / (1 << 20) as f64;
+    println!(
+        "\n{:<28} {:>9} {:>9} {:>10}",
+        "tool", "median s", "MiB/s", "+sync s"
+    );
+    for ((name, _, _), m) in rows.iter().zip(med) {
+        println!("{name:<28} {:>9.2} {:>9.0} {:>10.2}", m.0, mib / m.0, m.1);
+    }
+}

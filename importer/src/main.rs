@@ -62,9 +62,10 @@ struct Tuning {
     /// Requests in flight per connection.
     #[arg(long, default_value_t = 16)]
     requests: usize,
-    /// Bytes per request (256K-4M).
-    #[arg(long, default_value = "1M", value_parser = size_arg)]
-    request_size: u64,
+    /// Bytes per request (256K-4M; default: what the source prefers, 1M for NBD and files, 4M
+    /// for imageio and ranged HTTP).
+    #[arg(long, value_parser = size_arg)]
+    request_size: Option<u64>,
 }
 
 #[derive(Args)]
@@ -176,6 +177,11 @@ struct CopyArgs {
     /// Show progress (a bar on a terminal, log lines otherwise).
     #[arg(long)]
     progress: bool,
+    /// Read zero runs shorter than SIZE together with the data around them (default 0: zero
+    /// ranges are never read). Fewer, larger requests help sources with a high cost per
+    /// request, such as imageio tickets of fragmented disks.
+    #[arg(long, default_value = "0", value_parser = size_arg)]
+    read_gaps: u64,
 }
 
 #[derive(Args)]
@@ -275,12 +281,16 @@ async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
     let opts = CopyOptions {
         connections: a.tuning.connections,
         requests: a.tuning.requests,
-        request_size: a.tuning.request_size as usize,
+        request_size: a
+            .tuning
+            .request_size
+            .map_or(source.caps().preferred_request, |r| r as usize),
         memory: a.memory as usize,
         io_engine,
         writer_threads: a.writer_threads,
         direct: a.direct,
         progress,
+        read_gaps: a.read_gaps,
         ..CopyOptions::default()
     };
     let stats = copy(source, target, &opts).await;
@@ -321,7 +331,10 @@ async fn run_verify(a: VerifyArgs) -> transfer_core::Result<ExitCode> {
     let vopts = VerifyOptions {
         connections: a.tuning.connections,
         requests: a.tuning.requests.min(8),
-        request_size: a.tuning.request_size as usize,
+        request_size: a
+            .tuning
+            .request_size
+            .map_or(x.caps().preferred_request, |r| r as usize),
         ..VerifyOptions::default()
     };
     match verify(x, y, &vopts).await? {

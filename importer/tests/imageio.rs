@@ -448,3 +448,82 @@ fn extents_dirty_of_a_plain_http_url_is_a_clean_error() {
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     out.assert_clean_failure(&["dirty", "imageio"]);
 }
+
+/// MiB the daemon read from its backend for clients, from the `[read N ops, T s, X MiB, ...]`
+/// parts of its `CLOSE connection` log lines.
+fn daemon_read_mib(log: &str) -> f64 {
+    log.lines()
+        .filter(|l| l.contains("] CLOSE connection="))
+        .filter_map(|l| l.split_once("[read ").map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split(", ").nth(2))
+        .filter_map(|mib| mib.trim_end_matches(" MiB").parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn read_gaps_reads_short_zero_runs_with_the_data_and_keeps_the_target_sparse() {
+    if !require_imageio() {
+        return;
+    }
+    let dir = tempdir();
+    let image = dir.path().join("disk.qcow2");
+    let size = 16 * MIB;
+    qcow2_create(&image, size);
+    // 1.5 MiB of data with gaps of 1 MiB and 4 MiB between, then 6 MiB of nothing.
+    qcow2_write(
+        &image,
+        &[
+            (0, MIB, 0x11),
+            (2 * MIB, 256 * KIB, 0x22),
+            (6 * MIB + 256 * KIB, 256 * KIB, 0x33),
+        ],
+    );
+    let reference = dir.path().join("reference.raw");
+    qcow2_to_raw(&image, &reference);
+    let export = NbdExport::qcow2(&image, None);
+    let daemon = Imageio::start(false);
+    for id in ["skip", "bridge"] {
+        daemon.add_ticket(&Ticket {
+            id,
+            size,
+            url: export.ticket_url(),
+            timeout: 300,
+            dirty: false,
+        });
+    }
+    let skipped_dir = dir.path().join("skip");
+    let bridged_dir = dir.path().join("bridge");
+    std::fs::create_dir_all(&skipped_dir).expect("mkdir");
+    std::fs::create_dir_all(&bridged_dir).expect("mkdir");
+
+    let (skipped, _) = copy_ok(&daemon, &skipped_dir, &daemon.url("skip"), &[]);
+    let after_skip = daemon_read_mib(&daemon.logs());
+    let (bridged, stats) = copy_ok(
+        &daemon,
+        &bridged_dir,
+        &daemon.url("bridge"),
+        &["--read-gaps", "2M", "--connections", "1"],
+    );
+    let after_bridge = daemon_read_mib(&daemon.logs()) - after_skip;
+
+    assert_same_files(&skipped, &reference);
+    assert_same_files(&bridged, &reference);
+    assert!(
+        (after_skip - 1.5).abs() < 0.01,
+        "by default only the data is read: {after_skip} MiB"
+    );
+    assert!(
+        (after_bridge - 2.5).abs() < 0.01,
+        "the 1 MiB gap is read with the data, the 4 MiB one is not: {after_bridge} MiB"
+    );
+    assert_eq!(
+        stats.bytes_data,
+        MIB + 512 * KIB,
+        "zeros read are not data: {stats:?}"
+    );
+    let allocated = allocated_bytes(&bridged);
+    assert!(
+        allocated <= 2 * MIB,
+        "the zeros read are not written: {allocated} bytes allocated"
+    );
+}

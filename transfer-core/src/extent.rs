@@ -87,6 +87,33 @@ pub fn coalesce(extents: &[Extent], start: u64, end: u64) -> Vec<Run> {
     runs
 }
 
+/// Joins `Data, Zero, Data` into one data run where the zero run is shorter than `gap` (0:
+/// never), so that a source whose requests are costly gets fewer, larger reads. Runs must come
+/// from [`coalesce`] (sorted, contiguous, alternating).
+pub fn bridge(runs: Vec<Run>, gap: u64) -> Vec<Run> {
+    if gap == 0 {
+        return runs;
+    }
+    let mut out: Vec<Run> = Vec::with_capacity(runs.len());
+    for (i, run) in runs.iter().enumerate() {
+        let next_is_data = matches!(runs.get(i + 1), Some(Run::Data { .. }));
+        match (out.last_mut(), *run) {
+            // A short zero run after data and before more data joins the data run before it.
+            (Some(Run::Data { len, .. }), Run::Zero { len: z, .. }) if z < gap && next_is_data => {
+                *len += z
+            }
+            // Data right after a data run (the gap was joined) extends it.
+            (Some(Run::Data { offset, len }), Run::Data { offset: o, len: l })
+                if *offset + *len == o =>
+            {
+                *len += l
+            }
+            _ => out.push(*run),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +142,49 @@ mod tests {
                 }
             ]
         );
+    }
+
+    fn data(offset: u64, len: u64) -> Run {
+        Run::Data { offset, len }
+    }
+
+    fn zero(offset: u64, len: u64) -> Run {
+        Run::Zero { offset, len }
+    }
+
+    #[test]
+    fn short_gaps_between_data_are_read_with_it() {
+        let runs = vec![
+            data(0, 10),
+            zero(10, 5),
+            data(15, 10),
+            zero(25, 50),
+            data(75, 5),
+            zero(80, 3),
+            data(83, 1),
+        ];
+        assert_eq!(
+            bridge(runs, 6),
+            vec![data(0, 25), zero(25, 50), data(75, 9)]
+        );
+    }
+
+    #[test]
+    fn leading_and_trailing_zeros_are_never_bridged() {
+        let runs = vec![zero(0, 2), data(2, 10), zero(12, 2)];
+        assert_eq!(bridge(runs.clone(), 100), runs);
+    }
+
+    #[test]
+    fn gap_zero_leaves_runs_alone() {
+        let runs = vec![data(0, 10), zero(10, 1), data(11, 10)];
+        assert_eq!(bridge(runs.clone(), 0), runs);
+    }
+
+    #[test]
+    fn a_gap_of_exactly_the_limit_is_kept() {
+        let runs = vec![data(0, 10), zero(10, 8), data(18, 10)];
+        assert_eq!(bridge(runs.clone(), 8), runs);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 
 use crate::buffer::{Buffer, BufferPool};
 use crate::error::{Error, ErrorKind, Result};
-use crate::extent::{coalesce, Extent, ExtentKind, Run};
+use crate::extent::{bridge, coalesce, Extent, ExtentKind, Run};
 use crate::io::{create_engine, IoEngine, IoEngineKind, WriteJob};
 use crate::source::{extents_covering, BlockSource};
 use crate::target::BlockTarget;
@@ -46,6 +46,10 @@ pub struct CopyOptions {
     pub direct: bool,
     /// Progress counter to update.
     pub progress: Option<Arc<Progress>>,
+    /// Zero runs shorter than this between two data runs are read with them (0: never). For
+    /// sources whose every request costs much (imageio), fewer larger requests beat skipping
+    /// short gaps; the zeros read are found in the buffers and not written to a zero target.
+    pub read_gaps: u64,
 }
 
 impl Default for CopyOptions {
@@ -60,6 +64,7 @@ impl Default for CopyOptions {
             writer_threads: 2,
             direct: false,
             progress: None,
+            read_gaps: 0,
         }
     }
 }
@@ -104,6 +109,7 @@ struct Shared {
     streamed: AtomicU64,
     range_size: u64,
     request_size: usize,
+    read_gaps: u64,
     next_range: AtomicU64,
     failed: AtomicBool,
     first_error: Mutex<Option<Error>>,
@@ -217,6 +223,7 @@ pub async fn copy(
         size_known,
         streamed: AtomicU64::new(0),
         request_size,
+        read_gaps: opts.read_gaps,
         next_range: AtomicU64::new(0),
         failed: AtomicBool::new(false),
         first_error: Mutex::new(None),
@@ -316,7 +323,7 @@ async fn worker(
             } else {
                 vec![Extent::new(start, end - start, ExtentKind::Data)]
             };
-            for run in coalesce(&extents, start, end) {
+            for run in bridge(coalesce(&extents, start, end), sh.read_gaps) {
                 match run {
                     Run::Zero { offset, len } => sh.zero(offset, len).await?,
                     Run::Data { offset, len } => {

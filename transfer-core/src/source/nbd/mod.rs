@@ -176,7 +176,9 @@ impl BlockSource for NbdSource {
     fn caps(&self) -> SourceCaps {
         let i = self.conn.info();
         SourceCaps {
-            preferred_request: (i.block_preferred as usize).max(256 * 1024),
+            // The server's preferred block size is the smallest efficient one; 1 MiB requests
+            // keep the per-request cost low while many are in flight.
+            preferred_request: (i.block_preferred as usize).max(1 << 20),
             max_request: (i.block_max as usize).min(32 << 20),
             can_extents: i.base_allocation.is_some(),
             max_connections: if i.can_multi_conn() { 16 } else { 1 },

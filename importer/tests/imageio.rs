@@ -5,7 +5,8 @@
 //! fail in one line naming the 403; the dirty extents of a ticket on a qcow2 with a bitmap
 //! are exactly the ranges written after the bitmap was added (library and `importer extents
 //! --dirty`); a daemon offering its local socket is read through it after the first OPTIONS,
-//! unless `--imageio-transport tcp` says otherwise.
+//! unless `--imageio-transport tcp` says otherwise or the socket cannot be reached (then the copy
+//! stays on HTTPS with one warning); `--read-gaps` reads short zero runs with the data.
 
 mod common;
 
@@ -335,6 +336,42 @@ fn ticket_on_this_host_is_read_through_the_local_socket() {
     assert!(
         later.iter().all(|c| c == "local"),
         "no connection after the first OPTIONS is TCP: {later:?}"
+    );
+}
+
+#[test]
+fn an_offered_socket_that_cannot_be_reached_leaves_the_copy_on_https_with_a_warning() {
+    if !require_imageio() {
+        return;
+    }
+    let dir = tempdir();
+    let (daemon, disk) = with_file_ticket(Imageio::start_local_path(true), dir.path());
+    // The daemon keeps offering the socket it no longer has, as a host's socket looks to a pod
+    // that cannot see it.
+    std::fs::remove_file(daemon.local_socket_path()).expect("removing the daemon's socket");
+    let ca = daemon.tls().ca_cert();
+    let target = dir.path().join("target.img");
+
+    let out = importer(&[
+        "copy",
+        "--cacert",
+        s(&ca),
+        &format!("imageio+{}", daemon.url("file-ticket")),
+        s(&target),
+    ]);
+
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_file_holds(&target, &disk);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one warning: {lines:?}");
+    assert!(
+        lines[0].contains("WARN") && lines[0].contains("staying on HTTP(S)"),
+        "{lines:?}"
+    );
+    let clients = connection_clients(&daemon.logs());
+    assert!(
+        clients.iter().all(|c| c == "127.0.0.1"),
+        "every connection is TCP: {clients:?}"
     );
 }
 

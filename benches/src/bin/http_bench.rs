@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use util::{arg, free_port, rounds, run, self_signed, table, Guard};
+use util::{arg, free_port, rounds, run, self_signed, table, Guard, Row};
 
 fn start_nginx(dir: &Path, http: u16, https: u16) -> Result<Guard, String> {
     let d = dir.display();
@@ -84,7 +84,7 @@ fn bench() -> Result<(), String> {
     let h = format!("http://127.0.0.1:{http}/disk.img");
     let s = format!("https://127.0.0.1:{https}/disk.img");
     let n = format!("http://127.0.0.1:{http}/norange/disk.img");
-    let rows: Vec<(String, String, Vec<String>)> = vec![
+    let rows: Vec<Row> = vec![
         (
             "curl http".into(),
             "curl".into(),
@@ -111,7 +111,7 @@ fn bench() -> Result<(), String> {
             vec!["copy".into(), "--insecure".into(), s.clone(), o.clone()],
         ),
     ];
-    let med = rounds(&rows, rounds_n, &out)?;
+    let med = rounds(&rows, rounds_n, &out, &mut |_| Ok(String::new()))?;
     table(&rows, &med, bytes);
     let ratio = |a: usize, b: usize| (med[b].0 / med[a].0, med[b].1 / med[a].1);
     let (r1, r1s) = ratio(1, 0);

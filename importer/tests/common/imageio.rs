@@ -34,6 +34,14 @@ pub fn require_imageio() -> bool {
     daemon_path().is_file() || peer_missing(&format!("ovirt-imageio ({})", daemon_path().display()))
 }
 
+/// How the daemon's local socket service is set up.
+#[derive(Clone, Copy)]
+enum Local {
+    Off,
+    Abstract,
+    Path,
+}
+
 /// A running imageio daemon.
 pub struct Imageio {
     child: Child,
@@ -61,16 +69,27 @@ impl Imageio {
     /// Starts the daemon with TLS (a test CA and server certificate) or without, and without
     /// its local socket service.
     pub fn start(tls: bool) -> Imageio {
-        Imageio::start_with(tls, false)
+        Imageio::start_with(tls, Local::Off)
     }
 
     /// Starts the daemon with its local socket service on (a random abstract socket, as unique
     /// per daemon as the default `\0/org/ovirt/imageio` is per host).
     pub fn start_local(tls: bool) -> Imageio {
-        Imageio::start_with(tls, true)
+        Imageio::start_with(tls, Local::Abstract)
     }
 
-    fn start_with(tls: bool, local: bool) -> Imageio {
+    /// Starts the daemon with its local socket service on a path socket, `local.sock` in the
+    /// daemon's run directory (see [`local_socket_path`](Self::local_socket_path)).
+    pub fn start_local_path(tls: bool) -> Imageio {
+        Imageio::start_with(tls, Local::Path)
+    }
+
+    /// The path socket of a daemon started with [`start_local_path`](Self::start_local_path).
+    pub fn local_socket_path(&self) -> PathBuf {
+        self.dir.path().join("run/local.sock")
+    }
+
+    fn start_with(tls: bool, local: Local) -> Imageio {
         let mut last = String::new();
         for _ in 0..START_ATTEMPTS {
             match Imageio::try_start(tls, local) {
@@ -81,7 +100,7 @@ impl Imageio {
         panic!("ovirt-imageio did not start in {START_ATTEMPTS} attempts: {last}");
     }
 
-    fn try_start(with_tls: bool, local: bool) -> Result<Imageio, String> {
+    fn try_start(with_tls: bool, local: Local) -> Result<Imageio, String> {
         let dir = tempdir();
         let tls = with_tls.then(|| Tls::create(&dir.path().join("tls")));
         let (port, control) = (free_tcp_port(), free_tcp_port());
@@ -99,12 +118,17 @@ impl Imageio {
             None => "enable = false\n".to_owned(),
         };
         let log = dir.path().join("daemon.log");
+        let local_section = match local {
+            Local::Off => "enable = false\n".to_owned(),
+            Local::Abstract => "enable = true\nsocket =\n".to_owned(),
+            Local::Path => format!("enable = true\nsocket = {}/local.sock\n", s(&run)),
+        };
         let conf = format!(
             "[daemon]\ndrop_privileges = false\nsystemd_enable = false\nrun_dir = {run}\n\
              poll_interval = 0.1\n\
              [tls]\n{tls_section}\
              [remote]\nhost = 127.0.0.1\nport = {port}\n\
-             [local]\nenable = {local}\nsocket =\n\
+             [local]\n{local_section}\
              [control]\ntransport = tcp\nport = {control}\n\
              [profile]\nfilename = {run}/profile\n\
              [handler_logfile]\nargs = ('{log}',)\n",

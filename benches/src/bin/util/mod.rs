@@ -101,21 +101,28 @@ pub fn self_signed(dir: &Path) -> Result<(), String> {
     )
 }
 
+/// A row of a side-by-side table: its name, the command and its arguments.
+pub type Row = (String, String, Vec<String>);
+
 /// Runs every row `rounds` times, rotating the order each round, printing each time; returns
-/// the (seconds, +sync seconds) of each row's runs.
+/// the median (seconds, +sync seconds) of each row. Before each run, `prepare(row)` is called
+/// and what it returns replaces `{ticket}` in the row's arguments.
 pub fn rounds(
-    rows: &[(String, String, Vec<String>)],
+    rows: &[Row],
     rounds: usize,
     out: &Path,
+    prepare: &mut dyn FnMut(usize) -> Result<String, String>,
 ) -> Result<Vec<(f64, f64)>, String> {
     let mut times: Vec<Vec<(f64, f64)>> = vec![Vec::new(); rows.len()];
     for r in 0..rounds {
         for k in 0..rows.len() {
             let i = (k + r) % rows.len();
             let (name, cmd, args) = &rows[i];
-            let t = timed(cmd, args, out)?;
+            let fill = prepare(i)?;
+            let args: Vec<String> = args.iter().map(|a| a.replace("{ticket}", &fill)).collect();
+            let t = timed(cmd, &args, out)?;
             println!(
-                "round {}/{rounds}  {name:<28} {:6.2} s  (+sync {:6.2} s)",
+                "round {}/{rounds}  {name:<30} {:6.2} s  (+sync {:6.2} s)",
                 r + 1,
                 t.0,
                 t.1
@@ -136,13 +143,13 @@ pub fn rounds(
 }
 
 /// Prints the median table of `rows` for a copy of `bytes`.
-pub fn table(rows: &[(String, String, Vec<String>)], med: &[(f64, f64)], bytes: u64) {
+pub fn table(rows: &[Row], med: &[(f64, f64)], bytes: u64) {
     let mib = bytes as f64 / (1 << 20) as f64;
     println!(
-        "\n{:<28} {:>9} {:>9} {:>10}",
+        "\n{:<30} {:>9} {:>9} {:>10}",
         "tool", "median s", "MiB/s", "+sync s"
     );
     for ((name, _, _), m) in rows.iter().zip(med) {
-        println!("{name:<28} {:>9.2} {:>9.0} {:>10.2}", m.0, mib / m.0, m.1);
+        println!("{name:<30} {:>9.2} {:>9.0} {:>10.2}", m.0, mib / m.0, m.1);
     }
 }

@@ -497,6 +497,19 @@ fn daemon_read_mib(log: &str) -> f64 {
         .sum()
 }
 
+/// [`daemon_read_mib`] once the daemon has logged at least `at_least` MiB (it logs a connection
+/// when the connection closes, which may be a moment after the client exited), or after 10 s.
+fn settled_read_mib(daemon: &Imageio, at_least: f64) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while daemon_read_mib(&daemon.logs()) < at_least - 0.01 && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Anything more that is still on its way shows too.
+    std::thread::sleep(Duration::from_millis(300));
+    daemon_read_mib(&daemon.logs())
+}
+
 #[test]
 fn read_gaps_reads_short_zero_runs_with_the_data_and_keeps_the_target_sparse() {
     if !require_imageio() {
@@ -534,14 +547,14 @@ fn read_gaps_reads_short_zero_runs_with_the_data_and_keeps_the_target_sparse() {
     std::fs::create_dir_all(&bridged_dir).expect("mkdir");
 
     let (skipped, _) = copy_ok(&daemon, &skipped_dir, &daemon.url("skip"), &[]);
-    let after_skip = daemon_read_mib(&daemon.logs());
+    let after_skip = settled_read_mib(&daemon, 1.5);
     let (bridged, stats) = copy_ok(
         &daemon,
         &bridged_dir,
         &daemon.url("bridge"),
         &["--read-gaps", "2M", "--connections", "1"],
     );
-    let after_bridge = daemon_read_mib(&daemon.logs()) - after_skip;
+    let after_bridge = settled_read_mib(&daemon, after_skip + 2.5) - after_skip;
 
     assert_same_files(&skipped, &reference);
     assert_same_files(&bridged, &reference);

@@ -3,7 +3,8 @@
 set -euo pipefail
 # nginx: the HTTP(S) source tests start their own nginx on free loopback ports; openssl makes
 # their CA and server certificates.
-pkgs=(nbdkit libnbd-bin nbd-server qemu-utils util-linux time nginx openssl)
+# libclang-dev: vddk-sys's test that the committed bindgen bindings still match its header.
+pkgs=(nbdkit libnbd-bin nbd-server qemu-utils util-linux time nginx openssl libclang-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -30,6 +31,7 @@ fi
 for b in nbdkit nbdcopy nbdinfo nbd-server qemu-nbd qemu-img losetup /usr/bin/time nginx openssl; do
   command -v "$b" >/dev/null || { echo "test peer missing after install: $b" >&2; exit 1; }
 done
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || { echo "test peer missing after install: libclang" >&2; exit 1; }
 # ovirt-imageio (PyPI): the real imageio daemon for the imageio source tests, in a venv inside the
 # repository (.peers/, ignored by git) so that the system Python stays untouched. Needs python3
 # with venv and pip; the tests find the daemon at .peers/venv/bin/ovirt-imageio.

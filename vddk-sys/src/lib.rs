@@ -5,8 +5,8 @@
 //! flags pinned in `regen/mod.rs` and committed, so building needs neither VDDK nor libclang.
 //! Every function is a field of [`VixDiskLib`], loaded from a library path with libloading; a
 //! symbol the library lacks is an `Err` in its field (older VDDK versions miss some optional
-//! calls). This crate is only the raw layer: the safe layer (library search, one thread per
-//! handle, error texts) is in `transfer-core`.
+//! calls). [`load`] finds and loads the library from the user's VDDK directory and checks its
+//! symbols; the handle-level safe layer builds on it.
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 compile_error!("vddk-sys: the committed bindings are for x86_64 Linux, where VDDK runs");
@@ -15,3 +15,5 @@ compile_error!("vddk-sys: the committed bindings are for x86_64 Linux, where VDD
 mod bindings;
 
 pub use bindings::*;
+
+pub mod load;

@@ -15,7 +15,6 @@ use transfer_core::http::{HttpOptions, Thumbprint, TlsTrust};
 use transfer_core::io::IoEngineKind;
 use transfer_core::open::{dirty_ranges, open_source, SourceOptions};
 use transfer_core::size::parse_size;
-use transfer_core::source::imageio::Transport;
 use transfer_core::source::stream::Checksum;
 use transfer_core::target::{open_target, target_path, TargetOptions};
 
@@ -104,10 +103,7 @@ impl HttpArgs {
             http: self.options()?,
             connections,
             kind: self.source_kind.parse()?,
-            imageio_transport: match self.imageio_transport.as_str() {
-                "tcp" => Transport::Tcp,
-                _ => Transport::Auto,
-            },
+            imageio_transport: self.imageio_transport.parse()?,
             ..SourceOptions::default()
         })
     }

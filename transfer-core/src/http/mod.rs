@@ -169,31 +169,28 @@ fn user_headers(opts: &HttpOptions) -> Result<HeaderMap> {
 impl HttpClient {
     /// A client for `opts`.
     pub fn new(opts: &HttpOptions) -> Result<Self> {
-        let tls = tls::client_config(&opts.trust)?;
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(30))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("HTTP client setup: {e}")))?;
-        Ok(HttpClient {
-            client,
-            headers: user_headers(opts)?,
-        })
+        HttpClient::build(opts, None)
     }
 
     /// A client whose every connection goes to the Unix socket `path` (plain HTTP; a path
     /// starting with NUL names a Linux abstract socket), with the same header and redirect
     /// policies. Request URLs keep naming the host for the `Host` header.
     pub fn unix(opts: &HttpOptions, path: &std::path::Path) -> Result<Self> {
+        HttpClient::build(opts, Some(path))
+    }
+
+    fn build(opts: &HttpOptions, unix: Option<&std::path::Path>) -> Result<Self> {
         // reqwest needs a TLS configuration even for plain HTTP (no process-wide provider).
         let tls = tls::client_config(&opts.trust)?;
-        let client = reqwest::Client::builder()
+        let mut b = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
-            .unix_socket(path)
             .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(30));
+        b = match unix {
+            Some(path) => b.unix_socket(path),
+            None => b.tcp_nodelay(true),
+        };
+        let client = b
             .build()
             .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("HTTP client setup: {e}")))?;
         Ok(HttpClient {

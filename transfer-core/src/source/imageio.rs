@@ -241,6 +241,20 @@ pub enum Transport {
     Tcp,
 }
 
+impl std::str::FromStr for Transport {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Transport::Auto),
+            "tcp" => Ok(Transport::Tcp),
+            _ => Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("unknown imageio transport '{s}' (auto, tcp)"),
+            )),
+        }
+    }
+}
+
 /// An oVirt imageio ticket, read over HTTP(S) or the daemon's local socket.
 pub struct ImageioSource {
     client: HttpClient,
@@ -317,25 +331,9 @@ impl ImageioSource {
     /// ticket succeeds there; otherwise stays on HTTP(S) and says why.
     async fn switch_to_local(&mut self, opts: &HttpOptions, path: &str) {
         let shown = path.replace('\0', "@");
-        let attempt = async {
-            let client = HttpClient::unix(opts, std::path::Path::new(path))?;
-            let mut url = Url::parse("http://localhost/").expect("a valid URL");
-            url.set_path(self.public_url.path());
-            let (resp, at) = client.send(Method::OPTIONS, &url, None).await?;
-            if !resp.status().is_success() {
-                return Err(Error::new(
-                    ErrorKind::Server,
-                    format!("OPTIONS answered HTTP {}", resp.status().as_u16()),
-                ));
-            }
-            parse_options(&read_bounded(resp, &at, MAX_ANSWER).await?)?;
-            Ok((client, url))
-        };
-        match attempt.await {
-            Ok((client, url)) => {
+        match self.try_local(opts, path).await {
+            Ok(()) => {
                 tracing::debug!(socket = %shown, "imageio: using the daemon's local socket");
-                self.client = client;
-                self.url = url;
                 self.local_socket = Some(shown);
             }
             Err(e) => tracing::warn!(
@@ -343,6 +341,23 @@ impl ImageioSource {
                 "imageio: cannot use the daemon's local socket, staying on HTTP(S): {e}"
             ),
         }
+    }
+
+    /// Points the source at the local socket `path` and asks `OPTIONS` there with the source's
+    /// own request checks; puts HTTP(S) back when that fails.
+    async fn try_local(&mut self, opts: &HttpOptions, path: &str) -> Result<()> {
+        let client = HttpClient::unix(opts, std::path::Path::new(path))?;
+        let mut url = Url::parse("http://localhost/").expect("a valid URL");
+        url.set_path(self.public_url.path());
+        let tcp_client = std::mem::replace(&mut self.client, client);
+        let tcp_url = std::mem::replace(&mut self.url, url.clone());
+        let probe = self.get_body(Method::OPTIONS, &url).await;
+        let result = probe.and_then(|(body, _)| parse_options(&body)).map(drop);
+        if result.is_err() {
+            self.client = tcp_client;
+            self.url = tcp_url;
+        }
+        result
     }
 
     /// The local socket the source reads through (`@` standing for a leading NUL), if any.

@@ -69,40 +69,50 @@ impl Default for SourceOptions {
     }
 }
 
+/// The ticket URL when `uri` names an oVirt imageio ticket (`imageio+http(s)://`, or
+/// `http(s)://` with [`SourceKind::Imageio`]), `None` for any other source.
+fn imageio_url(uri: &str, opts: &SourceOptions) -> Option<Result<url::Url>> {
+    let scheme = uri.split("://").next().unwrap_or("").to_ascii_lowercase();
+    let plain = match scheme.as_str() {
+        "imageio+http" | "imageio+https" => uri.split_once('+').map_or(uri, |(_, rest)| rest),
+        "http" | "https" if opts.kind == SourceKind::Imageio => uri,
+        _ => return None,
+    };
+    Some(
+        url::Url::parse(plain)
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("invalid source URI: {e}"))),
+    )
+}
+
 /// Opens an oVirt imageio ticket URL (`http(s)://host:54322/images/TICKET`).
-async fn open_imageio(url: url::Url, opts: &SourceOptions) -> Result<Arc<dyn BlockSource>> {
-    Ok(Arc::new(
-        ImageioSource::open_with(url, &opts.http, opts.connections, opts.imageio_transport).await?,
-    ))
+async fn open_imageio(
+    url: url::Url,
+    opts: &SourceOptions,
+    connections: usize,
+) -> Result<ImageioSource> {
+    ImageioSource::open_with(url, &opts.http, connections, opts.imageio_transport).await
 }
 
 /// The ranges `(offset, length)` changed since the previous checkpoint, for the sources that
 /// can tell: oVirt imageio tickets created with `dirty` (`imageio+http(s)://`, or `http(s)://`
 /// with [`SourceKind::Imageio`]).
 pub async fn dirty_ranges(uri: &str, opts: &SourceOptions) -> Result<Vec<(u64, u64)>> {
-    let scheme = uri.split("://").next().unwrap_or("").to_ascii_lowercase();
-    let plain = match scheme.as_str() {
-        "imageio+http" | "imageio+https" => uri.split_once('+').map_or(uri, |(_, rest)| rest),
-        "http" | "https" if opts.kind == SourceKind::Imageio => uri,
-        _ => {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "dirty extents come from oVirt imageio tickets only (imageio+http(s):// or --source-kind imageio)",
-            ))
-        }
+    let Some(url) = imageio_url(uri, opts) else {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            "dirty extents come from oVirt imageio tickets only (imageio+http(s):// or --source-kind imageio)",
+        ));
     };
-    let url = url::Url::parse(plain)
-        .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("invalid source URI: {e}")))?;
-    ImageioSource::open_with(url, &opts.http, 1, opts.imageio_transport)
-        .await?
-        .dirty_extents()
-        .await
+    open_imageio(url?, opts, 1).await?.dirty_extents().await
 }
 
 /// Opens the source named by `uri`.
 pub async fn open_source(uri: &str, opts: &SourceOptions) -> Result<Arc<dyn BlockSource>> {
     if !uri.contains("://") {
         return Ok(Arc::new(FileSource::open(Path::new(uri))?));
+    }
+    if let Some(url) = imageio_url(uri, opts) {
+        return Ok(Arc::new(open_imageio(url?, opts, opts.connections).await?));
     }
     let scheme = uri.split("://").next().unwrap_or("").to_ascii_lowercase();
     let parsed = || {
@@ -133,13 +143,6 @@ pub async fn open_source(uri: &str, opts: &SourceOptions) -> Result<Arc<dyn Bloc
             keystone.set_query(None);
             let auth = opts.glance_auth.clone().unwrap_or_else(GlanceAuth::from_env);
             Ok(Arc::new(GlanceSource::open(keystone, &image, &auth, &opts.http).await?))
-        }
-        "http" | "https" if opts.kind == SourceKind::Imageio => open_imageio(parsed()?, opts).await,
-        "imageio+http" | "imageio+https" => {
-            let plain = uri.split_once('+').map(|(_, rest)| rest).unwrap_or(uri);
-            let plain = url::Url::parse(plain)
-                .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("invalid source URI: {e}")))?;
-            open_imageio(plain, opts).await
         }
         "http" | "https" => Ok(Arc::new(
             HttpSource::open(parsed()?, &opts.http, opts.connections).await?,

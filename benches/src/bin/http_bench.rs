@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use util::{arg, free_port, rounds, run, self_signed, table, Guard, Row};
+use util::{arg, free_port, listening, rounds, run, self_signed, table, wait_until, Guard, Row};
 
 fn start_nginx(dir: &Path, http: u16, https: u16) -> Result<Guard, String> {
     let d = dir.display();
@@ -39,11 +39,8 @@ http {{ access_log off; sendfile on; client_body_temp_path {d}; proxy_temp_path 
         .spawn()
         .map_err(|e| format!("starting nginx: {e}"))?;
     let n = Guard(child);
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", http)).is_ok() {
-            return Ok(n);
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if wait_until(Duration::from_secs(5), || listening(http)) {
+        return Ok(n);
     }
     Err("nginx did not start".into())
 }

@@ -28,9 +28,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use util::{arg, free_port, rounds, run, self_signed, table, Guard, Row};
+use util::{arg, free_port, listening, rounds, run, self_signed, table, wait_until, Guard, Row};
 
 /// A running daemon: its process, its HTTPS port and its control port.
 struct Daemon {
@@ -73,13 +73,10 @@ fn start_daemon(venv: &Path, dir: &Path, tls_dir: &Path, local: bool) -> Result<
         port,
         control,
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let up = |p: u16| TcpStream::connect(("127.0.0.1", p)).is_ok();
-        if up(port) && up(control) {
-            return Ok(d);
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    if wait_until(Duration::from_secs(60), || {
+        listening(port) && listening(control)
+    }) {
+        return Ok(d);
     }
     Err(format!(
         "ovirt-imageio did not start (see {})",
@@ -180,12 +177,7 @@ fn bench() -> Result<(), String> {
             .spawn()
             .map_err(|e| format!("starting qemu-nbd: {e}"))?,
     );
-    for _ in 0..100 {
-        if sock.exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(Duration::from_secs(5), || sock.exists());
     let daemons = [
         start_daemon(&venv, &dir.join("remote"), &tls, false)?,
         start_daemon(&venv, &dir.join("local"), &tls, true)?,

@@ -18,6 +18,24 @@
 /* VIX error code: 0 is success; the low 16 bits carry the error number. */
 typedef uint64_t VixError;
 
+/* VixError values ferry looks at. */
+#define VIX_OK 0
+#define VIX_E_FAIL 1
+#define VIX_E_INVALID_ARG 3
+#define VIX_E_FILE_NOT_FOUND 4
+#define VIX_E_NOT_SUPPORTED 6
+#define VIX_ASYNC 25000
+
+/* Open flags. */
+#define VIXDISKLIB_FLAG_OPEN_UNBUFFERED 1
+#define VIXDISKLIB_FLAG_OPEN_SINGLE_LINK 2
+#define VIXDISKLIB_FLAG_OPEN_READ_ONLY 4
+
+/* Sizes: bytes per sector; QueryAllocatedBlocks' smallest chunk (sectors) and most chunks per call. */
+#define VIXDISKLIB_SECTOR_SIZE 512
+#define VIXDISKLIB_MIN_CHUNK_SIZE 128
+#define VIXDISKLIB_MAX_CHUNK_NUMBER (512 * 1024)
+
 /* VMware's boolean (one byte). */
 typedef char Bool;
 

@@ -14,8 +14,9 @@ pub fn bindings_path() -> PathBuf {
 }
 
 /// Generates the bindings from [`header`]: the `VixDiskLib*` types and functions (and
-/// `VixError`), the functions as fields of a struct loaded at run time through libloading, each
-/// optional (a missing symbol is an `Err`, checked by the safe layer), for x86_64 Linux.
+/// `VixError`, and the `VIX_*` / `VIXDISKLIB_*` constants), the functions as fields of a
+/// struct loaded at run time through libloading, each optional (a missing symbol is an `Err`,
+/// checked by the safe layer), for x86_64 Linux.
 pub fn generate() -> Result<String, String> {
     let header = header();
     let b = bindgen::Builder::default()
@@ -23,6 +24,7 @@ pub fn generate() -> Result<String, String> {
         .clang_args(["--target=x86_64-unknown-linux-gnu", "-std=c99"])
         .allowlist_function("VixDiskLib_.*")
         .allowlist_type("VixDiskLib.*|VixError")
+        .allowlist_var("VIX_.*|VIXDISKLIB_.*")
         .dynamic_library_name("VixDiskLib")
         .dynamic_link_require_all(false)
         .wrap_unsafe_ops(true)

@@ -5,6 +5,18 @@
 #![allow(non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code)]
 #![allow(clippy::all, clippy::undocumented_unsafe_blocks, missing_docs)]
 
+pub const VIX_OK: u32 = 0;
+pub const VIX_E_FAIL: u32 = 1;
+pub const VIX_E_INVALID_ARG: u32 = 3;
+pub const VIX_E_FILE_NOT_FOUND: u32 = 4;
+pub const VIX_E_NOT_SUPPORTED: u32 = 6;
+pub const VIX_ASYNC: u32 = 25000;
+pub const VIXDISKLIB_FLAG_OPEN_UNBUFFERED: u32 = 1;
+pub const VIXDISKLIB_FLAG_OPEN_SINGLE_LINK: u32 = 2;
+pub const VIXDISKLIB_FLAG_OPEN_READ_ONLY: u32 = 4;
+pub const VIXDISKLIB_SECTOR_SIZE: u32 = 512;
+pub const VIXDISKLIB_MIN_CHUNK_SIZE: u32 = 128;
+pub const VIXDISKLIB_MAX_CHUNK_NUMBER: u32 = 524288;
 pub type va_list = __builtin_va_list;
 pub type VixError = u64;
 pub type Bool = ::std::os::raw::c_char;

@@ -479,8 +479,14 @@ impl Running {
 
 /// Starts the importer binary with `args` (the log level pinned to the default).
 pub fn spawn_importer(args: &[&str]) -> Running {
+    spawn_importer_env(args, &[])
+}
+
+/// Starts the importer binary with `args` and the extra environment `env`.
+pub fn spawn_importer_env(args: &[&str], env: &[(String, String)]) -> Running {
     let child = Command::new(env!("CARGO_BIN_EXE_importer"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env_remove("FERRY_LOG")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())

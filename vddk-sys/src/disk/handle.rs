@@ -1,0 +1,522 @@
+//! The thread side of a [`Disk`](super::Disk): the connection and disk handle, and every
+//! VixDiskLib call made on them.
+
+use std::collections::HashMap;
+use std::ffi::{c_void, CStr, CString};
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::time::Instant;
+
+use super::{closed, record, Block, DiskInfo, DiskSpec, Stats, SECTOR};
+use crate::session::{clear_warning, Vddk, VddkError};
+use crate::{
+    VixDiskLibBlockList, VixDiskLibConnectParams, VixDiskLibConnection, VixDiskLibHandle,
+    VixDiskLibInfo, VixError, VIXDISKLIB_CRED_UID, VIXDISKLIB_FLAG_OPEN_READ_ONLY, VIX_ASYNC,
+    VIX_OK,
+};
+
+pub(super) type Completion = Box<dyn FnOnce(Result<(), VddkError>) + Send>;
+
+/// A pointer into a caller's buffer, moved to the handle thread. The buffer is owned by the
+/// request's completion closure (boxed, so its bytes never move) until VDDK has finished
+/// with the pointer.
+pub(super) struct BufPtr(pub(super) *mut u8);
+
+// SAFETY: the pointer is only dereferenced by VDDK, between the ReadAsync/Read call that gets
+// it and the completion that gives the buffer back; its owner is never touched in between.
+unsafe impl Send for BufPtr {}
+
+pub(super) enum Cmd {
+    Read {
+        sector: u64,
+        buf: BufPtr,
+        len: usize,
+        done: Completion,
+    },
+    ReadSync {
+        sector: u64,
+        buf: BufPtr,
+        len: usize,
+        reply: SyncSender<Result<(), VddkError>>,
+    },
+    Query {
+        start: u64,
+        count: u64,
+        chunk: u64,
+        done: Box<dyn FnOnce(Result<Vec<Block>, VddkError>) + Send>,
+    },
+    Completed {
+        id: u64,
+        code: VixError,
+    },
+    Close {
+        reply: Option<SyncSender<Stats>>,
+    },
+}
+
+/// What a completion callback receives: the request it belongs to and where to post it.
+struct CallbackData {
+    id: u64,
+    tx: Sender<Cmd>,
+}
+
+/// VDDK's completion callback: posts the result to the handle thread and returns at once (no
+/// VDDK call is made from VDDK's own callback thread).
+unsafe extern "C" fn read_done(data: *mut c_void, code: VixError) {
+    // SAFETY: `data` is the `Box<CallbackData>` leaked for exactly this request by
+    // `submit_read`; VDDK calls the callback once per accepted request, so it is reclaimed once.
+    let cb = unsafe { Box::from_raw(data.cast::<CallbackData>()) };
+    let _ = cb.tx.send(Cmd::Completed { id: cb.id, code });
+}
+
+/// Owned C strings of a connection, kept alive while VDDK may read them.
+struct CParams {
+    vm: CString,
+    server: CString,
+    thumbprint: Option<CString>,
+    user: CString,
+    password: CString,
+}
+
+fn cstring(call: &'static str, what: &str, s: &str) -> Result<CString, VddkError> {
+    CString::new(s).map_err(|_| VddkError::ours(call, format!("{what} contains a NUL byte")))
+}
+
+/// The state of the handle thread.
+pub(super) struct Handle {
+    vddk: &'static Vddk,
+    conn: VixDiskLibConnection,
+    handle: VixDiskLibHandle,
+    params: *mut VixDiskLibConnectParams,
+    /// Whether `params` came from AllocateConnectParams (else from a Box).
+    params_allocated: bool,
+    _strings: CParams,
+    pub(super) info: DiskInfo,
+    stats: Stats,
+}
+
+impl Handle {
+    pub(super) fn open(vddk: &'static Vddk, spec: &DiskSpec) -> Result<Handle, VddkError> {
+        let lib = &vddk.loaded().lib;
+        let strings = CParams {
+            vm: cstring("ConnectEx", "the VM", &spec.vm)?,
+            server: cstring("ConnectEx", "the server", &spec.server)?,
+            thumbprint: spec
+                .thumbprint
+                .as_deref()
+                .map(|t| cstring("ConnectEx", "the thumbprint", t))
+                .transpose()?,
+            user: cstring("ConnectEx", "the user", &spec.user)?,
+            password: cstring("ConnectEx", "the password", spec.password.expose())?,
+        };
+        let snapshot = spec
+            .snapshot
+            .as_deref()
+            .map(|s| cstring("ConnectEx", "the snapshot", s))
+            .transpose()?;
+        let transports = spec
+            .transports
+            .as_deref()
+            .map(|s| cstring("ConnectEx", "the transports", s))
+            .transpose()?;
+        let path = cstring("Open", "the disk path", &spec.path)?;
+
+        let (params, params_allocated) = match (
+            &lib.VixDiskLib_AllocateConnectParams,
+            &lib.VixDiskLib_FreeConnectParams,
+        ) {
+            (Ok(alloc), Ok(_)) => {
+                // SAFETY: AllocateConnectParams takes no arguments and returns a zeroed
+                // structure that we free with FreeConnectParams (in Drop).
+                let p = unsafe { alloc() };
+                if p.is_null() {
+                    return Err(VddkError::ours("AllocateConnectParams", "returned NULL"));
+                }
+                (p, true)
+            }
+            _ => (
+                Box::into_raw(Box::<VixDiskLibConnectParams>::default()),
+                false,
+            ),
+        };
+        let mut h = Handle {
+            vddk,
+            conn: std::ptr::null_mut(),
+            handle: std::ptr::null_mut(),
+            params,
+            params_allocated,
+            _strings: strings,
+            info: DiskInfo {
+                capacity: 0,
+                transport: String::new(),
+            },
+            stats: Stats::new(),
+        };
+        {
+            let s = &h._strings;
+            // SAFETY: `params` is a valid, exclusively owned structure (allocated above); the
+            // strings it points to live in `h._strings` for as long as `params` does.
+            let p = unsafe { &mut *h.params };
+            p.vmxSpec = s.vm.as_ptr().cast_mut();
+            p.serverName = s.server.as_ptr().cast_mut();
+            p.thumbPrint = s
+                .thumbprint
+                .as_ref()
+                .map_or(std::ptr::null_mut(), |t| t.as_ptr().cast_mut());
+            p.credType = VIXDISKLIB_CRED_UID;
+            p.creds.uid.userName = s.user.as_ptr().cast_mut();
+            p.creds.uid.password = s.password.as_ptr().cast_mut();
+            p.port = spec.port;
+            p.nfcHostPort = spec.nfc_port;
+        }
+
+        let connect = lib
+            .VixDiskLib_ConnectEx
+            .as_ref()
+            .map_err(|e| VddkError::ours("ConnectEx", e.to_string()))?;
+        let open = lib
+            .VixDiskLib_Open
+            .as_ref()
+            .map_err(|e| VddkError::ours("Open", e.to_string()))?;
+        {
+            let _g = vddk.lock_open_close();
+            clear_warning();
+            let t = Instant::now();
+            // SAFETY: `params` and its strings are valid; snapshot and transports are
+            // NUL-terminated or NULL; `h.conn` receives the connection on success.
+            let err = unsafe {
+                connect(
+                    h.params,
+                    1,
+                    snapshot.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+                    transports.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+                    &mut h.conn,
+                )
+            };
+            record(&mut h.stats, "ConnectEx", t.elapsed(), 0);
+            if err != VIX_OK as VixError {
+                h.conn = std::ptr::null_mut();
+                return Err(vddk.error("ConnectEx", err));
+            }
+            clear_warning();
+            let t = Instant::now();
+            // SAFETY: `h.conn` is the connection just made; `path` is NUL-terminated;
+            // `h.handle` receives the disk handle on success.
+            let err = unsafe {
+                open(
+                    h.conn,
+                    path.as_ptr(),
+                    VIXDISKLIB_FLAG_OPEN_READ_ONLY,
+                    &mut h.handle,
+                )
+            };
+            record(&mut h.stats, "Open", t.elapsed(), 0);
+            if err != VIX_OK as VixError {
+                h.handle = std::ptr::null_mut();
+                return Err(vddk.error("Open", err));
+            }
+        }
+        vddk.handle_opened();
+        h.info = h.get_info()?;
+        Ok(h)
+    }
+
+    fn get_info(&mut self) -> Result<DiskInfo, VddkError> {
+        let lib = &self.vddk.loaded().lib;
+        let get = lib
+            .VixDiskLib_GetInfo
+            .as_ref()
+            .map_err(|e| VddkError::ours("GetInfo", e.to_string()))?;
+        let free = lib
+            .VixDiskLib_FreeInfo
+            .as_ref()
+            .map_err(|e| VddkError::ours("FreeInfo", e.to_string()))?;
+        let mut info: *mut VixDiskLibInfo = std::ptr::null_mut();
+        let t = Instant::now();
+        // SAFETY: `self.handle` is open; `info` receives a structure VDDK allocated.
+        let err = unsafe { get(self.handle, &mut info) };
+        record(&mut self.stats, "GetInfo", t.elapsed(), 0);
+        if err != VIX_OK as VixError {
+            return Err(self.vddk.error("GetInfo", err));
+        }
+        if info.is_null() {
+            return Err(VddkError::ours("GetInfo", "returned no information"));
+        }
+        // SAFETY: GetInfo succeeded, so `info` points to a valid VixDiskLibInfo until FreeInfo.
+        let capacity = unsafe { (*info).capacity };
+        // SAFETY: `info` came from GetInfo and is freed exactly once.
+        unsafe { free(info) };
+        let transport = match &lib.VixDiskLib_GetTransportMode {
+            Ok(f) => {
+                // SAFETY: `self.handle` is open; the result is a string owned by VDDK.
+                let p = unsafe { f(self.handle) };
+                if p.is_null() {
+                    "unknown".to_owned()
+                } else {
+                    // SAFETY: a non-NULL result is NUL-terminated and valid while the handle is.
+                    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+                }
+            }
+            Err(_) => "unknown".to_owned(),
+        };
+        Ok(DiskInfo {
+            capacity,
+            transport,
+        })
+    }
+
+    /// Serves requests until Close (or every `Disk` is gone), then drains and closes.
+    pub(super) fn run(mut self, rx: Receiver<Cmd>, tx: Sender<Cmd>) {
+        let mut pending: HashMap<u64, (Completion, Instant, usize)> = HashMap::new();
+        let mut next_id = 0u64;
+        let mut reply = None;
+        while let Ok(cmd) = rx.recv() {
+            match cmd {
+                Cmd::Read {
+                    sector,
+                    buf,
+                    len,
+                    done,
+                } => {
+                    next_id += 1;
+                    if let Some(done) = self.submit_read(next_id, sector, buf, len, done, &tx) {
+                        pending.insert(next_id, (done, Instant::now(), len));
+                    }
+                }
+                Cmd::Completed { id, code } => {
+                    if let Some((done, started, len)) = pending.remove(&id) {
+                        self.complete(done, started, len, code);
+                    }
+                }
+                Cmd::ReadSync {
+                    sector,
+                    buf,
+                    len,
+                    reply,
+                } => {
+                    let _ = reply.send(self.read_sync(sector, buf, len));
+                }
+                Cmd::Query {
+                    start,
+                    count,
+                    chunk,
+                    done,
+                } => done(self.query(start, count, chunk)),
+                Cmd::Close { reply: r } => {
+                    reply = r;
+                    break;
+                }
+            }
+        }
+        self.drain(&rx, &mut pending);
+        let stats = self.shutdown();
+        if let Some(r) = reply {
+            let _ = r.send(stats);
+        }
+    }
+
+    /// Starts one read. Returns its completion when VDDK accepted it (it is then pending),
+    /// `None` when it was answered at once (synchronous fallback or an error).
+    fn submit_read(
+        &mut self,
+        id: u64,
+        sector: u64,
+        buf: BufPtr,
+        len: usize,
+        done: Completion,
+        tx: &Sender<Cmd>,
+    ) -> Option<Completion> {
+        let count = len as u64 / SECTOR;
+        let lib = &self.vddk.loaded().lib;
+        let Ok(read_async) = &lib.VixDiskLib_ReadAsync else {
+            // VDDK before 6.0: one synchronous read at a time.
+            done(self.read_sync(sector, buf, len));
+            return None;
+        };
+        let data = Box::into_raw(Box::new(CallbackData { id, tx: tx.clone() }));
+        // SAFETY: `self.handle` is open. `buf.0` points to `len` writable bytes owned by
+        // `done`'s boxed buffer, which is kept in `pending` untouched until the completion for
+        // `id` arrives. `data` is reclaimed by `read_done` exactly once if VDDK accepts the
+        // request (VIX_ASYNC), or below if it does not.
+        let err = unsafe {
+            read_async(
+                self.handle,
+                sector,
+                count,
+                buf.0,
+                Some(read_done),
+                data.cast(),
+            )
+        };
+        if err == VIX_ASYNC as VixError {
+            return Some(done);
+        }
+        // SAFETY: VDDK refused the request, so it will never call `read_done` with `data`.
+        drop(unsafe { Box::from_raw(data) });
+        let e = if err == VIX_OK as VixError {
+            VddkError::ours("ReadAsync", "returned VIX_OK instead of VIX_ASYNC")
+        } else {
+            self.vddk.error("ReadAsync", err)
+        };
+        done(Err(e));
+        None
+    }
+
+    fn complete(&mut self, done: Completion, started: Instant, len: usize, code: VixError) {
+        if code == VIX_OK as VixError {
+            record(&mut self.stats, "ReadAsync", started.elapsed(), len as u64);
+            done(Ok(()));
+        } else {
+            record(&mut self.stats, "ReadAsync", started.elapsed(), 0);
+            done(Err(self.vddk.error("ReadAsync", code)));
+        }
+    }
+
+    fn read_sync(&mut self, sector: u64, buf: BufPtr, len: usize) -> Result<(), VddkError> {
+        let read = self
+            .vddk
+            .loaded()
+            .lib
+            .VixDiskLib_Read
+            .as_ref()
+            .map_err(|e| VddkError::ours("Read", e.to_string()))?;
+        let t = Instant::now();
+        // SAFETY: `self.handle` is open; `buf.0` points to `len` writable bytes that the
+        // requester keeps alive and untouched until this call has returned.
+        let err = unsafe { read(self.handle, sector, len as u64 / SECTOR, buf.0) };
+        let ok = err == VIX_OK as VixError;
+        record(
+            &mut self.stats,
+            "Read",
+            t.elapsed(),
+            if ok { len as u64 } else { 0 },
+        );
+        if ok {
+            Ok(())
+        } else {
+            Err(self.vddk.error("Read", err))
+        }
+    }
+
+    fn query(&mut self, start: u64, count: u64, chunk: u64) -> Result<Vec<Block>, VddkError> {
+        let lib = &self.vddk.loaded().lib;
+        let (Ok(query), Ok(free)) = (
+            &lib.VixDiskLib_QueryAllocatedBlocks,
+            &lib.VixDiskLib_FreeBlockList,
+        ) else {
+            return Err(VddkError::ours(
+                "QueryAllocatedBlocks",
+                "not available in this VDDK (added in 6.7)",
+            ));
+        };
+        let mut list: *mut VixDiskLibBlockList = std::ptr::null_mut();
+        let t = Instant::now();
+        // SAFETY: `self.handle` is open; `list` receives a list VDDK allocated.
+        let err = unsafe { query(self.handle, start, count, chunk, &mut list) };
+        record(&mut self.stats, "QueryAllocatedBlocks", t.elapsed(), 0);
+        if err != VIX_OK as VixError {
+            return Err(self.vddk.error("QueryAllocatedBlocks", err));
+        }
+        if list.is_null() {
+            return Ok(Vec::new());
+        }
+        // SAFETY: QueryAllocatedBlocks succeeded: `list` holds `numBlocks` blocks laid out
+        // from `blocks` (a C flexible array), valid until FreeBlockList.
+        let blocks = unsafe {
+            let n = (*list).numBlocks as usize;
+            let first = std::ptr::addr_of!((*list).blocks).cast::<crate::VixDiskLibBlock>();
+            std::slice::from_raw_parts(first, n)
+                .iter()
+                .map(|b| (b.offset, b.length))
+                .collect()
+        };
+        // SAFETY: `list` came from QueryAllocatedBlocks and is freed exactly once.
+        unsafe { free(list) };
+        Ok(blocks)
+    }
+
+    /// Lets every accepted read finish: VixDiskLib_Wait, then their completions (already
+    /// posted) are handed out. Buffers must not be released while VDDK may still write them.
+    fn drain(
+        &mut self,
+        rx: &Receiver<Cmd>,
+        pending: &mut HashMap<u64, (Completion, Instant, usize)>,
+    ) {
+        if pending.is_empty() {
+            return;
+        }
+        if let Ok(wait) = &self.vddk.loaded().lib.VixDiskLib_Wait {
+            let t = Instant::now();
+            // SAFETY: `self.handle` is open; Wait returns once its async requests completed.
+            unsafe { wait(self.handle) };
+            record(&mut self.stats, "Wait", t.elapsed(), 0);
+        }
+        while !pending.is_empty() {
+            // Every accepted request posts exactly one completion; after Wait they are queued.
+            match rx.recv() {
+                Ok(Cmd::Completed { id, code }) => {
+                    if let Some((done, started, len)) = pending.remove(&id) {
+                        self.complete(done, started, len, code);
+                    }
+                }
+                Ok(Cmd::Read { done, .. }) => done(Err(closed("ReadAsync"))),
+                Ok(Cmd::ReadSync { reply, .. }) => {
+                    let _ = reply.send(Err(closed("Read")));
+                }
+                Ok(Cmd::Query { done, .. }) => done(Err(closed("QueryAllocatedBlocks"))),
+                Ok(Cmd::Close { reply }) => drop(reply),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Closes the disk handle and the connection, whichever are open, timing the calls.
+    fn release(&mut self) {
+        let lib = &self.vddk.loaded().lib;
+        let _g = self.vddk.lock_open_close();
+        if !self.handle.is_null() {
+            if let Ok(close) = &lib.VixDiskLib_Close {
+                let t = Instant::now();
+                // SAFETY: `self.handle` is open and no request on it is outstanding: the
+                // serving loop drains before it ends, and a handle that failed in `open` never
+                // had one.
+                unsafe { close(self.handle) };
+                record(&mut self.stats, "Close", t.elapsed(), 0);
+            }
+            self.handle = std::ptr::null_mut();
+            self.vddk.handle_closed();
+        }
+        if !self.conn.is_null() {
+            if let Ok(disconnect) = &lib.VixDiskLib_Disconnect {
+                let t = Instant::now();
+                // SAFETY: `self.conn` is connected and its disk handle, if any, was closed
+                // just above.
+                unsafe { disconnect(self.conn) };
+                record(&mut self.stats, "Disconnect", t.elapsed(), 0);
+            }
+            self.conn = std::ptr::null_mut();
+        }
+    }
+
+    fn shutdown(mut self) -> Stats {
+        self.release();
+        std::mem::take(&mut self.stats)
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // A Handle that failed half-way through `open` still has its handle or connection.
+        self.release();
+        let lib = &self.vddk.loaded().lib;
+        if self.params_allocated {
+            if let Ok(free) = &lib.VixDiskLib_FreeConnectParams {
+                // SAFETY: `params` came from AllocateConnectParams and is freed once; the
+                // strings it points to are ours and are not freed by VDDK.
+                unsafe { free(self.params) };
+            }
+        } else {
+            // SAFETY: `params` came from Box::into_raw in `open` and is reclaimed once.
+            drop(unsafe { Box::from_raw(self.params) });
+        }
+    }
+}

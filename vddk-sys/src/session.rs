@@ -1,0 +1,390 @@
+//! The process-wide VDDK session: the library loaded once, `VixDiskLib_InitEx` called once per
+//! process and `VixDiskLib_Exit` once at its end, VDDK's log callbacks routed into `tracing`,
+//! and error codes turned into messages with `VixDiskLib_GetErrorText`.
+//!
+//! VDDK is never unloaded: its own threads may outlive every handle, so the [`Vddk`] value is
+//! leaked on purpose and lives as long as the process.
+
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::load::{self, Loaded};
+use crate::{__va_list_tag, VixError, VIX_OK};
+
+/// The interface version ferry asks for in `InitEx` (what nbdkit asks for, too).
+const INIT_MAJOR: u32 = 6;
+const INIT_MINOR: u32 = 5;
+
+/// A failed VixDiskLib call: the call, its error code and VDDK's text for it. One line, never
+/// containing credentials (VDDK's texts do not carry them, and the detail is a VDDK warning).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VddkError {
+    /// The function that failed, without the `VixDiskLib_` prefix (`ConnectEx`), or `load`.
+    pub call: &'static str,
+    /// The VixError code (0 for errors that are not VDDK's own, such as a failed load).
+    pub code: VixError,
+    /// What went wrong, in VDDK's words (`GetErrorText`) or ours.
+    pub text: String,
+    /// The last warning VDDK logged while the call ran, when there was one: VDDK often gives
+    /// the real reason (a wrong thumbprint, a refused login) only there.
+    pub detail: Option<String>,
+}
+
+impl VddkError {
+    pub(crate) fn ours(call: &'static str, text: impl Into<String>) -> Self {
+        VddkError {
+            call,
+            code: 0,
+            text: text.into(),
+            detail: None,
+        }
+    }
+
+    /// The VixError number (the low 16 bits; the high bits carry VDDK-internal flags).
+    pub fn number(&self) -> u64 {
+        self.code & 0xffff
+    }
+}
+
+impl fmt::Display for VddkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.code == 0 {
+            write!(f, "{}: {}", self.call, self.text)?;
+        } else {
+            write!(
+                f,
+                "VixDiskLib_{} failed: {} (VIX error {})",
+                self.call,
+                self.text,
+                self.number()
+            )?;
+        }
+        if let Some(d) = &self.detail {
+            write!(f, "; VDDK said: {d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for VddkError {}
+
+/// The initialised library of this process.
+pub struct Vddk {
+    loaded: Loaded,
+    libdir: PathBuf,
+    /// Serialises ConnectEx/Open and Close/Disconnect: VMware documents Open and Close as not
+    /// thread-safe, and nbdkit's VDDK plugin takes one lock around them for that reason.
+    open_close: Mutex<()>,
+    /// Disk handles open now; `exit` waits for them.
+    handles: Mutex<usize>,
+    handles_done: Condvar,
+}
+
+enum State {
+    Fresh,
+    Ready(&'static Vddk),
+    Exited,
+}
+
+static STATE: Mutex<State> = Mutex::new(State::Fresh);
+/// The version VDDK announced in its first log line ("VMware VixDiskLib (8.0.3) Release ...").
+static VERSION: OnceLock<String> = OnceLock::new();
+/// The last warning VDDK logged (cleared before the calls that report it).
+static LAST_WARNING: Mutex<Option<String>> = Mutex::new(None);
+
+/// Loads VDDK from `libdir` and initialises it (once per process; later calls with the same
+/// `libdir` return the same session). `config` is VDDK's configuration file (NFC AIO buffer
+/// settings and the like).
+pub fn init(libdir: &Path, config: Option<&Path>) -> Result<&'static Vddk, VddkError> {
+    let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    match &*state {
+        State::Ready(v) if v.libdir == libdir => return Ok(v),
+        State::Ready(v) => {
+            return Err(VddkError::ours(
+                "InitEx",
+                format!(
+                    "VDDK is already initialised from {} in this process, not {}",
+                    v.libdir.display(),
+                    libdir.display()
+                ),
+            ))
+        }
+        State::Exited => {
+            return Err(VddkError::ours(
+                "InitEx",
+                "VDDK was already shut down in this process",
+            ))
+        }
+        State::Fresh => {}
+    }
+    let loaded = load::load(libdir).map_err(|e| VddkError::ours("load", e.to_string()))?;
+    let c_libdir = path_cstring(libdir)?;
+    let c_config = config.map(path_cstring).transpose()?;
+    let init = loaded
+        .lib
+        .VixDiskLib_InitEx
+        .as_ref()
+        .map_err(|e| VddkError::ours("InitEx", e.to_string()))?;
+    // SAFETY: InitEx is called once per process (STATE is locked and Fresh). The callbacks are
+    // `extern "C"` functions with the declared signature that live for the whole program; the
+    // strings are NUL-terminated and outlive the call (VDDK copies what it keeps).
+    let err = unsafe {
+        init(
+            INIT_MAJOR,
+            INIT_MINOR,
+            Some(log_info),
+            Some(log_warn),
+            Some(log_panic),
+            c_libdir.as_ptr(),
+            c_config.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+        )
+    };
+    let vddk: &'static Vddk = Box::leak(Box::new(Vddk {
+        loaded,
+        libdir: libdir.to_owned(),
+        open_close: Mutex::new(()),
+        handles: Mutex::new(0),
+        handles_done: Condvar::new(),
+    }));
+    if err != VIX_OK as VixError {
+        return Err(vddk.error("InitEx", err));
+    }
+    tracing::debug!(
+        library = %vddk.loaded.path.display(),
+        version = vddk.version().unwrap_or("unknown"),
+        "VDDK initialised"
+    );
+    *state = State::Ready(vddk);
+    Ok(vddk)
+}
+
+/// Calls `VixDiskLib_Exit` if this process initialised VDDK, after the open disk handles have
+/// closed (waiting up to `timeout` for them). Later [`init`] calls fail.
+pub fn exit(timeout: Duration) {
+    let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    if let State::Ready(v) = &*state {
+        let open = v.handles.lock().unwrap_or_else(|e| e.into_inner());
+        let (open, _) = v
+            .handles_done
+            .wait_timeout_while(open, timeout, |n| *n > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        if *open > 0 {
+            tracing::debug!(handles = *open, "VDDK handles still open; not calling Exit");
+            return;
+        }
+        if let Ok(f) = &v.loaded.lib.VixDiskLib_Exit {
+            // SAFETY: InitEx succeeded in this process, Exit has not been called (the state
+            // is Ready) and no disk handle is open.
+            unsafe { f() };
+        }
+        *state = State::Exited;
+    }
+}
+
+impl Vddk {
+    /// The raw library.
+    pub fn loaded(&self) -> &Loaded {
+        &self.loaded
+    }
+
+    /// The directory VDDK was loaded from.
+    pub fn libdir(&self) -> &Path {
+        &self.libdir
+    }
+
+    /// VDDK's version as it announced itself in its log, or the library's major version
+    /// (`"8"`) when it did not.
+    pub fn version(&self) -> Option<&str> {
+        VERSION.get().map(String::as_str)
+    }
+
+    /// The version for messages: the announced one, else `libvixDiskLib.so.N`'s major.
+    pub fn version_or_major(&self) -> String {
+        self.version()
+            .map(str::to_owned)
+            .unwrap_or_else(|| self.loaded.major.to_string())
+    }
+
+    /// The transport modes this VDDK supports (`file:san:hotadd:nbdssl:nbd`).
+    pub fn transport_modes(&self) -> Option<String> {
+        let f = self
+            .loaded
+            .lib
+            .VixDiskLib_ListTransportModes
+            .as_ref()
+            .ok()?;
+        // SAFETY: InitEx succeeded; the returned string is static and owned by VDDK.
+        let p = unsafe { f() };
+        // SAFETY: a non-NULL result is a NUL-terminated string owned by VDDK.
+        (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    }
+
+    /// The error for `code` returned by `call`, with VDDK's text and its last warning.
+    pub(crate) fn error(&self, call: &'static str, code: VixError) -> VddkError {
+        VddkError {
+            call,
+            code,
+            text: self.error_text(code),
+            detail: take_warning(),
+        }
+    }
+
+    /// VDDK's text for `code` (`GetErrorText`), or a generic one.
+    pub fn error_text(&self, code: VixError) -> String {
+        let lib = &self.loaded.lib;
+        let (Ok(get), Ok(free)) = (&lib.VixDiskLib_GetErrorText, &lib.VixDiskLib_FreeErrorText)
+        else {
+            return format!("error {}", code & 0xffff);
+        };
+        // SAFETY: GetErrorText takes any code and a NULL locale (the default one).
+        let p = unsafe { get(code, std::ptr::null()) };
+        if p.is_null() {
+            return format!("error {}", code & 0xffff);
+        }
+        // SAFETY: a non-NULL result is a NUL-terminated string that we own until FreeErrorText.
+        let text = unsafe { CStr::from_ptr(p) }
+            .to_string_lossy()
+            .trim()
+            .to_owned();
+        // SAFETY: `p` came from GetErrorText and is freed exactly once.
+        unsafe { free(p) };
+        text
+    }
+
+    /// Held around ConnectEx/Open and Close/Disconnect.
+    pub(crate) fn lock_open_close(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.open_close.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn handle_opened(&self) {
+        *self.handles.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    }
+
+    pub(crate) fn handle_closed(&self) {
+        let mut n = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.handles_done.notify_all();
+        }
+    }
+}
+
+/// Forgets the last warning VDDK logged (before a call whose failure should carry it).
+pub(crate) fn clear_warning() {
+    *LAST_WARNING.lock().unwrap_or_else(|e| e.into_inner()) = None;
+}
+
+fn take_warning() -> Option<String> {
+    LAST_WARNING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+}
+
+fn path_cstring(p: &Path) -> Result<CString, VddkError> {
+    CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|_| VddkError::ours("InitEx", format!("{} contains a NUL byte", p.display())))
+}
+
+extern "C" {
+    /// C's `vsnprintf`; the `libc` crate does not declare it because Rust has no stable
+    /// `va_list`. On x86_64 a `va_list` parameter is a pointer to its one `__va_list_tag`.
+    fn vsnprintf(s: *mut c_char, n: usize, format: *const c_char, ap: *mut __va_list_tag) -> c_int;
+}
+
+/// Formats one VDDK log message.
+///
+/// # Safety
+/// `fmt` and `args` are what VDDK passed to a log callback: a printf format and its arguments.
+unsafe fn format_message(fmt: *const c_char, args: *mut __va_list_tag) -> String {
+    if fmt.is_null() {
+        return String::new();
+    }
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: the caller guarantees `fmt`/`args` match; vsnprintf writes at most buf.len()
+    // bytes including the terminating NUL (longer messages are cut, which is fine for logs).
+    let n = unsafe { vsnprintf(buf.as_mut_ptr().cast(), buf.len(), fmt, args) };
+    if n < 0 {
+        return String::new();
+    }
+    let len = (n as usize).min(buf.len() - 1);
+    String::from_utf8_lossy(&buf[..len]).trim_end().to_owned()
+}
+
+/// Remembers the version from VDDK's banner ("VMware VixDiskLib (8.0.3) Release build-...").
+fn note_version(msg: &str) {
+    if VERSION.get().is_some() {
+        return;
+    }
+    if let Some(v) = parse_version(msg) {
+        let _ = VERSION.set(v);
+    }
+}
+
+/// The version in VDDK's banner line, if `msg` is one.
+pub fn parse_version(msg: &str) -> Option<String> {
+    let rest = &msg[msg.find("VixDiskLib (")? + "VixDiskLib (".len()..];
+    let v = &rest[..rest.find(')')?];
+    let ok = !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.');
+    ok.then(|| v.to_owned())
+}
+
+unsafe extern "C" fn log_info(fmt: *const c_char, args: *mut __va_list_tag) {
+    // SAFETY: VDDK calls this with a printf format and its matching arguments.
+    let msg = unsafe { format_message(fmt, args) };
+    note_version(&msg);
+    tracing::debug!(target: "vddk", "{msg}");
+}
+
+unsafe extern "C" fn log_warn(fmt: *const c_char, args: *mut __va_list_tag) {
+    // SAFETY: as for log_info.
+    let msg = unsafe { format_message(fmt, args) };
+    note_version(&msg);
+    // VDDK's warnings are chatty on healthy runs too (nbdkit keeps them at debug level); the
+    // last one is kept so that a failing call can say what VDDK saw.
+    tracing::debug!(target: "vddk", "warning: {msg}");
+    *LAST_WARNING.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg);
+}
+
+unsafe extern "C" fn log_panic(fmt: *const c_char, args: *mut __va_list_tag) {
+    // SAFETY: as for log_info.
+    let msg = unsafe { format_message(fmt, args) };
+    tracing::error!(target: "vddk", "VDDK panic: {msg}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_comes_from_the_banner() {
+        assert_eq!(
+            parse_version("VMware VixDiskLib (8.0.3) Release build-24114575").as_deref(),
+            Some("8.0.3")
+        );
+        assert_eq!(parse_version("VixDiskLib: TLS enabled"), None);
+        assert_eq!(parse_version("VMware VixDiskLib (x) Release"), None);
+        assert_eq!(parse_version("VMware VixDiskLib ("), None);
+    }
+
+    #[test]
+    fn errors_are_one_line_with_the_code() {
+        let e = VddkError {
+            call: "ConnectEx",
+            code: 35,
+            text: "Authentication failure".into(),
+            detail: Some("Cannot connect to host h".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "VixDiskLib_ConnectEx failed: Authentication failure (VIX error 35); VDDK said: Cannot connect to host h"
+        );
+        assert_eq!(
+            VddkError::ours("load", "no library").to_string(),
+            "load: no library"
+        );
+    }
+}

@@ -2,6 +2,7 @@
 //! stderr and a non-zero exit; success of `copy` is one JSON line on stdout.
 
 mod progress;
+mod vddk_args;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -17,6 +18,7 @@ use transfer_core::open::{dirty_ranges, open_source, SourceOptions};
 use transfer_core::size::parse_size;
 use transfer_core::source::stream::Checksum;
 use transfer_core::target::{open_target, target_path, TargetOptions};
+use vddk_args::VddkArgs;
 
 #[derive(Parser)]
 #[command(
@@ -43,8 +45,8 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Copy SOURCE (nbd://, nbd+unix://, http(s)://, file://, synth://, or a path) to TARGET (a file or a
-    /// block device).
+    /// Copy SOURCE (nbd://, nbd+unix://, http(s)://, vddk://, file://, synth://, or a path) to
+    /// TARGET (a file or a block device).
     Copy(CopyArgs),
     /// Compare SOURCE and TARGET logically; exit 0 when equal, 1 with the first differing offset.
     Verify(VerifyArgs),
@@ -97,13 +99,19 @@ struct HttpArgs {
 }
 
 impl HttpArgs {
-    /// The source options for these HTTP arguments and `connections`.
-    fn source_options(&self, connections: usize) -> transfer_core::Result<SourceOptions> {
+    /// The source options for `uri` with these HTTP arguments, `vddk` and `connections`.
+    fn source_options(
+        &self,
+        uri: &str,
+        vddk: &VddkArgs,
+        connections: usize,
+    ) -> transfer_core::Result<SourceOptions> {
         Ok(SourceOptions {
             http: self.options()?,
             connections,
             kind: self.source_kind.parse()?,
             imageio_transport: self.imageio_transport.parse()?,
+            vddk: vddk.options(uri, self.thumbprint.as_deref())?,
             ..SourceOptions::default()
         })
     }
@@ -152,6 +160,8 @@ struct CopyArgs {
     tuning: Tuning,
     #[command(flatten)]
     http: HttpArgs,
+    #[command(flatten)]
+    vddk: VddkArgs,
     /// In-flight byte budget (all request buffers together).
     #[arg(long, default_value = "16M", value_parser = size_arg)]
     memory: u64,
@@ -189,6 +199,8 @@ struct ExtentsArgs {
     dirty: bool,
     #[command(flatten)]
     http: HttpArgs,
+    #[command(flatten)]
+    vddk: VddkArgs,
 }
 
 #[derive(Args)]
@@ -201,6 +213,8 @@ struct VerifyArgs {
     tuning: Tuning,
     #[command(flatten)]
     http: HttpArgs,
+    #[command(flatten)]
+    vddk: VddkArgs,
 }
 
 fn size_arg(s: &str) -> Result<u64, String> {
@@ -227,6 +241,15 @@ fn main() -> ExitCode {
         eprintln!("importer: a subcommand is required (copy, verify, extents); see --help");
         return ExitCode::from(2);
     };
+    let (source, vddk) = match &cmd {
+        Cmd::Copy(a) => (&a.source, &a.vddk),
+        Cmd::Verify(a) => (&a.source, &a.vddk),
+        Cmd::Extents(a) => (&a.source, &a.vddk),
+    };
+    if let Err(e) = vddk.reexec_for_library_path(source) {
+        eprintln!("importer: error: {e}");
+        return ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -245,6 +268,7 @@ fn main() -> ExitCode {
         }
     });
     rt.shutdown_timeout(Duration::from_secs(1));
+    transfer_core::source::vddk::shutdown();
     match r {
         Ok(code) => code,
         Err(e) => {
@@ -256,7 +280,9 @@ fn main() -> ExitCode {
 
 async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
     let io_engine = a.io_engine.parse::<IoEngineKind>()?;
-    let sopts = a.http.source_options(a.tuning.connections)?;
+    let sopts = a
+        .http
+        .source_options(&a.source, &a.vddk, a.tuning.connections)?;
     let source = open_source(&a.source, &sopts).await?;
     let path = target_path(&a.target)?;
     // A file this run creates is removed again if the copy fails, so a failed import never
@@ -321,9 +347,14 @@ async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
 }
 
 async fn run_verify(a: VerifyArgs) -> transfer_core::Result<ExitCode> {
-    let opts = a.http.source_options(a.tuning.connections)?;
+    let opts = a
+        .http
+        .source_options(&a.source, &a.vddk, a.tuning.connections)?;
     let x = open_source(&a.source, &opts).await?;
-    let y = open_source(&a.target, &opts).await?;
+    let topts = a
+        .http
+        .source_options(&a.target, &a.vddk, a.tuning.connections)?;
+    let y = open_source(&a.target, &topts).await?;
     let vopts = VerifyOptions {
         connections: a.tuning.connections,
         requests: a.tuning.requests.min(8),
@@ -361,7 +392,7 @@ async fn run_verify(a: VerifyArgs) -> transfer_core::Result<ExitCode> {
 const EXTENTS_WINDOW: u64 = 1 << 30;
 
 async fn run_extents(a: ExtentsArgs) -> transfer_core::Result<ExitCode> {
-    let opts = a.http.source_options(1)?;
+    let opts = a.http.source_options(&a.source, &a.vddk, 1)?;
     let list: Vec<serde_json::Value> = if a.dirty {
         dirty_ranges(&a.source, &opts)
             .await?

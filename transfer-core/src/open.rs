@@ -1,5 +1,5 @@
 //! Opening sources by URI: `nbd://`, `nbd+unix://`, `http://`, `https://`, `file://` (or a plain
-//! path), `synth://`.
+//! path), `synth://`, `vddk://`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use crate::source::http::HttpSource;
 use crate::source::imageio::{ImageioSource, Transport};
 use crate::source::nbd::{NbdSource, NbdUri};
 use crate::source::synth::SynthSource;
+use crate::source::vddk::{Secret, VddkParams, VddkSource};
 use crate::source::BlockSource;
 
 /// Options that apply while opening a source.
@@ -30,6 +31,31 @@ pub struct SourceOptions {
     pub glance_auth: Option<GlanceAuth>,
     /// How imageio sources reach the daemon (its local socket when it can, by default).
     pub imageio_transport: Transport,
+    /// `vddk://` parameters given apart from the URL, and the password.
+    pub vddk: VddkOptions,
+}
+
+/// What a `vddk://` source takes besides its URL.
+#[derive(Debug, Clone, Default)]
+pub struct VddkOptions {
+    /// `KEY=VALUE` parameters that override the URL's (see [`VddkParams::set`]).
+    pub params: Vec<(String, String)>,
+    /// The password (from a file or the environment, never the command line).
+    pub password: Option<Secret>,
+}
+
+/// The parameters of a `vddk://` URI with `opts`' overrides and password applied.
+pub fn vddk_params(uri: &str, opts: &VddkOptions) -> Result<VddkParams> {
+    let url = url::Url::parse(uri)
+        .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("invalid source URI: {e}")))?;
+    let mut p = VddkParams::from_url(&url)?;
+    for (k, v) in &opts.params {
+        p.set(k, v)?;
+    }
+    if opts.password.is_some() {
+        p.password = opts.password.clone();
+    }
+    Ok(p)
 }
 
 /// What protocol a plain `http(s)://` URL speaks.
@@ -65,6 +91,7 @@ impl Default for SourceOptions {
             kind: SourceKind::Auto,
             glance_auth: None,
             imageio_transport: Transport::Auto,
+            vddk: VddkOptions::default(),
         }
     }
 }
@@ -131,6 +158,9 @@ pub async fn open_source(uri: &str, opts: &SourceOptions) -> Result<Arc<dyn Bloc
             Ok(Arc::new(FileSource::open(&p)?))
         }
         "synth" => Ok(Arc::new(SynthSource::from_url(&parsed()?)?)),
+        "vddk" => Ok(Arc::new(
+            VddkSource::open(vddk_params(uri, &opts.vddk)?).await?,
+        )),
         "glance+http" | "glance+https" => {
             let plain = uri.split_once('+').map(|(_, rest)| rest).unwrap_or(uri);
             let mut keystone = url::Url::parse(plain)
@@ -149,7 +179,7 @@ pub async fn open_source(uri: &str, opts: &SourceOptions) -> Result<Arc<dyn Bloc
         )),
         other => Err(Error::new(
             ErrorKind::Unsupported,
-            format!("unknown source scheme '{other}' (nbd, nbd+unix, http, https, imageio+http, imageio+https, glance+http, glance+https, file, synth)"),
+            format!("unknown source scheme '{other}' (nbd, nbd+unix, http, https, imageio+http, imageio+https, glance+http, glance+https, vddk, file, synth)"),
         )),
     }
 }

@@ -15,6 +15,7 @@ pub mod imageio;
 pub mod nbd;
 pub mod stream;
 pub mod synth;
+pub mod vddk;
 
 /// What a source can do; the engine plans around it.
 #[derive(Debug, Clone)]

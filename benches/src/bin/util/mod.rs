@@ -1,5 +1,7 @@
-//! Helpers shared by the side-by-side benchmark binaries (`http-bench`, `imageio-bench`):
-//! arguments, running and timing peers, free ports, medians, a self-signed certificate.
+//! Helpers shared by the side-by-side benchmark binaries (`http-bench`, `imageio-bench`,
+//! `vddk-bench`): arguments, running and timing peers, free ports, medians, a self-signed
+//! certificate. Each binary uses a subset.
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -646,3 +646,6 @@ pub mod nginx;
 
 /// The oVirt imageio daemon peer of the imageio source tests.
 pub mod imageio;
+
+/// ferry's fake VDDK (`vddk-sys/fake`) set up for the VDDK source tests.
+pub mod vddk;

@@ -127,7 +127,8 @@ pub struct VddkSource {
     transport: String,
     /// Whether QueryAllocatedBlocks may still be asked (it is given up after a failure).
     query: Arc<AtomicBool>,
-    _permit: Option<OwnedSemaphorePermit>,
+    /// This connection's slot under the server's connection cap, given back at close.
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 fn to_error(params: &VddkParams, e: VddkError) -> Error {
@@ -207,7 +208,7 @@ impl VddkSource {
             vddk,
             disk: RwLock::new(Some(disk)),
             query: Arc::new(AtomicBool::new(query)),
-            _permit: permit,
+            permit: Mutex::new(permit),
         })
     }
 
@@ -376,6 +377,7 @@ impl BlockSource for VddkSource {
         let stats = tokio::task::spawn_blocking(move || disk.close())
             .await
             .map_err(|e| Error::new(ErrorKind::Io, format!("VDDK close task failed: {e}")))?;
+        self.permit.lock().unwrap_or_else(|e| e.into_inner()).take();
         for (call, s) in stats {
             tracing::debug!(
                 call,

@@ -125,6 +125,7 @@ fn bench() -> Result<(), String> {
         a.extend([
             importer.display().to_string(),
             "copy".into(),
+            "--log-level=warn".into(),
             format!(
                 "vddk://bench@vcenter.bench/?vm=moref=vm-1&thumbprint={THUMBPRINT}&libdir={}",
                 libdir.display()

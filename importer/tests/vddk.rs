@@ -220,6 +220,9 @@ fn connection_parameters_reach_connectex_and_the_info_line_names_version_and_tra
     let fake = FakeVddk::new().knob("FAKE_VDDK_THUMBPRINT", TP_UPPER);
     let disk = fake.add_disk("vm-42", &disk_bytes(MIB, 13));
     let dir = tempdir();
+    let config = dir.path().join("vddk.conf");
+    std::fs::write(&config, "vixDiskLib.nfcAio.Session.BufSizeIn64KB=16\n").unwrap();
+    let config_arg = format!("config={}", s(&config));
 
     let out = copy(
         &fake,
@@ -230,6 +233,8 @@ fn connection_parameters_reach_connectex_and_the_info_line_names_version_and_tra
             "transports=hotadd:nbdssl:nbd",
             "--vddk",
             "nfchostport=9020",
+            "--vddk",
+            &config_arg,
         ],
     );
 
@@ -248,6 +253,7 @@ fn connection_parameters_reach_connectex_and_the_info_line_names_version_and_tra
     assert_eq!(c["snapshotRef"], Value::Null);
     assert_eq!(c["password"], "ok");
     assert_eq!(calls(&log, "Open")[0]["path"], disk.as_str());
+    assert_eq!(calls(&log, "InitEx")[0]["config"], s(&config));
     let info: Vec<&str> = out
         .stderr
         .lines()

@@ -40,12 +40,10 @@ impl VddkArgs {
         }
         for p in &self.params {
             let (k, val) = p.split_once('=').ok_or_else(|| {
+                // Not echoed: a mistyped argument could be a secret.
                 Error::new(
                     ErrorKind::InvalidInput,
-                    format!(
-                        "--vddk expects KEY=VALUE, got '{}'",
-                        p.split('=').next().unwrap_or("")
-                    ),
+                    "--vddk expects KEY=VALUE (no '=' found)",
                 )
             })?;
             v.push((k.trim().to_owned(), val.to_owned()));

@@ -33,6 +33,8 @@ pub enum ErrorKind {
     Disconnected,
     /// Source and target differ (verify).
     Mismatch,
+    /// The source allows no more connections right now (another handle may be tried later).
+    Busy,
 }
 
 /// ferry's error: `kind` + `context` + optional `source`.

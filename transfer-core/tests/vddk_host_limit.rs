@@ -1,11 +1,12 @@
 //! The per-server VDDK connection cap, used as an embedding controller would: with a cap of
-//! one, a second handle on the same server waits until the first closes, while another server
-//! is not held up. Runs against ferry's fake VDDK (`vddk-sys/fake`), which this process loads
+//! one, a second handle on the same server waits until the first closes, another server is not
+//! held up, and a copy's extra handles are skipped rather than waited for. Runs against ferry's fake VDDK (`vddk-sys/fake`), which this process loads
 //! (one test in this binary: VDDK is initialised once per process and reads its knobs then).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use transfer_core::engine::open_handles;
 use transfer_core::source::vddk::{set_host_connection_limit, Secret, VddkParams, VddkSource};
 use transfer_core::source::BlockSource;
 
@@ -37,7 +38,7 @@ fn params(libdir: &Path, server: &str) -> VddkParams {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_capped_server_gets_one_connection_at_a_time_and_others_are_not_held_up() {
+async fn a_capped_server_gets_one_connection_at_a_time_and_extra_handles_are_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let libdir = dir.path().join("vddk");
     std::fs::create_dir_all(libdir.join("lib64")).unwrap();
@@ -70,4 +71,18 @@ async fn a_capped_server_gets_one_connection_at_a_time_and_others_are_not_held_u
         .unwrap();
     second.close().await.unwrap();
     other.unwrap().close().await.unwrap();
+
+    // A copy asking for more handles than the cap leaves free gets what is free, and never
+    // waits for a slot it would hold itself.
+    set_host_connection_limit("esx-c.example", 1);
+    let mut p = params(&libdir, "esx-c.example");
+    p.connections = 4;
+    let source: std::sync::Arc<dyn BlockSource> =
+        std::sync::Arc::new(VddkSource::open(p).await.unwrap());
+    let handles = tokio::time::timeout(Duration::from_secs(30), open_handles(&source, 4))
+        .await
+        .expect("opening handles under a full cap does not wait")
+        .unwrap();
+    assert_eq!(handles.len(), 1);
+    source.close().await.unwrap();
 }

@@ -8,8 +8,9 @@
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::load::{self, Loaded};
 use crate::{__va_list_tag, VixError, VIX_OK};
@@ -78,8 +79,10 @@ pub struct Vddk {
     /// Serialises ConnectEx/Open and Close/Disconnect: VMware documents Open and Close as not
     /// thread-safe, and nbdkit's VDDK plugin takes one lock around them for that reason.
     open_close: Mutex<()>,
-    /// Disk handles open now; `exit` waits for them.
+    /// Connections being made, open or being closed; `exit` waits for them.
     handles: Mutex<usize>,
+    /// Set (under `open_close`) when Exit has been called: no connection may start after it.
+    exited: AtomicBool,
     handles_done: Condvar,
 }
 
@@ -147,6 +150,7 @@ pub fn init(libdir: &Path, config: Option<&Path>) -> Result<&'static Vddk, VddkE
         libdir: libdir.to_owned(),
         open_close: Mutex::new(()),
         handles: Mutex::new(0),
+        exited: AtomicBool::new(false),
         handles_done: Condvar::new(),
     }));
     if err != VIX_OK as VixError {
@@ -161,26 +165,45 @@ pub fn init(libdir: &Path, config: Option<&Path>) -> Result<&'static Vddk, VddkE
     Ok(vddk)
 }
 
-/// Calls `VixDiskLib_Exit` if this process initialised VDDK, after the open disk handles have
-/// closed (waiting up to `timeout` for them). Later [`init`] calls fail.
+/// Calls `VixDiskLib_Exit` if this process initialised VDDK, after its connections have closed
+/// (waiting up to `timeout` for them). Connections started later, and [`init`], fail.
 pub fn exit(timeout: Duration) {
     let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
-    if let State::Ready(v) = &*state {
-        let open = v.handles.lock().unwrap_or_else(|e| e.into_inner());
-        let (open, _) = v
-            .handles_done
-            .wait_timeout_while(open, timeout, |n| *n > 0)
-            .unwrap_or_else(|e| e.into_inner());
-        if *open > 0 {
-            tracing::debug!(handles = *open, "VDDK handles still open; not calling Exit");
+    let State::Ready(v) = &*state else {
+        return;
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        {
+            let open = v.handles.lock().unwrap_or_else(|e| e.into_inner());
+            let left = deadline.saturating_duration_since(Instant::now());
+            let _ = v
+                .handles_done
+                .wait_timeout_while(open, left, |n| *n > 0)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        // A connection counts itself before it takes this lock, so none is in flight or can
+        // start once the count is 0 under it.
+        let _g = v.lock_open_close();
+        let open = *v.handles.lock().unwrap_or_else(|e| e.into_inner());
+        if open == 0 {
+            v.exited.store(true, Ordering::SeqCst);
+            if let Ok(f) = &v.loaded.lib.VixDiskLib_Exit {
+                // SAFETY: InitEx succeeded in this process, Exit has not been called (the
+                // state is Ready) and no connection exists or can start (`exited` is set
+                // under the lock every connection takes first).
+                unsafe { f() };
+            }
+            *state = State::Exited;
             return;
         }
-        if let Ok(f) = &v.loaded.lib.VixDiskLib_Exit {
-            // SAFETY: InitEx succeeded in this process, Exit has not been called (the state
-            // is Ready) and no disk handle is open.
-            unsafe { f() };
+        if Instant::now() >= deadline {
+            tracing::debug!(
+                connections = open,
+                "VDDK connections still open; not calling Exit"
+            );
+            return;
         }
-        *state = State::Exited;
     }
 }
 
@@ -257,6 +280,11 @@ impl Vddk {
     /// Held around ConnectEx/Open and Close/Disconnect.
     pub(crate) fn lock_open_close(&self) -> std::sync::MutexGuard<'_, ()> {
         self.open_close.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether Exit has been called (read under [`Vddk::lock_open_close`]).
+    pub(crate) fn exited(&self) -> bool {
+        self.exited.load(Ordering::SeqCst)
     }
 
     pub(crate) fn handle_opened(&self) {

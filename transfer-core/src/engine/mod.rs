@@ -162,7 +162,12 @@ pub async fn open_handles(
         set.spawn(async move { s.open_another().await });
     }
     while let Some(r) = set.join_next().await {
-        handles.push(r.map_err(|e| Error::new(ErrorKind::Io, format!("opening a handle: {e}")))??);
+        match r.map_err(|e| Error::new(ErrorKind::Io, format!("opening a handle: {e}")))? {
+            Ok(h) => handles.push(h),
+            // A source at its connection limit: copy with the handles it gave.
+            Err(e) if e.kind() == ErrorKind::Busy => tracing::debug!("{e}; using fewer handles"),
+            Err(e) => return Err(e),
+        }
     }
     Ok(handles)
 }

@@ -53,6 +53,14 @@ pub(super) enum Cmd {
     },
 }
 
+/// Hands `value` to a caller's completion. A panicking completion must not unwind through the
+/// handle thread: that would drop the buffers of reads VDDK is still filling.
+fn deliver<T>(done: impl FnOnce(T), value: T) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done(value))).is_err() {
+        tracing::error!(target: "vddk", "a VDDK read completion panicked");
+    }
+}
+
 /// What a completion callback receives: the request it belongs to and where to post it.
 struct CallbackData {
     id: u64,
@@ -138,6 +146,8 @@ impl Handle {
                 false,
             ),
         };
+        // Counted from here until Drop (after Disconnect), so that Exit waits for it.
+        vddk.handle_opened();
         let mut h = Handle {
             vddk,
             conn: std::ptr::null_mut(),
@@ -179,6 +189,12 @@ impl Handle {
             .map_err(|e| VddkError::ours("Open", e.to_string()))?;
         {
             let _g = vddk.lock_open_close();
+            if vddk.exited() {
+                return Err(VddkError::ours(
+                    "ConnectEx",
+                    "VDDK was already shut down in this process",
+                ));
+            }
             clear_warning();
             let t = Instant::now();
             // SAFETY: `params` and its strings are valid; snapshot and transports are
@@ -215,7 +231,6 @@ impl Handle {
                 return Err(vddk.error("Open", err));
             }
         }
-        vddk.handle_opened();
         h.info = h.get_info()?;
         Ok(h)
     }
@@ -300,7 +315,10 @@ impl Handle {
                     count,
                     chunk,
                     done,
-                } => done(self.query(start, count, chunk)),
+                } => {
+                    let r = self.query(start, count, chunk);
+                    deliver(done, r);
+                }
                 Cmd::Close { reply: r } => {
                     reply = r;
                     break;
@@ -329,7 +347,8 @@ impl Handle {
         let lib = &self.vddk.loaded().lib;
         let Ok(read_async) = &lib.VixDiskLib_ReadAsync else {
             // VDDK before 6.0: one synchronous read at a time.
-            done(self.read_sync(sector, buf, len));
+            let r = self.read_sync(sector, buf, len);
+            deliver(done, r);
             return None;
         };
         let data = Box::into_raw(Box::new(CallbackData { id, tx: tx.clone() }));
@@ -350,24 +369,27 @@ impl Handle {
         if err == VIX_ASYNC as VixError {
             return Some(done);
         }
-        // SAFETY: VDDK refused the request, so it will never call `read_done` with `data`.
-        drop(unsafe { Box::from_raw(data) });
         let e = if err == VIX_OK as VixError {
+            // Undocumented: VDDK may have called `read_done` already, so `data` is left alone
+            // (a few bytes leaked) rather than risk freeing it twice.
             VddkError::ours("ReadAsync", "returned VIX_OK instead of VIX_ASYNC")
         } else {
+            // SAFETY: VDDK refused the request, so it will never call `read_done` with `data`.
+            drop(unsafe { Box::from_raw(data) });
             self.vddk.error("ReadAsync", err)
         };
-        done(Err(e));
+        deliver(done, Err(e));
         None
     }
 
     fn complete(&mut self, done: Completion, started: Instant, len: usize, code: VixError) {
         if code == VIX_OK as VixError {
             record(&mut self.stats, "ReadAsync", started.elapsed(), len as u64);
-            done(Ok(()));
+            deliver(done, Ok(()));
         } else {
             record(&mut self.stats, "ReadAsync", started.elapsed(), 0);
-            done(Err(self.vddk.error("ReadAsync", code)));
+            let e = self.vddk.error("ReadAsync", code);
+            deliver(done, Err(e));
         }
     }
 
@@ -458,11 +480,11 @@ impl Handle {
                         self.complete(done, started, len, code);
                     }
                 }
-                Ok(Cmd::Read { done, .. }) => done(Err(closed("ReadAsync"))),
+                Ok(Cmd::Read { done, .. }) => deliver(done, Err(closed("ReadAsync"))),
                 Ok(Cmd::ReadSync { reply, .. }) => {
                     let _ = reply.send(Err(closed("Read")));
                 }
-                Ok(Cmd::Query { done, .. }) => done(Err(closed("QueryAllocatedBlocks"))),
+                Ok(Cmd::Query { done, .. }) => deliver(done, Err(closed("QueryAllocatedBlocks"))),
                 Ok(Cmd::Close { reply }) => drop(reply),
                 Err(_) => break,
             }
@@ -483,7 +505,6 @@ impl Handle {
                 record(&mut self.stats, "Close", t.elapsed(), 0);
             }
             self.handle = std::ptr::null_mut();
-            self.vddk.handle_closed();
         }
         if !self.conn.is_null() {
             if let Ok(disconnect) = &lib.VixDiskLib_Disconnect {
@@ -507,6 +528,7 @@ impl Drop for Handle {
     fn drop(&mut self) {
         // A Handle that failed half-way through `open` still has its handle or connection.
         self.release();
+        self.vddk.handle_closed();
         let lib = &self.vddk.loaded().lib;
         if self.params_allocated {
             if let Ok(free) = &lib.VixDiskLib_FreeConnectParams {

@@ -116,20 +116,34 @@ impl Disk {
     /// Connects and opens `spec.path` read-only, on a new thread that owns the handle. Blocks
     /// until VDDK has answered (ConnectEx can take seconds).
     pub fn open(vddk: &'static Vddk, spec: &DiskSpec) -> Result<Disk, VddkError> {
+        Disk::open_holding(vddk, spec, Box::new(()))
+    }
+
+    /// [`Disk::open`], keeping `held` (e.g. a slot under a per-host connection cap) until the
+    /// connection is gone: it is dropped on the handle thread after Disconnect, or when the
+    /// open fails.
+    pub fn open_holding(
+        vddk: &'static Vddk,
+        spec: &DiskSpec,
+        held: Box<dyn Send>,
+    ) -> Result<Disk, VddkError> {
         let (tx, rx) = mpsc::channel::<Cmd>();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let spec = spec.clone();
         let cb_tx = tx.clone();
         let thread = std::thread::Builder::new()
             .name("vddk-handle".into())
-            .spawn(move || match Handle::open(vddk, &spec) {
-                Ok(h) => {
-                    let _ = ready_tx.send(Ok(h.info.clone()));
-                    h.run(rx, cb_tx);
+            .spawn(move || {
+                match Handle::open(vddk, &spec) {
+                    Ok(h) => {
+                        let _ = ready_tx.send(Ok(h.info.clone()));
+                        h.run(rx, cb_tx);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
                 }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                }
+                drop(held);
             })
             .map_err(|e| VddkError::ours("Open", format!("cannot start a thread: {e}")))?;
         match ready_rx.recv() {

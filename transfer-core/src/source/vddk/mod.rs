@@ -127,8 +127,6 @@ pub struct VddkSource {
     transport: String,
     /// Whether QueryAllocatedBlocks may still be asked (it is given up after a failure).
     query: Arc<AtomicBool>,
-    /// This connection's slot under the server's connection cap, given back at close.
-    permit: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 fn to_error(params: &VddkParams, e: VddkError) -> Error {
@@ -160,7 +158,25 @@ impl VddkSource {
     }
 
     async fn open_handle(params: Arc<VddkParams>, first: bool) -> Result<Self> {
-        let permit = host_permit(&params.server).await;
+        // The first handle waits for a slot under the host's cap; another one is only worth
+        // having when a slot is free now (waiting could deadlock copies that each hold one).
+        let permit = if first {
+            host_permit(&params.server).await
+        } else {
+            match host_semaphore(&params.server) {
+                None => None,
+                Some(sem) => Some(sem.try_acquire_owned().map_err(|_| {
+                    Error::new(
+                        ErrorKind::Busy,
+                        format!(
+                            "{}: no free VDDK connection slot for {}",
+                            describe(&params),
+                            params.server
+                        ),
+                    )
+                })?),
+            }
+        };
         let p = params.clone();
         let (vddk, disk) = tokio::task::spawn_blocking(move || {
             let vddk = session::init(&p.libdir, p.config.as_deref())?;
@@ -176,7 +192,7 @@ impl VddkSource {
                 transports: p.transports.clone(),
                 path: p.file.clone(),
             };
-            Disk::open(vddk, &spec).map(|d| (vddk, d))
+            Disk::open_holding(vddk, &spec, Box::new(permit)).map(|d| (vddk, d))
         })
         .await
         .map_err(|e| Error::new(ErrorKind::Io, format!("VDDK open task failed: {e}")))?
@@ -208,7 +224,6 @@ impl VddkSource {
             vddk,
             disk: RwLock::new(Some(disk)),
             query: Arc::new(AtomicBool::new(query)),
-            permit: Mutex::new(permit),
         })
     }
 
@@ -327,6 +342,16 @@ impl BlockSource for VddkSource {
     }
 
     async fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        if offset >= self.size || len == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{}: extents asked for {len} bytes at {offset}, outside the disk ({} bytes)",
+                    describe(&self.params),
+                    self.size
+                ),
+            ));
+        }
         let end = offset.saturating_add(len).min(self.size);
         // Only whole chunks can be asked about; a tail shorter than one chunk is data.
         let last_chunk_end = self.size / CHUNK * CHUNK;
@@ -377,7 +402,6 @@ impl BlockSource for VddkSource {
         let stats = tokio::task::spawn_blocking(move || disk.close())
             .await
             .map_err(|e| Error::new(ErrorKind::Io, format!("VDDK close task failed: {e}")))?;
-        self.permit.lock().unwrap_or_else(|e| e.into_inner()).take();
         for (call, s) in stats {
             tracing::debug!(
                 call,

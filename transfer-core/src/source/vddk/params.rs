@@ -132,8 +132,16 @@ impl VddkParams {
         if !path.is_empty() {
             p.file = path;
         }
-        for (k, v) in url.query_pairs() {
-            p.set(&k, &v)?;
+        // Decoded by hand: form decoding (`query_pairs`) would turn a `+` of a datastore path
+        // into a space.
+        for pair in url
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|s| !s.is_empty())
+        {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            p.set(&percent_decode(k), &percent_decode(v))?;
         }
         Ok(p)
     }
@@ -329,6 +337,12 @@ mod tests {
         assert_eq!(p.max_request, 2 << 20);
         assert_eq!(p.vm, "moref=vm-1");
         assert_eq!(p.connections, 1);
+    }
+
+    #[test]
+    fn a_plus_in_the_query_stays_a_plus() {
+        let p = VddkParams::from_url(&url("vddk://u@h/?vm=vm-1&file=[ds] a+b/a%2Bb.vmdk")).unwrap();
+        assert_eq!(p.file, "[ds] a+b/a+b.vmdk");
     }
 
     #[test]

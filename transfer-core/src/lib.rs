@@ -5,6 +5,7 @@
 //! [`target::open_target`], and run [`engine::copy`] on a tokio runtime.
 
 pub mod buffer;
+pub mod delta;
 pub mod engine;
 pub mod error;
 pub mod extent;

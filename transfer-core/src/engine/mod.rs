@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::buffer::{Buffer, BufferPool};
+use crate::delta::DeltaSet;
 use crate::error::{Error, ErrorKind, Result};
 use crate::extent::{bridge, coalesce, Extent, ExtentKind, Run};
 use crate::io::{create_engine, IoEngine, IoEngineKind, WriteJob};
@@ -50,6 +51,9 @@ pub struct CopyOptions {
     /// sources whose every request costs much (imageio), fewer larger requests beat skipping
     /// short gaps; the zeros read are found in the buffers and not written to a zero target.
     pub read_gaps: u64,
+    /// Copy only these changed ranges, in place (a warm migration's delta). Within them the
+    /// source's extents still apply: changed ranges that are now zero become zero writes.
+    pub delta: Option<Arc<DeltaSet>>,
 }
 
 impl Default for CopyOptions {
@@ -65,6 +69,7 @@ impl Default for CopyOptions {
             direct: false,
             progress: None,
             read_gaps: 0,
+            delta: None,
         }
     }
 }
@@ -107,7 +112,8 @@ struct Shared {
     size_known: bool,
     /// Bytes read so far by the sequential reader.
     streamed: AtomicU64,
-    range_size: u64,
+    /// The work ranges `(offset, length)`, taken in turn by the workers.
+    plan: Vec<(u64, u64)>,
     request_size: usize,
     read_gaps: u64,
     next_range: AtomicU64,
@@ -191,9 +197,6 @@ pub async fn copy(
             ),
         ));
     }
-    if let Some(p) = &opts.progress {
-        p.set_total(size);
-    }
     let caps = source.caps();
     let request_size = opts
         .request_size
@@ -222,9 +225,37 @@ pub async fn copy(
         "copy plan"
     );
 
+    let range_size = opts.range_size.max(request_size as u64);
+    let plan = match &opts.delta {
+        Some(_) if caps.sequential => {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "{} can only be read front to back: a delta needs random access",
+                    source.describe()
+                ),
+            ))
+        }
+        Some(d) if d.size() > size => {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "the delta covers {} bytes but {} has {size}",
+                    d.size(),
+                    source.describe()
+                ),
+            ))
+        }
+        Some(d) => d.pieces(range_size),
+        None => DeltaSet::new(size, [(0, size)])?.pieces(range_size),
+    };
+    let planned: u64 = plan.iter().map(|r| r.1).sum();
+    if let Some(p) = &opts.progress {
+        p.set_total(if size_known { planned } else { size });
+    }
     let shared = Arc::new(Shared {
         size,
-        range_size: opts.range_size.max(request_size as u64),
+        plan,
         size_known,
         streamed: AtomicU64::new(0),
         request_size,
@@ -284,10 +315,11 @@ pub async fn copy(
         shared.bytes_data.load(Ordering::Relaxed),
         shared.bytes_zero.load(Ordering::Relaxed),
     );
-    if d + z != size {
+    let expected = if size_known { planned } else { size };
+    if d + z != expected {
         return Err(Error::new(
             ErrorKind::Io,
-            format!("internal error: copied {d}+{z} bytes of {size}"),
+            format!("internal error: copied {d}+{z} bytes of {expected}"),
         ));
     }
     Ok(CopyStats {
@@ -313,14 +345,11 @@ async fn worker(
             if sh.failed.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            let start = sh
-                .next_range
-                .fetch_add(1, Ordering::Relaxed)
-                .saturating_mul(sh.range_size);
-            if start >= sh.size {
+            let i = sh.next_range.fetch_add(1, Ordering::Relaxed) as usize;
+            let Some(&(start, len)) = sh.plan.get(i) else {
                 return Ok(());
-            }
-            let end = (start + sh.range_size).min(sh.size);
+            };
+            let end = start + len;
             let extents = if can_extents {
                 extents_covering(&*src, start, end - start)
                     .await

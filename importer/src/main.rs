@@ -1,6 +1,7 @@
 //! `importer`: copy and verify virtual disks (`importer copy|verify ...`). Errors are one line on
 //! stderr and a non-zero exit; success of `copy` is one JSON line on stdout.
 
+mod delta_args;
 mod progress;
 mod vddk_args;
 
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use delta_args::DeltaArgs;
 use transfer_core::engine::verify::{verify, VerifyOptions, VerifyResult};
 use transfer_core::engine::{copy, CopyOptions, Progress};
 use transfer_core::http::{HttpOptions, Thumbprint, TlsTrust};
@@ -51,7 +53,8 @@ enum Cmd {
     /// Compare SOURCE and TARGET logically; exit 0 when equal, 1 with the first differing offset.
     Verify(VerifyArgs),
     /// Print SOURCE's extents as JSON ([{"start","length","kind"}], kind data|zero|hole), or
-    /// with --dirty its changed ranges ([{"start","length"}]; oVirt imageio tickets).
+    /// with --dirty its changed ranges ([{"start","length"}]; oVirt imageio tickets, NBD dirty
+    /// bitmaps).
     Extents(ExtentsArgs),
 }
 
@@ -162,6 +165,8 @@ struct CopyArgs {
     http: HttpArgs,
     #[command(flatten)]
     vddk: VddkArgs,
+    #[command(flatten)]
+    delta: DeltaArgs,
     /// In-flight byte budget (all request buffers together).
     #[arg(long, default_value = "16M", value_parser = size_arg)]
     memory: u64,
@@ -194,9 +199,13 @@ struct CopyArgs {
 struct ExtentsArgs {
     /// Source URI.
     source: String,
-    /// Print the ranges changed since the ticket's checkpoint (imageio `context=dirty`).
+    /// Print the ranges changed since the previous checkpoint: an imageio ticket's
+    /// `context=dirty`, or an NBD export's qemu dirty bitmap (--dirty-bitmap NAME).
     #[arg(long)]
     dirty: bool,
+    /// The qemu dirty bitmap of an NBD source (qemu-nbd -B NAME) for --dirty.
+    #[arg(long, value_name = "NAME")]
+    dirty_bitmap: Option<String>,
     #[command(flatten)]
     http: HttpArgs,
     #[command(flatten)]
@@ -280,11 +289,16 @@ fn main() -> ExitCode {
 
 async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
     let io_engine = a.io_engine.parse::<IoEngineKind>()?;
-    let sopts = a
+    let mut sopts = a
         .http
         .source_options(&a.source, &a.vddk, a.tuning.connections)?;
+    sopts.nbd_dirty_bitmap = a.delta.dirty_bitmap();
     let source = open_source(&a.source, &sopts).await?;
     let path = target_path(&a.target)?;
+    let mut plan = a
+        .delta
+        .plan(&a.source, source.size(), &path, &sopts)
+        .await?;
     // A file this run creates is removed again if the copy fails, so a failed import never
     // leaves a full-size file behind that looks like a finished disk.
     let created = std::fs::symlink_metadata(&path).is_err();
@@ -292,7 +306,9 @@ async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
         preallocate: a.preallocate,
         direct: a.direct,
         target_is_zero: a.target_is_zero,
+        in_place: plan.delta.is_some(),
     };
+    let delta_bytes = plan.delta.as_ref().map(|d| d.bytes());
     let target = open_target(&path, source.size(), &topts)?;
     let progress = a.progress.then(|| Arc::new(Progress::new()));
     let started = std::time::Instant::now();
@@ -313,6 +329,7 @@ async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
         direct: a.direct,
         progress,
         read_gaps: a.read_gaps,
+        delta: plan.delta.take().map(Arc::new),
         ..CopyOptions::default()
     };
     let stats = copy(source, target, &opts).await;
@@ -333,7 +350,8 @@ async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
             return Err(e);
         }
     };
-    let line = serde_json::json!({
+    plan.record(stats.bytes_total)?;
+    let mut line = serde_json::json!({
         "bytes_total": stats.bytes_total,
         "bytes_data": stats.bytes_data,
         "bytes_zero": stats.bytes_zero,
@@ -342,6 +360,9 @@ async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
         "connections": stats.connections,
         "io_engine": stats.io_engine,
     });
+    if let Some(n) = delta_bytes {
+        line["delta_bytes"] = n.into();
+    }
     println!("{line}");
     Ok(ExitCode::SUCCESS)
 }
@@ -392,7 +413,8 @@ async fn run_verify(a: VerifyArgs) -> transfer_core::Result<ExitCode> {
 const EXTENTS_WINDOW: u64 = 1 << 30;
 
 async fn run_extents(a: ExtentsArgs) -> transfer_core::Result<ExitCode> {
-    let opts = a.http.source_options(&a.source, &a.vddk, 1)?;
+    let mut opts = a.http.source_options(&a.source, &a.vddk, 1)?;
+    opts.nbd_dirty_bitmap = a.dirty_bitmap.clone();
     let list: Vec<serde_json::Value> = if a.dirty {
         dirty_ranges(&a.source, &opts)
             .await?

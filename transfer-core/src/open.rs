@@ -33,6 +33,8 @@ pub struct SourceOptions {
     pub imageio_transport: Transport,
     /// `vddk://` parameters given apart from the URL, and the password.
     pub vddk: VddkOptions,
+    /// The qemu dirty bitmap of an NBD export whose changed ranges [`dirty_ranges`] reports.
+    pub nbd_dirty_bitmap: Option<String>,
 }
 
 /// What a `vddk://` source takes besides its URL.
@@ -92,6 +94,7 @@ impl Default for SourceOptions {
             glance_auth: None,
             imageio_transport: Transport::Auto,
             vddk: VddkOptions::default(),
+            nbd_dirty_bitmap: None,
         }
     }
 }
@@ -122,15 +125,29 @@ async fn open_imageio(
 
 /// The ranges `(offset, length)` changed since the previous checkpoint, for the sources that
 /// can tell: oVirt imageio tickets created with `dirty` (`imageio+http(s)://`, or `http(s)://`
-/// with [`SourceKind::Imageio`]).
+/// with [`SourceKind::Imageio`]) and NBD exports with a qemu dirty bitmap
+/// ([`SourceOptions::nbd_dirty_bitmap`]).
 pub async fn dirty_ranges(uri: &str, opts: &SourceOptions) -> Result<Vec<(u64, u64)>> {
-    let Some(url) = imageio_url(uri, opts) else {
-        return Err(Error::new(
+    if let Some(url) = imageio_url(uri, opts) {
+        return open_imageio(url?, opts, 1).await?.dirty_extents().await;
+    }
+    let scheme = uri.split("://").next().unwrap_or("").to_ascii_lowercase();
+    match (&opts.nbd_dirty_bitmap, scheme.as_str()) {
+        (Some(bitmap), "nbd" | "nbd+unix") => {
+            let url = url::Url::parse(uri).map_err(|e| {
+                Error::new(ErrorKind::InvalidInput, format!("invalid source URI: {e}"))
+            })?;
+            crate::source::nbd::dirty_ranges(&NbdUri::parse(&url)?, bitmap).await
+        }
+        (None, "nbd" | "nbd+unix") => Err(Error::new(
+            ErrorKind::InvalidInput,
+            "an NBD export's changed ranges come from a qemu dirty bitmap: name it (--dirty-bitmap NAME)",
+        )),
+        _ => Err(Error::new(
             ErrorKind::Unsupported,
-            "dirty extents come from oVirt imageio tickets only (imageio+http(s):// or --source-kind imageio)",
-        ));
-    };
-    open_imageio(url?, opts, 1).await?.dirty_extents().await
+            "changed ranges come from oVirt imageio tickets (imageio+http(s):// or --source-kind imageio) and NBD dirty bitmaps; otherwise pass them in a file (--changed-areas)",
+        )),
+    }
 }
 
 /// Opens the source named by `uri`.

@@ -240,6 +240,11 @@ impl NbdExport {
         }
     }
 
+    /// The NBD URI of the export (`nbd+unix:///?socket=...`).
+    pub fn uri(&self) -> String {
+        self.peer.uri()
+    }
+
     /// The backend URL imageio takes: `nbd:unix:/path/to/socket`.
     pub fn ticket_url(&self) -> String {
         let uri = self.peer.uri();

@@ -460,6 +460,12 @@ pub struct Running {
 }
 
 impl Running {
+    /// Kills the run with SIGKILL (a crash: nothing is cleaned up) and waits for it to end.
+    pub fn kill(self) -> Out {
+        signal(self.pid, "KILL");
+        self.finish()
+    }
+
     /// Waits for the run to end (killing it and failing the test if it hangs).
     pub fn finish(self) -> Out {
         let out = match self.rx.recv_timeout(IMPORTER_WATCHDOG) {

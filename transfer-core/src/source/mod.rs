@@ -88,19 +88,34 @@ pub trait BlockSource: Send + Sync {
 /// Extents covering all of `[offset, offset+len)`, asking the source as often as needed, clipped
 /// and checked (a source that returns nothing, goes backwards or skips bytes is a protocol error).
 pub async fn extents_covering(src: &dyn BlockSource, offset: u64, len: u64) -> Result<Vec<Extent>> {
+    covering(&src.describe(), offset, len, |o, l| src.extents(o, l)).await
+}
+
+/// Extents covering all of `[offset, offset+len)` from `fetch(offset, len)`, which may answer
+/// for less than it was asked; asks again from where the last answer ended. Answers are clipped
+/// and checked: one that is empty, goes backwards or skips bytes is a protocol error of `what`.
+pub async fn covering<F, Fut>(
+    what: &str,
+    offset: u64,
+    len: u64,
+    mut fetch: F,
+) -> Result<Vec<Extent>>
+where
+    F: FnMut(u64, u64) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Extent>>>,
+{
     let end = offset + len;
     let mut out: Vec<Extent> = Vec::new();
     let mut pos = offset;
     while pos < end {
-        let got = src.extents(pos, end - pos).await?;
+        let got = fetch(pos, end - pos).await?;
         let before = pos;
         for e in got {
             if e.offset != pos || e.len == 0 {
                 return Err(Error::new(
                     ErrorKind::Protocol,
                     format!(
-                        "{}: extents out of order at offset {} (expected {pos})",
-                        src.describe(),
+                        "{what}: extents out of order at offset {} (expected {pos})",
                         e.offset
                     ),
                 ));
@@ -115,7 +130,7 @@ pub async fn extents_covering(src: &dyn BlockSource, offset: u64, len: u64) -> R
         if pos == before {
             return Err(Error::new(
                 ErrorKind::Protocol,
-                format!("{}: no extents returned for offset {pos}", src.describe()),
+                format!("{what}: no extents returned for offset {pos}"),
             ));
         }
     }

@@ -50,7 +50,7 @@ impl BlockDeviceTarget {
                 opts.direct,
             )?,
             size,
-            reads_as_zero: opts.target_is_zero,
+            reads_as_zero: opts.target_is_zero && !opts.in_place,
             chain: ZeroChain::new(&[ZeroMethod::BlkZeroout, ZeroMethod::WriteZeros]),
         })
     }

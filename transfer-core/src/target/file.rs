@@ -6,7 +6,7 @@ use std::fs::OpenOptions;
 use std::os::fd::RawFd;
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::sys;
 use crate::target::fd::DiskFd;
 use crate::target::zero::{ZeroChain, ZeroMethod};
@@ -26,6 +26,15 @@ impl FileTarget {
         let ctx = |what: &str| format!("{what} target {}", path.display());
         let (file, existed) = match OpenOptions::new().write(true).read(true).open(path) {
             Ok(f) => (f, true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && opts.in_place => {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "target {} does not exist: a delta is applied to the disk of an earlier copy",
+                        path.display()
+                    ),
+                ))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let f = OpenOptions::new()
                     .write(true)
@@ -41,6 +50,12 @@ impl FileTarget {
             .metadata()
             .map_err(|e| Error::io(ctx("inspecting"), e))?
             .len();
+        // In place, a file only grows: the bytes past the source's end are not the delta's.
+        let size = if opts.in_place {
+            size.max(old_len)
+        } else {
+            size
+        };
         if old_len != size {
             file.set_len(size)
                 .map_err(|e| Error::io(ctx("sizing"), e))?;
@@ -60,7 +75,8 @@ impl FileTarget {
         Ok(FileTarget {
             fd: DiskFd::new(format!("file {}", path.display()), path, file, opts.direct)?,
             size,
-            reads_as_zero: opts.target_is_zero || !existed || old_len == 0 || size == 0,
+            reads_as_zero: !opts.in_place
+                && (opts.target_is_zero || !existed || old_len == 0 || size == 0),
             chain: ZeroChain::new(methods),
         })
     }

@@ -78,6 +78,9 @@ pub struct TargetOptions {
     pub direct: bool,
     /// The target is known to read as zeros: never write zeros.
     pub target_is_zero: bool,
+    /// Write a delta in place: the target must exist and is never truncated or recreated (a
+    /// file grows when the source did).
+    pub in_place: bool,
 }
 
 /// Opens `path` as the target for a source of `source_size` bytes: a block device (which must

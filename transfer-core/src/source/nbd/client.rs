@@ -32,6 +32,10 @@ enum Op {
     },
     BlockStatus {
         offset: u64,
+        /// The meta context answered for, and whether it is a dirty bitmap (then `Data`
+        /// extents are dirty, `Hole` ones clean).
+        context: u32,
+        dirty: bool,
         extents: Vec<Extent>,
         error: Option<Error>,
         tx: oneshot::Sender<Result<Vec<Extent>>>,
@@ -240,9 +244,31 @@ impl Connection {
 
     /// Block status of `[offset, offset+len)` in `base:allocation`. The reply may cover less.
     pub async fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        if self.info.base_allocation.is_none() {
+        let Some(context) = self.info.base_allocation else {
             return Ok(vec![Extent::new(offset, len, ExtentKind::Data)]);
-        }
+        };
+        self.status_in(context, false, offset, len).await
+    }
+
+    /// The dirty bitmap's status of `[offset, offset+len)`: `Data` extents are dirty, `Hole`
+    /// ones clean. The reply may cover less. Needs the bitmap asked for in the handshake.
+    pub async fn dirty_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let context = self.info.dirty_bitmap.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                format!("{}: no dirty bitmap was negotiated", self.desc),
+            )
+        })?;
+        self.status_in(context, true, offset, len).await
+    }
+
+    async fn status_in(
+        &self,
+        context: u32,
+        dirty: bool,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<Extent>> {
         let len = len
             .min(self.info.size.saturating_sub(offset))
             .min(u32::MAX as u64 & !0xfff);
@@ -255,6 +281,8 @@ impl Connection {
         let (tx, rx) = oneshot::channel();
         let op = Op::BlockStatus {
             offset,
+            context,
+            dirty,
             extents: Vec::new(),
             error: None,
             tx,
@@ -538,11 +566,15 @@ async fn chunk<R: AsyncRead + Unpin>(
                 (
                     CHUNK_BLOCK_STATUS,
                     Op::BlockStatus {
-                        offset, extents, ..
+                        offset,
+                        context,
+                        dirty,
+                        extents,
+                        ..
                     },
                 ) => {
                     let (id, descs) = parse_block_status(&read_payload(r, len).await?)?;
-                    if Some(id) == info.base_allocation {
+                    if id == *context {
                         let mut pos = *offset;
                         for (l, f) in descs {
                             if l == 0 {
@@ -552,7 +584,13 @@ async fn chunk<R: AsyncRead + Unpin>(
                             if end <= pos {
                                 break;
                             }
-                            let kind = if f & STATE_HOLE != 0 {
+                            let kind = if *dirty {
+                                if f & STATE_DIRTY != 0 {
+                                    ExtentKind::Data
+                                } else {
+                                    ExtentKind::Hole
+                                }
+                            } else if f & STATE_HOLE != 0 {
                                 ExtentKind::Hole
                             } else if f & STATE_ZERO != 0 {
                                 ExtentKind::Zero
@@ -625,6 +663,7 @@ mod tests {
             block_max: 32 << 20,
             structured: true,
             base_allocation: None,
+            dirty_bitmap: None,
         };
         let conn = Connection::start(info, DESC.into(), Box::new(r), Box::new(w));
         (conn, server)

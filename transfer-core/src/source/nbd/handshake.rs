@@ -23,6 +23,8 @@ pub struct ExportInfo {
     pub structured: bool,
     /// Context id of `base:allocation`, when negotiated.
     pub base_allocation: Option<u32>,
+    /// Context id of the `qemu:dirty-bitmap:NAME` asked for, when negotiated.
+    pub dirty_bitmap: Option<u32>,
 }
 
 impl ExportInfo {
@@ -39,6 +41,8 @@ pub struct HandshakeOptions {
     pub export: String,
     /// Whether to ask for structured replies and base:allocation.
     pub structured: bool,
+    /// A qemu dirty bitmap to ask for too (`qemu:dirty-bitmap:NAME`); its absence is an error.
+    pub dirty_bitmap: Option<String>,
 }
 
 fn io_err(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -131,8 +135,15 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         block_max: 32 << 20,
         structured: false,
         base_allocation: None,
+        dirty_bitmap: None,
     };
     if !fixed {
+        if opts.dirty_bitmap.is_some() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "the server is not fixed-newstyle, so it has no dirty bitmaps",
+            ));
+        }
         return export_name(s, export, no_zeroes, info).await;
     }
 
@@ -147,11 +158,23 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             )));
         }
     }
+    if opts.dirty_bitmap.is_some() && !info.structured {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            "the server has no structured replies, so no dirty bitmap",
+        ));
+    }
     if info.structured {
+        let bitmap = opts
+            .dirty_bitmap
+            .as_ref()
+            .map(|b| format!("qemu:dirty-bitmap:{b}"));
+        let mut queries = vec!["base:allocation"];
+        queries.extend(bitmap.as_deref());
         send_option(
             s,
             OPT_SET_META_CONTEXT,
-            &encode_meta_context(export, &["base:allocation"]),
+            &encode_meta_context(export, &queries),
         )
         .await?;
         loop {
@@ -161,6 +184,8 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                     let (id, name) = parse_meta_context(&payload)?;
                     if name == "base:allocation" {
                         info.base_allocation = Some(id);
+                    } else if bitmap.as_deref() == Some(name.as_str()) {
+                        info.dirty_bitmap = Some(id);
                     }
                 }
                 REP_ACK => break,
@@ -179,6 +204,12 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
 
+    if let (Some(b), None) = (&opts.dirty_bitmap, info.dirty_bitmap) {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!("export '{export}' has no dirty bitmap '{b}' (qemu-nbd -B {b})"),
+        ));
+    }
     send_option(s, OPT_GO, &encode_go(export, &[INFO_BLOCK_SIZE])).await?;
     let mut have_export = false;
     loop {

@@ -13,7 +13,7 @@ use tokio::net::{TcpStream, UnixStream};
 
 use crate::buffer::Buffer;
 use crate::error::{invalid, Error, ErrorKind, Result};
-use crate::extent::Extent;
+use crate::extent::{Extent, ExtentKind};
 use crate::source::{BlockSource, SourceCaps};
 pub use client::Connection;
 pub use handshake::{ExportInfo, HandshakeOptions};
@@ -94,11 +94,40 @@ fn percent_decode(s: &str) -> String {
 
 /// Connects, negotiates and starts the transmission phase.
 pub async fn connect(uri: &NbdUri, structured: bool) -> Result<Connection> {
-    let desc = uri.describe();
     let opts = HandshakeOptions {
         export: uri.export.clone(),
         structured,
+        dirty_bitmap: None,
     };
+    connect_with(uri, &opts).await
+}
+
+/// The ranges `(offset, length)` that qemu's dirty bitmap `bitmap` of the export marks as
+/// changed (`qemu:dirty-bitmap:NAME`, e.g. `qemu-nbd -B NAME`), sorted and merged.
+pub async fn dirty_ranges(uri: &NbdUri, bitmap: &str) -> Result<Vec<(u64, u64)>> {
+    let opts = HandshakeOptions {
+        export: uri.export.clone(),
+        structured: true,
+        dirty_bitmap: Some(bitmap.to_owned()),
+    };
+    let conn = connect_with(uri, &opts).await?;
+    let size = conn.info().size;
+    let what = format!("{} dirty bitmap '{bitmap}'", uri.describe());
+    let extents = crate::source::covering(&what, 0, size, |o, l| conn.dirty_status(o, l)).await?;
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for e in extents.iter().filter(|e| e.kind == ExtentKind::Data) {
+        match out.last_mut() {
+            Some((o, l)) if *o + *l == e.offset => *l += e.len,
+            _ => out.push((e.offset, e.len)),
+        }
+    }
+    let _ = conn.disconnect().await;
+    Ok(out)
+}
+
+/// Connects with `opts`, negotiates and starts the transmission phase.
+pub async fn connect_with(uri: &NbdUri, opts: &HandshakeOptions) -> Result<Connection> {
+    let desc = uri.describe();
     let timeout = Duration::from_secs(30);
     let conn_err = |e: std::io::Error| {
         Error::with_source(ErrorKind::Connect, format!("cannot connect to {desc}"), e)
@@ -117,7 +146,7 @@ pub async fn connect(uri: &NbdUri, structured: bool) -> Result<Connection> {
                 .map_err(|_| timed_out())?
                 .map_err(conn_err)?;
             s.set_nodelay(true).map_err(conn_err)?;
-            let info = tokio::time::timeout(timeout, handshake::handshake(&mut s, &opts))
+            let info = tokio::time::timeout(timeout, handshake::handshake(&mut s, opts))
                 .await
                 .map_err(|_| timed_out())?
                 .map_err(hs)?;
@@ -129,7 +158,7 @@ pub async fn connect(uri: &NbdUri, structured: bool) -> Result<Connection> {
                 .await
                 .map_err(|_| timed_out())?
                 .map_err(conn_err)?;
-            let info = tokio::time::timeout(timeout, handshake::handshake(&mut s, &opts))
+            let info = tokio::time::timeout(timeout, handshake::handshake(&mut s, opts))
                 .await
                 .map_err(|_| timed_out())?
                 .map_err(hs)?;

@@ -95,6 +95,8 @@ pub const CHUNK_ERROR_OFFSET: u16 = (1 << 15) + 2;
 pub const STATE_HOLE: u32 = 1;
 /// NBD_STATE_ZERO.
 pub const STATE_ZERO: u32 = 2;
+/// A `qemu:dirty-bitmap:NAME` block is dirty (bit 0 of its flags).
+pub const STATE_DIRTY: u32 = 1;
 
 /// Largest structured chunk payload we accept besides read data (error messages, block status).
 pub const MAX_META_PAYLOAD: u32 = 16 << 20;

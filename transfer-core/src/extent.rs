@@ -114,6 +114,21 @@ pub fn bridge(runs: Vec<Run>, gap: u64) -> Vec<Run> {
     out
 }
 
+/// The extents of `[offset, offset+len)` from a sorted, contiguous list (a whole image's, or a
+/// range's that covers this one), clipped to the range. Empty when the range is past the list.
+pub fn clip(list: &[Extent], offset: u64, len: u64) -> Vec<Extent> {
+    let end = offset.saturating_add(len);
+    let first = list.partition_point(|e| e.end() <= offset);
+    list[first..]
+        .iter()
+        .take_while(|e| e.offset < end)
+        .map(|e| {
+            let s = e.offset.max(offset);
+            Extent::new(s, e.end().min(end) - s, e.kind)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -299,3 +299,51 @@ fn file_source_extents_reproduce_a_sparse_file() {
     assert_eq!(stats.bytes_data, 65536 + 4096);
     assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
 }
+
+#[test]
+fn in_place_a_file_target_is_kept_grown_never_truncated_and_holes_stay_holes() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("disk.img");
+    let opts = TargetOptions {
+        in_place: true,
+        ..TargetOptions::default()
+    };
+    let e = open_target(&p, 4 * M, &opts)
+        .err()
+        .expect("a delta needs its target");
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    assert!(!p.exists());
+    // A 4 MiB file: data in its first MiB, a hole after.
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
+    f.set_len(4 * M).unwrap();
+    f.write_all_at(&vec![0xAB; M as usize], 0).unwrap();
+    f.sync_all().unwrap();
+
+    let smaller = open_target(&p, 2 * M, &opts).unwrap();
+    assert_eq!(smaller.size(), 4 * M, "never truncated");
+    assert!(!smaller.reads_as_zero(), "an existing disk is not zero");
+    let t = open_target(&p, 6 * M, &opts).unwrap();
+    assert_eq!(
+        std::fs::metadata(&p).unwrap().len(),
+        6 * M,
+        "grown with the source"
+    );
+    let before = std::fs::metadata(&p).unwrap().blocks();
+    t.write_zeroes(2 * M, M).unwrap();
+    t.write_zeroes(0, 64 * 1024).unwrap();
+    t.flush().unwrap();
+
+    let got = std::fs::read(&p).unwrap();
+    assert!(got[..64 * 1024].iter().all(|&b| b == 0), "data is zeroed");
+    assert!(got[64 * 1024..M as usize].iter().all(|&b| b == 0xAB));
+    assert!(got[M as usize..].iter().all(|&b| b == 0));
+    assert!(
+        std::fs::metadata(&p).unwrap().blocks() <= before,
+        "zeroing a hole allocates nothing"
+    );
+}

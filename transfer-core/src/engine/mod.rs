@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use crate::buffer::{Buffer, BufferPool};
 use crate::delta::DeltaSet;
 use crate::error::{Error, ErrorKind, Result};
-use crate::extent::{bridge, coalesce, Extent, ExtentKind, Run};
+use crate::extent::{bridge, clip, coalesce, Extent, ExtentKind, Run};
 use crate::io::{create_engine, IoEngine, IoEngineKind, WriteJob};
 use crate::source::{extents_covering, BlockSource};
 use crate::target::BlockTarget;
@@ -112,8 +112,9 @@ struct Shared {
     size_known: bool,
     /// Bytes read so far by the sequential reader.
     streamed: AtomicU64,
-    /// The work ranges `(offset, length)`, taken in turn by the workers.
-    plan: Vec<(u64, u64)>,
+    /// The work items, taken in turn by the workers: groups of ranges `(offset, length)`
+    /// within one range size of the disk, whose extents are asked for at once.
+    plan: Vec<Vec<(u64, u64)>>,
     request_size: usize,
     read_gaps: u64,
     next_range: AtomicU64,
@@ -152,6 +153,20 @@ impl Shared {
         self.done(0, len);
         Ok(())
     }
+}
+
+/// Groups sorted `pieces` into work items: consecutive pieces whose span stays within
+/// `range_size`, so that a delta of many small areas asks for extents once per span of the
+/// disk instead of once per area.
+fn group(pieces: Vec<(u64, u64)>, range_size: u64) -> Vec<Vec<(u64, u64)>> {
+    let mut out: Vec<Vec<(u64, u64)>> = Vec::new();
+    for p in pieces {
+        match out.last_mut() {
+            Some(g) if p.0 + p.1 - g[0].0 <= range_size => g.push(p),
+            _ => out.push(vec![p]),
+        }
+    }
+    out
 }
 
 /// Opens up to `n` handles on `source` (the first is `source` itself).
@@ -246,10 +261,13 @@ pub async fn copy(
                 ),
             ))
         }
-        Some(d) => d.pieces(range_size),
-        None => DeltaSet::new(size, [(0, size)])?.pieces(range_size),
+        Some(d) => group(d.pieces(range_size), range_size),
+        None => group(
+            DeltaSet::new(size, [(0, size)])?.pieces(range_size),
+            range_size,
+        ),
     };
-    let planned: u64 = plan.iter().map(|r| r.1).sum();
+    let planned: u64 = plan.iter().flatten().map(|r| r.1).sum();
     if let Some(p) = &opts.progress {
         p.set_total(if size_known { planned } else { size });
     }
@@ -346,18 +364,26 @@ async fn worker(
                 return Ok(());
             }
             let i = sh.next_range.fetch_add(1, Ordering::Relaxed) as usize;
-            let Some(&(start, len)) = sh.plan.get(i) else {
+            let Some(work) = sh.plan.get(i) else {
                 return Ok(());
             };
-            let end = start + len;
-            let extents = if can_extents {
-                extents_covering(&*src, start, end - start)
+            let (first, last) = (work[0].0, work[work.len() - 1]);
+            let span = if can_extents {
+                extents_covering(&*src, first, last.0 + last.1 - first)
                     .await
                     .map_err(|e| e.context_prefix("reading extents"))?
             } else {
-                vec![Extent::new(start, end - start, ExtentKind::Data)]
+                vec![Extent::new(
+                    first,
+                    last.0 + last.1 - first,
+                    ExtentKind::Data,
+                )]
             };
-            for run in bridge(coalesce(&extents, start, end), sh.read_gaps) {
+            let runs = work.iter().flat_map(|&(start, len)| {
+                let extents = clip(&span, start, len);
+                bridge(coalesce(&extents, start, start + len), sh.read_gaps)
+            });
+            for run in runs.collect::<Vec<_>>() {
                 match run {
                     Run::Zero { offset, len } => sh.zero(offset, len).await?,
                     Run::Data { offset, len } => {
@@ -485,4 +511,30 @@ async fn write_back(sh: &Shared, offset: u64, buf: Buffer) -> Result<()> {
     sh.pool.put(buf);
     sh.done(data_bytes, zero_bytes);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_pieces_are_grouped_per_range_size_and_large_ones_stand_alone() {
+        let pieces = vec![
+            (0, 10),
+            (20, 10),
+            (95, 5),
+            (100, 10),
+            (300, 100),
+            (400, 100),
+        ];
+        assert_eq!(
+            group(pieces, 100),
+            vec![
+                vec![(0, 10), (20, 10), (95, 5)],
+                vec![(100, 10)],
+                vec![(300, 100)],
+                vec![(400, 100)],
+            ]
+        );
+    }
 }

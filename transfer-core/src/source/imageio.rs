@@ -30,7 +30,7 @@ use url::Url;
 
 use crate::buffer::Buffer;
 use crate::error::{Error, ErrorKind, Result};
-use crate::extent::{Extent, ExtentKind};
+use crate::extent::{clip, Extent, ExtentKind};
 use crate::http::{read_bounded, redact, HttpClient, HttpOptions, MAX_ANSWER};
 use crate::source::http::{fill_from_range_reply, parse_content_range, ContentRange};
 use crate::source::{BlockSource, SourceCaps};
@@ -209,21 +209,6 @@ pub fn parse_dirty_extents(body: &[u8], size: u64) -> Result<Vec<(u64, u64)>> {
         }
     }
     Ok(out)
-}
-
-/// The extents of `[offset, offset+len)` from a whole-image list (sorted, contiguous from 0),
-/// clipped to the range. Empty when `offset` is past the list.
-fn extents_in(list: &[Extent], offset: u64, len: u64) -> Vec<Extent> {
-    let end = offset.saturating_add(len);
-    let first = list.partition_point(|e| e.end() <= offset);
-    list[first..]
-        .iter()
-        .take_while(|e| e.offset < end)
-        .map(|e| {
-            let s = e.offset.max(offset);
-            Extent::new(s, e.end().min(end) - s, e.kind)
-        })
-        .collect()
 }
 
 /// Whether an address is one of this host's: binding a socket to it succeeds only then.
@@ -541,7 +526,7 @@ impl BlockSource for ImageioSource {
 
     async fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         match self.extents.get() {
-            Some(list) => Ok(extents_in(list, offset, len)),
+            Some(list) => Ok(clip(list, offset, len)),
             None => Ok(vec![Extent::new(offset, len, ExtentKind::Data)]),
         }
     }
@@ -697,16 +682,16 @@ mod tests {
             Extent::new(200, 100, ExtentKind::Hole),
         ];
         assert_eq!(
-            extents_in(&list, 150, 100),
+            clip(&list, 150, 100),
             vec![
                 Extent::new(150, 50, ExtentKind::Zero),
                 Extent::new(200, 50, ExtentKind::Hole),
             ]
         );
         assert_eq!(
-            extents_in(&list, 0, 100),
+            clip(&list, 0, 100),
             vec![Extent::new(0, 100, ExtentKind::Data)]
         );
-        assert!(extents_in(&list, 300, 10).is_empty());
+        assert!(clip(&list, 300, 10).is_empty());
     }
 }

@@ -105,6 +105,15 @@ impl BlockTarget for FileTarget {
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        // A range the file already has as a hole reads as zeros: nothing to do. Deltas of
+        // sparse disks zero many such ranges, and one lseek costs far less than a punch.
+        if !self.reads_as_zero {
+            if let Ok(next) = sys::seek_data(self.fd.file(), offset) {
+                if next.is_none_or(|d| d >= offset + len) {
+                    return Ok(());
+                }
+            }
+        }
         self.fd
             .zero_with(&self.chain, offset, len)
             .map_err(|e| self.fd.zero_error(offset, e))

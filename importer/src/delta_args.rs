@@ -12,7 +12,8 @@ use transfer_core::{Error, ErrorKind, Result};
 #[derive(Args, Default)]
 pub struct DeltaArgs {
     /// Apply a delta in place: read only the changed ranges (from --changed-areas, an NBD
-    /// export's --dirty-bitmap, or an imageio ticket's dirty extents) into the existing TARGET.
+    /// export's --dirty-bitmap, an imageio ticket's dirty extents, or vSphere's changed areas
+    /// since --previous-checkpoint for vddk://) into the existing TARGET.
     #[arg(long)]
     delta: bool,
     /// The changed ranges: a JSON list of {"start","length"} (implies --delta).
@@ -26,7 +27,9 @@ pub struct DeltaArgs {
     /// the target's checkpoint chain.
     #[arg(long, value_name = "ID")]
     checkpoint: Option<String>,
-    /// The checkpoint a delta starts from: it must be the last one applied to the target.
+    /// The checkpoint a delta starts from: it must be the last one applied to the target. For
+    /// vddk:// it is also where vSphere counts changes from: a disk change id
+    /// ("52 2d ... 7b/81") or a snapshot moref.
     #[arg(long, value_name = "ID")]
     previous_checkpoint: Option<String>,
     /// Where the target's checkpoint chain is kept (default: TARGET.checkpoints.json; needed
@@ -90,7 +93,9 @@ impl DeltaArgs {
                 .map_err(|e| Error::io(format!("reading changed areas {}", file.display()), e))?;
             Some(DeltaSet::from_json(&body, size).map_err(|e| e.context_prefix(file.display()))?)
         } else {
-            Some(DeltaSet::new(size, dirty_ranges(source, sopts).await?)?)
+            let mut sopts = sopts.clone();
+            sopts.changed_since = self.previous_checkpoint.clone();
+            Some(DeltaSet::new(size, dirty_ranges(source, &sopts).await?)?)
         };
         Ok(Plan {
             delta,

@@ -54,7 +54,7 @@ enum Cmd {
     Verify(VerifyArgs),
     /// Print SOURCE's extents as JSON ([{"start","length","kind"}], kind data|zero|hole), or
     /// with --dirty its changed ranges ([{"start","length"}]; oVirt imageio tickets, NBD dirty
-    /// bitmaps).
+    /// bitmaps, vSphere CBT for vddk://).
     Extents(ExtentsArgs),
 }
 
@@ -206,6 +206,10 @@ struct ExtentsArgs {
     /// The qemu dirty bitmap of an NBD source (qemu-nbd -B NAME) for --dirty.
     #[arg(long, value_name = "NAME")]
     dirty_bitmap: Option<String>,
+    /// For --dirty of a vddk:// source: the change id or snapshot moref vSphere counts changes
+    /// from.
+    #[arg(long, value_name = "ID")]
+    previous_checkpoint: Option<String>,
     #[command(flatten)]
     http: HttpArgs,
     #[command(flatten)]
@@ -415,6 +419,7 @@ const EXTENTS_WINDOW: u64 = 1 << 30;
 async fn run_extents(a: ExtentsArgs) -> transfer_core::Result<ExitCode> {
     let mut opts = a.http.source_options(&a.source, &a.vddk, 1)?;
     opts.nbd_dirty_bitmap = a.dirty_bitmap.clone();
+    opts.changed_since = a.previous_checkpoint.clone();
     let list: Vec<serde_json::Value> = if a.dirty {
         dirty_ranges(&a.source, &opts)
             .await?

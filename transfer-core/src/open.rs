@@ -35,6 +35,9 @@ pub struct SourceOptions {
     pub vddk: VddkOptions,
     /// The qemu dirty bitmap of an NBD export whose changed ranges [`dirty_ranges`] reports.
     pub nbd_dirty_bitmap: Option<String>,
+    /// The checkpoint [`dirty_ranges`] counts changes from, for vSphere (`vddk://`): a disk
+    /// change id, or the moref of the snapshot whose change id to start from.
+    pub changed_since: Option<String>,
 }
 
 /// What a `vddk://` source takes besides its URL.
@@ -95,6 +98,7 @@ impl Default for SourceOptions {
             imageio_transport: Transport::Auto,
             vddk: VddkOptions::default(),
             nbd_dirty_bitmap: None,
+            changed_since: None,
         }
     }
 }
@@ -125,13 +129,25 @@ async fn open_imageio(
 
 /// The ranges `(offset, length)` changed since the previous checkpoint, for the sources that
 /// can tell: oVirt imageio tickets created with `dirty` (`imageio+http(s)://`, or `http(s)://`
-/// with [`SourceKind::Imageio`]) and NBD exports with a qemu dirty bitmap
-/// ([`SourceOptions::nbd_dirty_bitmap`]).
+/// with [`SourceKind::Imageio`]), NBD exports with a qemu dirty bitmap
+/// ([`SourceOptions::nbd_dirty_bitmap`]) and VMware disks (`vddk://`) through vSphere's
+/// QueryChangedDiskAreas since [`SourceOptions::changed_since`].
 pub async fn dirty_ranges(uri: &str, opts: &SourceOptions) -> Result<Vec<(u64, u64)>> {
     if let Some(url) = imageio_url(uri, opts) {
         return open_imageio(url?, opts, 1).await?.dirty_extents().await;
     }
     let scheme = uri.split("://").next().unwrap_or("").to_ascii_lowercase();
+    if scheme == "vddk" {
+        let previous = opts.changed_since.as_deref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                "vSphere changed areas are counted from a checkpoint: name it (--previous-checkpoint CHANGE_ID or SNAPSHOT)",
+            )
+        })?;
+        let params = vddk_params(uri, &opts.vddk)?;
+        let d = crate::delta::vsphere::vddk_changed_areas(&params, previous).await?;
+        return Ok(d.ranges().to_vec());
+    }
     match (&opts.nbd_dirty_bitmap, scheme.as_str()) {
         (Some(bitmap), "nbd" | "nbd+unix") => {
             let url = url::Url::parse(uri).map_err(|e| {
@@ -145,7 +161,7 @@ pub async fn dirty_ranges(uri: &str, opts: &SourceOptions) -> Result<Vec<(u64, u
         )),
         _ => Err(Error::new(
             ErrorKind::Unsupported,
-            "changed ranges come from oVirt imageio tickets (imageio+http(s):// or --source-kind imageio) and NBD dirty bitmaps; otherwise pass them in a file (--changed-areas)",
+            "changed ranges come from oVirt imageio tickets (imageio+http(s):// or --source-kind imageio), NBD dirty bitmaps and vSphere (vddk://); otherwise pass them in a file (--changed-areas)",
         )),
     }
 }

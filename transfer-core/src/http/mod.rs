@@ -212,8 +212,9 @@ impl HttpClient {
             .await
     }
 
-    /// [`send`](Self::send) with a request body and request-specific headers (such as an API
-    /// token); both follow the same origin rule as the user's headers.
+    /// [`send`](Self::send) with a request body (JSON unless `extra` names another
+    /// Content-Type) and request-specific headers (such as an API token); both follow the same
+    /// origin rule as the user's headers.
     pub async fn send_with(
         &self,
         method: Method,
@@ -228,9 +229,10 @@ impl HttpClient {
             if same_origin(url, &cur) {
                 req = req.headers(self.headers.clone()).headers(extra.clone());
                 if let Some(b) = &body {
-                    req = req
-                        .header(reqwest::header::CONTENT_TYPE, "application/json")
-                        .body(b.clone());
+                    if !extra.contains_key(reqwest::header::CONTENT_TYPE) {
+                        req = req.header(reqwest::header::CONTENT_TYPE, "application/json");
+                    }
+                    req = req.body(b.clone());
                 }
             }
             if let Some((a, b)) = range {

@@ -1,0 +1,371 @@
+//! A minimal vSphere Web Services (SOAP, urn:vim25) client for changed-block tracking: the
+//! service content, Login (session cookie `vmware_soap_session`, one new login and retry when a
+//! long run's session has expired), SearchIndex.FindByUuid, the PropertyCollector for a VM's or
+//! a snapshot's `config.hardware.device`, QueryChangedDiskAreas, Logout.
+//!
+//! Written here rather than taken from a crate: no maintained Rust vSphere client exists, and
+//! these six calls are small. TLS trust (the SHA-1 thumbprint VDDK users already have, or CA
+//! options) comes from the shared HTTP layer; messages are parsed by `xml`, apart from I/O.
+//!
+//! QueryChangedDiskAreas answers for `[startOffset, startOffset+length)` only, with at most
+//! about 2000 areas, so it is called again from `startOffset+length` until the disk's capacity:
+//! reading only the first page would silently miss changes. Any fault means the delta cannot be
+//! known and a full copy is needed; a partial delta is never returned.
+
+pub mod xml;
+
+use std::sync::Mutex;
+
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, COOKIE, SET_COOKIE};
+use reqwest::Method;
+use url::Url;
+
+use crate::delta::DeltaSet;
+use crate::error::{Error, ErrorKind, Result};
+use crate::http::{read_bounded, redact, HttpClient, HttpOptions, TlsTrust};
+use crate::source::vddk::{Secret, VddkParams};
+use xml::{envelope, escape, moref, Fault, Node, ServiceContent, VirtualDisk};
+
+/// The session cookie vCenter and ESXi set at Login.
+const SESSION_COOKIE: &str = "vmware_soap_session";
+/// Most pages of changed areas read for one disk (a guard against a server that never ends).
+const MAX_PAGES: usize = 1_000_000;
+
+/// A logged-in vSphere API session.
+pub struct Client {
+    http: HttpClient,
+    url: Url,
+    sc: ServiceContent,
+    user: String,
+    password: Secret,
+    cookie: Mutex<Option<String>>,
+}
+
+fn soap_error(what: &str, f: &Fault) -> Error {
+    let kind = match f.kind.as_str() {
+        "NotAuthenticated" | "InvalidLogin" | "NoPermission" => ErrorKind::Connect,
+        "ManagedObjectNotFound" => ErrorKind::NotFound,
+        _ => ErrorKind::Server,
+    };
+    let msg = f.message.split_whitespace().collect::<Vec<_>>().join(" ");
+    Error::new(kind, format!("vSphere {what}: {} fault: {msg}", f.kind))
+}
+
+impl Client {
+    /// Connects to `https://server:port/sdk`, reads the service content and logs in.
+    pub async fn connect(
+        server: &str,
+        port: u32,
+        user: &str,
+        password: Secret,
+        trust: TlsTrust,
+    ) -> Result<Client> {
+        let host = if server.contains(':') && !server.starts_with('[') {
+            format!("[{server}]")
+        } else {
+            server.to_owned()
+        };
+        let url = Url::parse(&format!("https://{host}:{port}/sdk")).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("vSphere server '{server}': {e}"),
+            )
+        })?;
+        let http = HttpClient::new(&HttpOptions {
+            trust,
+            ..HttpOptions::default()
+        })?;
+        let mut c = Client {
+            http,
+            url,
+            sc: ServiceContent {
+                session_manager: String::new(),
+                search_index: String::new(),
+                property_collector: String::new(),
+            },
+            user: user.to_owned(),
+            password,
+            cookie: Mutex::new(None),
+        };
+        let answer = c
+            .raw(
+                "service content",
+                &format!(
+                    r#"<RetrieveServiceContent xmlns="urn:vim25">{}</RetrieveServiceContent>"#,
+                    moref("_this", "ServiceInstance", "ServiceInstance")
+                ),
+            )
+            .await?
+            .map_err(|f| soap_error("RetrieveServiceContent", &f))?;
+        c.sc = xml::service_content(&answer)?;
+        c.login().await?;
+        Ok(c)
+    }
+
+    /// Logs in (again) and keeps the session cookie.
+    async fn login(&self) -> Result<()> {
+        *self.cookie.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let body = format!(
+            r#"<Login xmlns="urn:vim25">{}<userName>{}</userName><password>{}</password></Login>"#,
+            moref("_this", "SessionManager", &self.sc.session_manager),
+            escape(&self.user),
+            escape(self.password.expose())
+        );
+        self.raw("Login", &body)
+            .await?
+            .map_err(|f| soap_error(&format!("Login as {}", self.user), &f))?;
+        if self
+            .cookie
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+        {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!(
+                    "vSphere Login at {}: no {SESSION_COOKIE} cookie",
+                    redact(&self.url)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Ends the session (errors ignored: the session expires anyway).
+    pub async fn logout(&self) {
+        let body = format!(
+            r#"<Logout xmlns="urn:vim25">{}</Logout>"#,
+            moref("_this", "SessionManager", &self.sc.session_manager)
+        );
+        let _ = self.raw("Logout", &body).await;
+    }
+
+    /// Sends one request; the answer's body element, or its fault.
+    async fn raw(&self, what: &str, inner: &str) -> Result<std::result::Result<Node, Fault>> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/xml; charset=utf-8"),
+        );
+        headers.insert("SOAPAction", HeaderValue::from_static("urn:vim25/7.0"));
+        if let Some(c) = self
+            .cookie
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_deref()
+        {
+            // The cookie is a secret: it is never part of a message.
+            if let Ok(v) = HeaderValue::from_str(&format!("{SESSION_COOKIE}={c}")) {
+                headers.insert(COOKIE, v);
+            }
+        }
+        let (resp, at) = self
+            .http
+            .send_with(
+                Method::POST,
+                &self.url,
+                None,
+                Some(envelope(inner).into_bytes()),
+                &headers,
+            )
+            .await?;
+        let status = resp.status();
+        for v in resp.headers().get_all(SET_COOKIE) {
+            let Ok(v) = v.to_str() else { continue };
+            if let Some(rest) = v.trim().strip_prefix(SESSION_COOKIE) {
+                if let Some(val) = rest.strip_prefix('=') {
+                    let val = val.split(';').next().unwrap_or("").trim();
+                    if !val.is_empty() {
+                        *self.cookie.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(val.to_owned());
+                    }
+                }
+            }
+        }
+        let body = read_bounded(resp, &at, crate::http::MAX_ANSWER).await?;
+        let root = xml::parse(&body, what).map_err(|e| {
+            if status.is_success() {
+                e
+            } else {
+                Error::new(
+                    ErrorKind::Server,
+                    format!(
+                        "vSphere {what}: HTTP {} from {}",
+                        status.as_u16(),
+                        redact(&at)
+                    ),
+                )
+            }
+        })?;
+        let answer = xml::body(&root, what)?;
+        match xml::fault(&answer) {
+            Some(f) => Ok(Err(f)),
+            None => Ok(Ok(answer)),
+        }
+    }
+
+    /// One call with one new login and retry when the session has expired.
+    async fn call(&self, what: &str, inner: &str) -> Result<Node> {
+        match self.raw(what, inner).await? {
+            Ok(a) => Ok(a),
+            Err(f) if f.kind == "NotAuthenticated" => {
+                tracing::debug!("vSphere session expired during {what}; logging in again");
+                self.login().await?;
+                self.raw(what, inner)
+                    .await?
+                    .map_err(|f| soap_error(what, &f))
+            }
+            Err(f) => Err(soap_error(what, &f)),
+        }
+    }
+
+    /// The VM with `uuid`: its instance UUID first, then its BIOS UUID (as CDI looks it up).
+    pub async fn find_vm_by_uuid(&self, uuid: &str) -> Result<String> {
+        for instance in [true, false] {
+            let body = format!(
+                r#"<FindByUuid xmlns="urn:vim25">{}<uuid>{}</uuid><vmSearch>true</vmSearch><instanceUuid>{instance}</instanceUuid></FindByUuid>"#,
+                moref("_this", "SearchIndex", &self.sc.search_index),
+                escape(uuid)
+            );
+            if let Some(vm) = xml::returned_moref(&self.call("FindByUuid", &body).await?) {
+                return Ok(vm);
+            }
+        }
+        Err(Error::new(
+            ErrorKind::NotFound,
+            format!("vSphere: no VM with UUID {uuid}"),
+        ))
+    }
+
+    /// The virtual disks of a VM (`VirtualMachine`) or snapshot (`VirtualMachineSnapshot`).
+    pub async fn disks(&self, ty: &str, obj: &str) -> Result<Vec<VirtualDisk>> {
+        let body = format!(
+            r#"<RetrievePropertiesEx xmlns="urn:vim25">{}<specSet><propSet><type>{}</type><pathSet>config.hardware.device</pathSet></propSet><objectSet>{}</objectSet></specSet><options></options></RetrievePropertiesEx>"#,
+            moref("_this", "PropertyCollector", &self.sc.property_collector),
+            escape(ty),
+            moref("obj", ty, obj)
+        );
+        let what = format!("devices of {obj}");
+        xml::virtual_disks(&self.call(&what, &body).await?)
+    }
+
+    /// The areas of disk `key` (of `capacity` bytes) of `vm` that changed between `change_id`
+    /// and `snapshot` (or the running VM), every page of them.
+    pub async fn changed_areas(
+        &self,
+        vm: &str,
+        snapshot: Option<&str>,
+        key: i32,
+        capacity: u64,
+        change_id: &str,
+    ) -> Result<DeltaSet> {
+        let what = format!("QueryChangedDiskAreas for disk {key} of {vm}");
+        let full_copy = |e: Error| e.context_prefix("a full copy is needed");
+        let mut areas = Vec::new();
+        let mut start = 0u64;
+        let mut pages = 0;
+        while start < capacity {
+            pages += 1;
+            if pages > MAX_PAGES {
+                return Err(full_copy(Error::new(
+                    ErrorKind::Protocol,
+                    format!("vSphere {what}: too many pages"),
+                )));
+            }
+            let body = format!(
+                r#"<QueryChangedDiskAreas xmlns="urn:vim25">{}{}<deviceKey>{key}</deviceKey><startOffset>{start}</startOffset><changeId>{}</changeId></QueryChangedDiskAreas>"#,
+                moref("_this", "VirtualMachine", vm),
+                snapshot.map_or(String::new(), |s| moref(
+                    "snapshot",
+                    "VirtualMachineSnapshot",
+                    s
+                )),
+                escape(change_id)
+            );
+            let page = xml::change_info(&self.call(&what, &body).await.map_err(full_copy)?)
+                .map_err(full_copy)?;
+            let end = page.start.checked_add(page.length);
+            if page.start != start || page.length == 0 || end.is_none_or(|e| e > capacity) {
+                return Err(full_copy(Error::new(
+                    ErrorKind::Protocol,
+                    format!(
+                        "vSphere {what}: a page at {start} answered for {} bytes at {} (disk of {capacity})",
+                        page.length, page.start
+                    ),
+                )));
+            }
+            let end = start + page.length;
+            for &(a, l) in &page.areas {
+                if a < start || a.checked_add(l).is_none_or(|e| e > end) {
+                    return Err(full_copy(Error::new(
+                        ErrorKind::Protocol,
+                        format!("vSphere {what}: area {a}+{l} outside its page [{start}, {end})"),
+                    )));
+                }
+            }
+            areas.extend(page.areas);
+            start = end;
+        }
+        tracing::debug!(pages, areas = areas.len(), "vSphere changed disk areas");
+        DeltaSet::new(capacity, areas).map_err(full_copy)
+    }
+}
+
+/// Whether `s` looks like a vSphere change id (`52 2d ... 7b/81`) rather than a snapshot moref.
+pub fn is_change_id(s: &str) -> bool {
+    s == "*" || s.contains('/')
+}
+
+/// The changed ranges of a `vddk://` disk since `previous` (a change id, or the moref of the
+/// snapshot whose disk change id to start from) up to the params' snapshot, from vSphere CBT.
+pub async fn vddk_changed_areas(params: &VddkParams, previous: &str) -> Result<DeltaSet> {
+    params.check()?;
+    let tp = params.thumbprint.as_deref().unwrap_or("");
+    let trust = TlsTrust::Pinned(crate::http::Thumbprint::parse(tp)?);
+    let password = params.password.clone().unwrap_or_default();
+    let c = Client::connect(&params.server, params.port, &params.user, password, trust).await?;
+    let r = changed_areas_with(&c, params, previous).await;
+    c.logout().await;
+    r
+}
+
+async fn changed_areas_with(c: &Client, params: &VddkParams, previous: &str) -> Result<DeltaSet> {
+    let vm = params.vm.strip_prefix("moref=").unwrap_or(&params.vm);
+    let snap = params.snapshot.as_deref();
+    let disks = match snap {
+        Some(s) => c.disks("VirtualMachineSnapshot", s).await?,
+        None => c.disks("VirtualMachine", vm).await?,
+    };
+    let disk = disks
+        .iter()
+        .find(|d| d.file_name == params.file)
+        .ok_or_else(|| {
+            let names: Vec<&str> = disks.iter().map(|d| d.file_name.as_str()).collect();
+            Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "vSphere: {vm} has no disk {} (it has {names:?})",
+                    params.file
+                ),
+            )
+        })?;
+    let change_id = if is_change_id(previous) {
+        previous.to_owned()
+    } else {
+        let old = c.disks("VirtualMachineSnapshot", previous).await?;
+        old.iter()
+            .find(|d| d.key == disk.key)
+            .and_then(|d| d.change_id.clone())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "vSphere: snapshot {previous} has no change id for disk {} (is changed-block tracking on?); a full copy is needed",
+                        disk.key
+                    ),
+                )
+            })?
+    };
+    c.changed_areas(vm, snap, disk.key, disk.capacity, &change_id)
+        .await
+}

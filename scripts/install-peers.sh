@@ -4,7 +4,9 @@ set -euo pipefail
 # nginx: the HTTP(S) source tests start their own nginx on free loopback ports; openssl makes
 # their CA and server certificates.
 # libclang-dev: vddk-sys's test that the committed bindgen bindings still match its header.
-pkgs=(nbdkit libnbd-bin nbd-server qemu-utils util-linux time nginx openssl libclang-dev)
+# golang-go, golang-github-vmware-govmomi-dev: the vSphere tests' vCenter simulator (built below).
+pkgs=(nbdkit libnbd-bin nbd-server qemu-utils util-linux time nginx openssl libclang-dev
+  golang-go golang-github-vmware-govmomi-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -35,10 +37,25 @@ ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || { echo "test peer missin
 # ovirt-imageio (PyPI): the real imageio daemon for the imageio source tests, in a venv inside the
 # repository (.peers/, ignored by git) so that the system Python stays untouched. Needs python3
 # with venv and pip; the tests find the daemon at .peers/venv/bin/ovirt-imageio.
-venv="$(cd "$(dirname "$0")/.." && pwd)/.peers/venv"
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+venv="$repo/.peers/venv"
 if [ ! -x "$venv/bin/ovirt-imageio" ]; then
   echo "installing test peer: ovirt-imageio (into $venv)"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check ovirt-imageio
 fi
 [ -x "$venv/bin/ovirt-imageio" ] || { echo "test peer missing after install: $venv/bin/ovirt-imageio" >&2; exit 1; }
+# vcsim-ferry: govmomi's vCenter simulator with the changed-block tracking that the vSphere tests
+# need, from the launcher importer/tests/fixtures/vcsim/main.go. Built offline: GOPATH mode against
+# the govmomi sources that Debian installs under /usr/share/gocode (no go.mod, no module proxy),
+# with the build cache inside .peers/. Rebuilt when main.go is newer than the binary.
+vcsim="$repo/.peers/bin/vcsim-ferry"
+launcher="$repo/importer/tests/fixtures/vcsim"
+if [ ! -x "$vcsim" ] || [ "$launcher/main.go" -nt "$vcsim" ]; then
+  echo "building test peer: vcsim-ferry (into $vcsim)"
+  mkdir -p "$repo/.peers/bin"
+  (cd "$launcher" && GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="$repo/.peers/gocache" \
+    GOPROXY=off GOFLAGS= go build -o "$vcsim" .) ||
+    { echo "test peer missing after install: $vcsim (go build failed)" >&2; exit 1; }
+fi
+[ -x "$vcsim" ] || { echo "test peer missing after install: $vcsim" >&2; exit 1; }

@@ -100,6 +100,8 @@ pub(super) struct Handle {
     _strings: CParams,
     pub(super) info: DiskInfo,
     stats: Stats,
+    /// Whether a ReadAsync was ever accepted (then Close waits for VDDK with Wait).
+    async_used: bool,
 }
 
 impl Handle {
@@ -160,6 +162,7 @@ impl Handle {
                 transport: String::new(),
             },
             stats: Stats::new(),
+            async_used: false,
         };
         {
             let s = &h._strings;
@@ -367,6 +370,7 @@ impl Handle {
             )
         };
         if err == VIX_ASYNC as VixError {
+            self.async_used = true;
             return Some(done);
         }
         let e = if err == VIX_OK as VixError {
@@ -463,7 +467,10 @@ impl Handle {
         rx: &Receiver<Cmd>,
         pending: &mut HashMap<u64, (Completion, Instant, usize)>,
     ) {
-        if pending.is_empty() {
+        // Wait even when every completion has been posted: VDDK may still be inside our
+        // callback (after it posted), and closing the handle under it would be a use after free.
+        // Wait returns once the callbacks have returned.
+        if !self.async_used {
             return;
         }
         if let Ok(wait) = &self.vddk.loaded().lib.VixDiskLib_Wait {

@@ -655,3 +655,6 @@ pub mod imageio;
 
 /// ferry's fake VDDK (`vddk-sys/fake`) set up for the VDDK source tests.
 pub mod vddk;
+
+/// govmomi's vCenter simulator with changed-block tracking (`.peers/bin/vcsim-ferry`).
+pub mod vcsim;

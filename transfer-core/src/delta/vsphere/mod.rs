@@ -311,9 +311,11 @@ impl Client {
     }
 }
 
-/// Whether `s` looks like a vSphere change id (`52 2d ... 7b/81`) rather than a snapshot moref.
-pub fn is_change_id(s: &str) -> bool {
-    s == "*" || s.contains('/')
+/// Whether `s` names a snapshot (`snapshot-42`, a moref) rather than a disk change id
+/// (`52 2d ... 7b/81`, or `*` for every allocated area).
+pub fn is_snapshot_moref(s: &str) -> bool {
+    s.strip_prefix("snapshot-")
+        .is_some_and(|n| !n.is_empty() && !n.contains([' ', '/']))
 }
 
 /// The changed ranges of a `vddk://` disk since `previous` (a change id, or the moref of the
@@ -349,10 +351,13 @@ async fn changed_areas_with(c: &Client, params: &VddkParams, previous: &str) -> 
                 ),
             )
         })?;
-    let change_id = if is_change_id(previous) {
+    let change_id = if !is_snapshot_moref(previous) {
         previous.to_owned()
     } else {
-        let old = c.disks("VirtualMachineSnapshot", previous).await?;
+        let old = c
+            .disks("VirtualMachineSnapshot", previous)
+            .await
+            .map_err(|e| e.context_prefix("a full copy is needed"))?;
         old.iter()
             .find(|d| d.key == disk.key)
             .and_then(|d| d.change_id.clone())
@@ -368,4 +373,22 @@ async fn changed_areas_with(c: &Client, params: &VddkParams, previous: &str) -> 
     };
     c.changed_areas(vm, snap, disk.key, disk.capacity, &change_id)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_morefs_are_told_from_change_ids() {
+        assert!(is_snapshot_moref("snapshot-42"));
+        for id in [
+            "52 2d 8e 1a 0c 7b 51 f6-9c 5d 3e 21 a4 9f 07 7b/81",
+            "*",
+            "snapshot-",
+            "snapshot-1/2",
+        ] {
+            assert!(!is_snapshot_moref(id), "{id}");
+        }
+    }
 }

@@ -1,0 +1,258 @@
+//! vSphere changed-block tracking against govmomi's vCenter simulator, fronted by ferry's
+//! launcher (`importer/tests/fixtures/vcsim`) that adds QueryChangedDiskAreas with ESXi's
+//! paging, its faults and session expiry: changed areas read page by page to the capacity, a
+//! snapshot moref as the previous checkpoint, faults and expired sessions, a refused login and
+//! a wrong thumbprint, and a whole delta read through the fake VDDK.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::vcsim::Vcsim;
+use common::vddk::FakeVddk;
+use common::*;
+use serde_json::Value;
+
+const MIB: u64 = 1 << 20;
+
+/// The vddk:// URL of the simulator's first VM and disk.
+fn url(sim: &Vcsim, thumbprint: &str) -> String {
+    let port = sim
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches("/sdk");
+    let vm = sim.vm();
+    format!(
+        "vddk://{}@127.0.0.1:{port}/?vm=moref={}&thumbprint={thumbprint}&libdir=/nonexistent",
+        sim.user().replace('@', "%40"),
+        vm.moref
+    )
+}
+
+/// `importer extents URL --dirty --vddk file=DISK --previous-checkpoint PREV` with the password.
+fn dirty(sim: &Vcsim, thumbprint: &str, previous: &str, password: &str) -> Out {
+    let file = format!("file={}", sim.vm().disk_file);
+    spawn_importer_env(
+        &[
+            "extents",
+            &url(sim, thumbprint),
+            "--dirty",
+            "--vddk",
+            &file,
+            "--previous-checkpoint",
+            previous,
+        ],
+        &[("VDDK_PASSWORD".into(), password.into())],
+    )
+    .finish()
+}
+
+fn ranges(out: &Out) -> Vec<(u64, u64)> {
+    assert!(out.status.success(), "importer failed: {}", out.stderr);
+    let v: Value = serde_json::from_str(out.stdout.trim()).expect("JSON");
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
+        .collect()
+}
+
+/// The simulator's areas, merged as a delta set merges them.
+fn merged(areas: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &(s, l) in areas {
+        match out.last_mut() {
+            Some((o, n)) if *o + *n == s => *n += l,
+            _ => out.push((s, l)),
+        }
+    }
+    out
+}
+
+/// Creates a snapshot of `vm` through the simulator's SOAP API with curl; returns its moref.
+fn create_snapshot(sim: &Vcsim, vm: &str) -> String {
+    let dir = tempdir();
+    let jar = dir.path().join("cookies");
+    let post = |body: String| -> String {
+        let env = format!(
+            r#"<?xml version="1.0"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body>{body}</soapenv:Body></soapenv:Envelope>"#
+        );
+        let out = Command::new("curl")
+            .args([
+                "-sk",
+                "-b",
+                s(&jar),
+                "-c",
+                s(&jar),
+                "-H",
+                "Content-Type: text/xml",
+                "-d",
+                &env,
+                sim.url(),
+            ])
+            .output()
+            .expect("running curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let between = |x: &str, a: &str, b: &str| -> String {
+        let i = x.find(a).unwrap_or_else(|| panic!("no {a} in {x}")) + a.len();
+        x[i..i + x[i..].find(b).unwrap()].to_owned()
+    };
+    post(format!(
+        r#"<Login xmlns="urn:vim25"><_this type="SessionManager">SessionManager</_this><userName>{}</userName><password>{}</password></Login>"#,
+        sim.user(),
+        sim.password()
+    ));
+    let task = post(format!(
+        r#"<CreateSnapshot_Task xmlns="urn:vim25"><_this type="VirtualMachine">{vm}</_this><name>s</name><memory>false</memory><quiesce>false</quiesce></CreateSnapshot_Task>"#
+    ));
+    let task = between(&task, r#"<returnval type="Task">"#, "<");
+    let info = post(format!(
+        r#"<RetrieveProperties xmlns="urn:vim25"><_this type="PropertyCollector">propertyCollector</_this><specSet><propSet><type>Task</type><pathSet>info.result</pathSet></propSet><objectSet><obj type="Task">{task}</obj></objectSet></specSet></RetrieveProperties>"#
+    ));
+    between(&info, "VirtualMachineSnapshot\">", "<")
+}
+
+#[test]
+fn changed_areas_are_read_page_by_page_up_to_the_capacity() {
+    let Some(sim) = Vcsim::start(&["-areas", "5000", "-page", "2000"]) else {
+        return;
+    };
+
+    let out = dirty(&sim, sim.thumbprint(), &sim.vm().change_id, sim.password());
+
+    let got = ranges(&out);
+    assert_eq!(got, merged(&sim.areas()), "all three pages, nothing more");
+    assert_eq!(sim.areas().len(), 5000);
+}
+
+#[test]
+fn a_snapshot_moref_as_the_previous_checkpoint_is_looked_up() {
+    let Some(sim) = Vcsim::start(&["-areas", "300", "-page", "100"]) else {
+        return;
+    };
+    let snap = create_snapshot(&sim, &sim.vm().moref);
+
+    let out = dirty(&sim, sim.thumbprint(), &snap, sim.password());
+    assert_eq!(ranges(&out), merged(&sim.areas()));
+
+    let out = dirty(&sim, sim.thumbprint(), "snapshot-999", sim.password());
+    out.assert_clean_failure(&[
+        "a full copy is needed",
+        "snapshot-999",
+        "ManagedObjectNotFound",
+    ]);
+}
+
+#[test]
+fn a_fault_means_a_full_copy_and_no_partial_delta() {
+    let Some(sim) = Vcsim::start(&["-areas", "300", "-page", "100"]) else {
+        return;
+    };
+
+    let reset = dirty(&sim, sim.thumbprint(), "reset", sim.password());
+    let bad = dirty(&sim, sim.thumbprint(), "52 00/", sim.password());
+
+    reset.assert_clean_failure(&["a full copy is needed", "FileFault", "CBT was reset"]);
+    bad.assert_clean_failure(&["a full copy is needed", "InvalidArgument"]);
+}
+
+#[test]
+fn an_expired_session_is_logged_in_again_and_the_pages_continue() {
+    let Some(sim) = Vcsim::start(&["-areas", "5000", "-page", "1000", "-expire-after", "2"]) else {
+        return;
+    };
+
+    let out = dirty(&sim, sim.thumbprint(), &sim.vm().change_id, sim.password());
+
+    assert_eq!(ranges(&out), merged(&sim.areas()));
+}
+
+#[test]
+fn a_refused_login_and_a_wrong_thumbprint_are_clear_errors() {
+    let Some(sim) = Vcsim::start(&[]) else {
+        return;
+    };
+    let other = "00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33";
+
+    let login = dirty(&sim, sim.thumbprint(), "*", "not-the-password");
+    let tls = dirty(&sim, other, "*", sim.password());
+
+    login.assert_clean_failure(&["Login", "InvalidLogin"]);
+    assert!(!login.stderr.contains("not-the-password"));
+    tls.assert_clean_failure(&["thumbprint"]);
+}
+
+#[test]
+fn a_vmware_warm_migration_reads_only_the_changed_areas_through_vddk() {
+    let capacity = 64 * MIB;
+    let Some(sim) = Vcsim::start(&[
+        "-areas",
+        "300",
+        "-page",
+        "100",
+        "-capacity",
+        &capacity.to_string(),
+    ]) else {
+        return;
+    };
+    let fake = FakeVddk::new().knob("FAKE_VDDK_PASSWORD", sim.password());
+    let disk = sim.vm().disk_file.clone();
+    let file = fake.file_of(&disk);
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let base = disk_bytes(capacity as usize, 31);
+    write_sparse(&file, &base);
+    let dir = tempdir();
+    let target = dir.path().join("disk.img");
+    let url = url(&sim, sim.thumbprint());
+    let file_arg = format!("file={disk}");
+    let mut env = fake.env();
+    env.push(("VDDK_PASSWORD".into(), sim.password().into()));
+    let libdir_arg = format!("libdir={}", s(fake.libdir()));
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "copy",
+            &url,
+            s(&target),
+            "--vddk",
+            &file_arg,
+            "--vddk",
+            &libdir_arg,
+        ];
+        args.extend_from_slice(extra);
+        spawn_importer_env(&args, &env).finish()
+    };
+    // The base copy records the disk's change id as its checkpoint, the delta starts from it.
+    let out = run(&["--checkpoint", &sim.vm().change_id]);
+    assert!(out.status.success(), "base copy: {}", out.stderr);
+    // The guest writes exactly the simulator's changed areas.
+    let mut next = base.clone();
+    for (i, &(s, l)) in sim.areas().iter().enumerate() {
+        next[s as usize..(s + l) as usize].fill(0x80 | (i % 100) as u8);
+    }
+    write_sparse(&file, &next);
+    let reads_before = fake.calls_of("ReadAsync").len();
+
+    let out = run(&[
+        "--delta",
+        "--checkpoint",
+        "cp2",
+        "--previous-checkpoint",
+        &sim.vm().change_id,
+    ]);
+
+    assert!(out.status.success(), "delta: {}", out.stderr);
+    assert_file_holds(&target, &next);
+    let line: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let changed: u64 = sim.areas().iter().map(|a| a.1).sum();
+    assert_eq!(line["delta_bytes"], changed);
+    let read: u64 = fake.calls_of("ReadAsync")[reads_before..]
+        .iter()
+        .map(|c| c["count"].as_u64().unwrap() * 512)
+        .sum();
+    assert_eq!(read, changed, "only the changed areas are read from VDDK");
+    assert!(Path::new(&format!("{}.checkpoints.json", s(&target))).exists());
+}

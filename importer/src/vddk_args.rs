@@ -16,8 +16,8 @@ pub const PASSWORD_ENV: &str = "VDDK_PASSWORD";
 #[derive(Args, Default)]
 pub struct VddkArgs {
     /// A vddk:// parameter KEY=VALUE, overriding the URL's (repeatable): server, user, port,
-    /// nfchostport, thumbprint, vm, snapshot, file, transports, config, libdir, max-request,
-    /// connections.
+    /// nfchostport, thumbprint, vm (or uuid), snapshot, file, transports, config, libdir,
+    /// max-request, connections.
     #[arg(long = "vddk", value_name = "KEY=VALUE")]
     params: Vec<String>,
     /// File holding the password of a vddk:// source's user (default: $VDDK_PASSWORD).

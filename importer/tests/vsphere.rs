@@ -256,3 +256,42 @@ fn a_vmware_warm_migration_reads_only_the_changed_areas_through_vddk() {
     assert_eq!(read, changed, "only the changed areas are read from VDDK");
     assert!(Path::new(&format!("{}.checkpoints.json", s(&target))).exists());
 }
+
+#[test]
+fn the_vm_is_found_by_its_instance_or_bios_uuid() {
+    let Some(sim) = Vcsim::start(&["-areas", "300", "-page", "100"]) else {
+        return;
+    };
+    let vm = sim.vm();
+    let port = sim
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches("/sdk");
+    let file = format!("file={}", vm.disk_file);
+    let by = |uuid: &str| {
+        let url = format!(
+            "vddk://{}@127.0.0.1:{port}/?uuid={uuid}&thumbprint={}&libdir=/nonexistent",
+            sim.user().replace('@', "%40"),
+            sim.thumbprint()
+        );
+        spawn_importer_env(
+            &[
+                "extents",
+                &url,
+                "--dirty",
+                "--vddk",
+                &file,
+                "--previous-checkpoint",
+                "*",
+            ],
+            &[("VDDK_PASSWORD".into(), sim.password().into())],
+        )
+        .finish()
+    };
+
+    assert_eq!(ranges(&by(&vm.instance_uuid)), merged(&sim.areas()));
+    assert_eq!(ranges(&by(&vm.uuid)), merged(&sim.areas()));
+    by("00000000-0000-0000-0000-000000000000").assert_clean_failure(&["no VM with UUID"]);
+}

@@ -191,9 +191,11 @@ pub async fn open_source(uri: &str, opts: &SourceOptions) -> Result<Arc<dyn Bloc
             Ok(Arc::new(FileSource::open(&p)?))
         }
         "synth" => Ok(Arc::new(SynthSource::from_url(&parsed()?)?)),
-        "vddk" => Ok(Arc::new(
-            VddkSource::open(vddk_params(uri, &opts.vddk)?).await?,
-        )),
+        "vddk" => {
+            let mut params = vddk_params(uri, &opts.vddk)?;
+            crate::delta::vsphere::resolve_vm(&mut params).await?;
+            Ok(Arc::new(VddkSource::open(params).await?))
+        }
         "glance+http" | "glance+https" => {
             let plain = uri.split_once('+').map(|(_, rest)| rest).unwrap_or(uri);
             let mut keystone = url::Url::parse(plain)

@@ -318,15 +318,39 @@ pub fn is_snapshot_moref(s: &str) -> bool {
         .is_some_and(|n| !n.is_empty() && !n.contains([' ', '/']))
 }
 
+/// Fills in `params.vm` from `params.uuid` through SearchIndex.FindByUuid (instance UUID
+/// first, then BIOS UUID) when only the UUID is given.
+pub async fn resolve_vm(params: &mut VddkParams) -> Result<()> {
+    let Some(uuid) = params.uuid.clone().filter(|_| params.vm.is_empty()) else {
+        return Ok(());
+    };
+    let c = connect_for(params).await?;
+    let r = c.find_vm_by_uuid(&uuid).await;
+    c.logout().await;
+    params.vm = format!("moref={}", r?);
+    Ok(())
+}
+
+async fn connect_for(params: &VddkParams) -> Result<Client> {
+    let tp = params.thumbprint.as_deref().ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            "vddk: thumbprint= (the SHA-1 fingerprint of the server's certificate) is required",
+        )
+    })?;
+    let trust = TlsTrust::Pinned(crate::http::Thumbprint::parse(tp)?);
+    let password = params.password.clone().unwrap_or_default();
+    Client::connect(&params.server, params.port, &params.user, password, trust).await
+}
+
 /// The changed ranges of a `vddk://` disk since `previous` (a change id, or the moref of the
 /// snapshot whose disk change id to start from) up to the params' snapshot, from vSphere CBT.
 pub async fn vddk_changed_areas(params: &VddkParams, previous: &str) -> Result<DeltaSet> {
+    let mut params = params.clone();
+    resolve_vm(&mut params).await?;
     params.check()?;
-    let tp = params.thumbprint.as_deref().unwrap_or("");
-    let trust = TlsTrust::Pinned(crate::http::Thumbprint::parse(tp)?);
-    let password = params.password.clone().unwrap_or_default();
-    let c = Client::connect(&params.server, params.port, &params.user, password, trust).await?;
-    let r = changed_areas_with(&c, params, previous).await;
+    let c = connect_for(&params).await?;
+    let r = changed_areas_with(&c, &params, previous).await;
     c.logout().await;
     r
 }

@@ -67,6 +67,9 @@ pub struct VddkParams {
     pub thumbprint: Option<String>,
     /// The VM as VDDK's vmxSpec: `moref=vm-42`.
     pub vm: String,
+    /// The VM's instance or BIOS UUID, looked up through the vSphere API when `vm` is not
+    /// given (what CDI passes).
+    pub uuid: Option<String>,
     /// Snapshot moref to read the disk at.
     pub snapshot: Option<String>,
     /// The disk: `[datastore1] vm/vm.vmdk`.
@@ -93,6 +96,7 @@ impl Default for VddkParams {
             password: None,
             thumbprint: None,
             vm: String::new(),
+            uuid: None,
             snapshot: None,
             file: String::new(),
             transports: None,
@@ -156,6 +160,7 @@ impl VddkParams {
             "nfchostport" | "nfc-port" => self.nfc_port = parse_port(key, v)?,
             "thumbprint" => self.thumbprint = Some(parse_thumbprint(v)?),
             "vm" => self.vm = parse_vm(v)?,
+            "uuid" => self.uuid = non_empty(v),
             "snapshot" => self.snapshot = non_empty(v),
             "file" | "disk" => self.file = v.to_owned(),
             "transports" => self.transports = Some(parse_transports(v)?),
@@ -186,7 +191,7 @@ impl VddkParams {
             }
             other => {
                 return Err(invalid(format!(
-                    "vddk: unknown parameter '{other}' (server, user, port, nfchostport, thumbprint, vm, snapshot, file, transports, config, libdir, max-request, connections)"
+                    "vddk: unknown parameter '{other}' (server, user, port, nfchostport, thumbprint, vm, uuid, snapshot, file, transports, config, libdir, max-request, connections)"
                 )))
             }
         }
@@ -203,7 +208,7 @@ impl VddkParams {
             return missing("the user (vddk://USER@SERVER/...)");
         }
         if self.vm.is_empty() {
-            return missing("vm=moref=vm-N");
+            return missing("vm=moref=vm-N (or uuid=, found through the vSphere API)");
         }
         if self.file.is_empty() {
             return missing("file=[datastore] vm/vm.vmdk");

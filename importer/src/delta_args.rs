@@ -72,10 +72,21 @@ impl DeltaArgs {
                 "--previous-checkpoint belongs to a delta (--delta, --changed-areas or --dirty-bitmap)",
             ));
         }
+        if self.changed_areas.is_some() && self.dirty_bitmap.is_some() {
+            return Err(invalid(
+                "--changed-areas and --dirty-bitmap both name the changed ranges: give one",
+            ));
+        }
         if self.is_delta() && (self.checkpoint.is_none() || self.previous_checkpoint.is_none()) {
             return Err(invalid(
                 "a delta needs --checkpoint ID and --previous-checkpoint ID: the target's checkpoint chain makes sure deltas are applied in order",
             ));
+        }
+        if !self.is_delta() {
+            // A full copy replaces the whole disk: whatever chain the target had no longer
+            // describes it, and must not let a later delta through. It is dropped before the
+            // target is touched (and a new one starts if this copy names a checkpoint).
+            self.drop_chain(target)?;
         }
         let chain = match &self.checkpoint {
             None => None,
@@ -103,6 +114,29 @@ impl DeltaArgs {
             checkpoint: self.checkpoint.clone(),
             previous: self.previous_checkpoint.clone(),
         })
+    }
+
+    /// Removes the target's checkpoint chain, if it has one that can be found.
+    fn drop_chain(&self, target: &Path) -> Result<()> {
+        let Ok(path) = self.state_path(target) else {
+            // A block device without --state-file: no chain of ours to find.
+            return Ok(());
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    if let Ok(d) = std::fs::File::open(dir) {
+                        let _ = d.sync_all();
+                    }
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(
+                format!("removing the old checkpoint state {}", path.display()),
+                e,
+            )),
+        }
     }
 
     fn state_path(&self, target: &Path) -> Result<PathBuf> {

@@ -417,6 +417,12 @@ async fn run_verify(a: VerifyArgs) -> transfer_core::Result<ExitCode> {
 const EXTENTS_WINDOW: u64 = 1 << 30;
 
 async fn run_extents(a: ExtentsArgs) -> transfer_core::Result<ExitCode> {
+    if !a.dirty && (a.dirty_bitmap.is_some() || a.previous_checkpoint.is_some()) {
+        return Err(transfer_core::Error::new(
+            transfer_core::ErrorKind::InvalidInput,
+            "--dirty-bitmap and --previous-checkpoint choose changed ranges: add --dirty",
+        ));
+    }
     let mut opts = a.http.source_options(&a.source, &a.vddk, 1)?;
     opts.nbd_dirty_bitmap = a.dirty_bitmap.clone();
     opts.changed_since = a.previous_checkpoint.clone();

@@ -320,3 +320,32 @@ fn an_imageio_dirty_ticket_gives_the_delta() {
     assert_same_files(&target, &reference);
     assert_eq!(chain_ids(&target), ["cp1", "cp2"]);
 }
+
+#[test]
+fn a_full_copy_over_a_target_ends_its_old_chain() {
+    let dir = tempdir();
+    let (a, b) = (dir.path().join("a.raw"), dir.path().join("b.raw"));
+    let target = dir.path().join("disk.img");
+    write_file(&a, &disk_bytes(MIB as usize, 5));
+    write_file(&b, &disk_bytes(MIB as usize, 6));
+    let areas = dir.path().join("areas.json");
+    std::fs::write(&areas, r#"[{"start":0,"length":65536}]"#).unwrap();
+    copy_json(&["copy", s(&a), s(&target), "--checkpoint", "s1"]);
+
+    // Another disk copied over it, without a checkpoint: s1 no longer describes the target.
+    copy_json(&["copy", s(&b), s(&target)]);
+    let out = importer(&[
+        "copy",
+        s(&a),
+        s(&target),
+        "--changed-areas",
+        s(&areas),
+        "--checkpoint",
+        "s2",
+        "--previous-checkpoint",
+        "s1",
+    ]);
+
+    out.assert_clean_failure(&["s1 -> s2 refused", "no checkpoint has been applied"]);
+    assert_same_files(&target, &b);
+}

@@ -118,6 +118,9 @@ impl Chain {
                 format!("delta {prev} -> {id} refused: {why}; a full copy is needed"),
             ))
         };
+        if prev == id {
+            return refused("a delta goes from one checkpoint to another".to_owned());
+        }
         match self.last() {
             None => refused(format!(
                 "no checkpoint has been applied to this target ({} has none)",
@@ -202,6 +205,7 @@ mod tests {
         let e = c.check("s4", Some("s3")).unwrap_err();
         assert!(e.to_string().contains("last checkpoint is s2"), "{e}");
         assert!(c.check("s2", Some("s0")).is_err());
+        assert!(c.check("s2", Some("s2")).is_err(), "a delta to itself");
         c.check("s3", Some("s2")).unwrap();
     }
 

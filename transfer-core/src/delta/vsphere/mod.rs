@@ -155,7 +155,8 @@ impl Client {
             .as_deref()
         {
             // The cookie is a secret: it is never part of a message.
-            if let Ok(v) = HeaderValue::from_str(&format!("{SESSION_COOKIE}={c}")) {
+            if let Ok(mut v) = HeaderValue::from_str(&format!("{SESSION_COOKIE}={c}")) {
+                v.set_sensitive(true);
                 headers.insert(COOKIE, v);
             }
         }
@@ -200,6 +201,14 @@ impl Client {
         let answer = xml::body(&root, what)?;
         match xml::fault(&answer) {
             Some(f) => Ok(Err(f)),
+            None if !status.is_success() => Err(Error::new(
+                ErrorKind::Server,
+                format!(
+                    "vSphere {what}: HTTP {} from {}",
+                    status.as_u16(),
+                    redact(&at)
+                ),
+            )),
             None => Ok(Ok(answer)),
         }
     }

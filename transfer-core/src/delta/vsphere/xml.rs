@@ -16,7 +16,7 @@ const XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
 /// Deepest element nesting accepted.
 const MAX_DEPTH: usize = 64;
 /// Most elements accepted in one answer.
-const MAX_NODES: usize = 2_000_000;
+const MAX_NODES: usize = 500_000;
 
 /// One element: local name, namespace, `xsi:type` (local part), children, and text.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -293,7 +293,7 @@ pub fn virtual_disks(answer: &Node) -> Result<Vec<VirtualDisk>> {
                     _ => dev
                         .int_of("capacityInKB")
                         .filter(|k| *k >= 0)
-                        .map(|k| k as u64 * 1024)
+                        .and_then(|k| (k as u64).checked_mul(1024))
                         .ok_or_else(|| bad(what, format!("disk {key} without capacity")))?,
                 };
                 out.push(VirtualDisk {

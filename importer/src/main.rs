@@ -1,6 +1,7 @@
 //! `importer`: copy and verify virtual disks (`importer copy|verify ...`). Errors are one line on
 //! stderr and a non-zero exit; success of `copy` is one JSON line on stdout.
 
+mod cdi;
 mod delta_args;
 mod progress;
 mod vddk_args;
@@ -251,8 +252,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
     let Some(cmd) = cli.cmd else {
-        eprintln!("importer: a subcommand is required (copy, verify, extents); see --help");
-        return ExitCode::from(2);
+        // No subcommand: CDI's importer pod, configured by its environment.
+        return match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(cdi::run()),
+            Err(e) => {
+                eprintln!("importer: cannot start the runtime: {e}");
+                ExitCode::FAILURE
+            }
+        };
     };
     let (source, vddk) = match &cmd {
         Cmd::Copy(a) => (&a.source, &a.vddk),

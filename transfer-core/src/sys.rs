@@ -97,6 +97,20 @@ fn seek(f: &File, offset: u64, whence: i32) -> io::Result<Option<u64>> {
     Ok(Some(r as u64))
 }
 
+/// Bytes an unprivileged user may still allocate on the file system holding `f` (fstatvfs:
+/// available blocks times the fragment size).
+pub fn available_bytes(f: &File) -> io::Result<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `f` is an open descriptor for the whole call and `st` is a writable statvfs.
+    let r = unsafe { libc::fstatvfs(f.as_raw_fd(), st.as_mut_ptr()) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstatvfs succeeded, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 /// Next offset at or after `offset` that holds data.
 pub fn seek_data(f: &File, offset: u64) -> io::Result<Option<u64>> {
     seek(f, offset, libc::SEEK_DATA)

@@ -1,0 +1,299 @@
+//! CDI importer mode (`importer` with no subcommand): the contract of CDI's importer pod. The
+//! environment is read as CDI's controller sets it, the disk goes to `/dev/cdi-block-volume`
+//! when that exists, else to `/data/disk.img`, and the outcome is one line in
+//! `/dev/termination-log` (JSON on success, plain text on failure) and the exit code (0 or 1).
+//!
+//! For tests the fixed paths can be re-rooted under `FERRY_CDI_ROOT` (unset in a pod, where
+//! the paths are CDI's own).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use transfer_core::engine::{copy, CopyOptions};
+use transfer_core::http::{HttpOptions, TlsTrust};
+use transfer_core::open::{open_source, SourceOptions};
+use transfer_core::source::stream::Checksum;
+use transfer_core::target::{open_target, TargetOptions};
+use transfer_core::{Error, ErrorKind, Result};
+
+/// The environment variable that re-roots CDI's fixed paths (tests only).
+pub const ROOT_ENV: &str = "FERRY_CDI_ROOT";
+/// The most CDI keeps of a termination message.
+const MAX_MESSAGE: usize = 4096;
+
+/// CDI's fixed paths, under the test root when one is set.
+struct Paths {
+    root: PathBuf,
+}
+
+impl Paths {
+    fn from_env() -> Paths {
+        Paths {
+            root: std::env::var_os(ROOT_ENV)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/")),
+        }
+    }
+
+    fn at(&self, fixed: &str) -> PathBuf {
+        self.root.join(fixed.trim_start_matches('/'))
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidInput, msg)
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Parses a Kubernetes quantity of bytes: `10Gi`, `500M`, `1.5Gi`, `1073741824`.
+pub fn parse_quantity(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let bad = || {
+        invalid(format!(
+            "invalid size '{s}' (a Kubernetes quantity such as 10Gi)"
+        ))
+    };
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let mult: u64 = match unit {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        _ => return Err(bad()),
+    };
+    if num.is_empty() || num.matches('.').count() > 1 {
+        return Err(bad());
+    }
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    let int: u64 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| bad())?
+    };
+    let mut bytes = int.checked_mul(mult).ok_or_else(bad)?;
+    if !frac.is_empty() {
+        let f: f64 = format!("0.{frac}").parse().map_err(|_| bad())?;
+        bytes = bytes
+            .checked_add((f * mult as f64).ceil() as u64)
+            .ok_or_else(bad)?;
+    }
+    Ok(bytes)
+}
+
+/// Bytes of a filesystem volume a disk image may use: what is available, less CDI's
+/// filesystem overhead, rounded down to 1 MiB.
+pub fn usable_space(available: u64, overhead: f64) -> u64 {
+    let usable = (available as f64 / (1.0 + overhead)).floor() as u64;
+    usable / (1 << 20) * (1 << 20)
+}
+
+/// What the import did, for the termination message.
+struct Done {
+    preallocation: bool,
+}
+
+/// Runs the CDI importer and returns its exit code; the outcome is also in the termination log.
+pub async fn run() -> ExitCode {
+    let paths = Paths::from_env();
+    let result = import(&paths).await;
+    let (code, message) = match &result {
+        Ok(done) => (
+            ExitCode::SUCCESS,
+            serde_json::json!({
+                "scratchSpaceRequired": false,
+                "preallocationApplied": done.preallocation,
+                "labels": {},
+                "message": "Import Complete",
+            })
+            .to_string(),
+        ),
+        Err(e) => {
+            eprintln!("importer: error: {e}");
+            (ExitCode::FAILURE, e.to_string())
+        }
+    };
+    let mut line = message.replace('\n', " ");
+    if line.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+    }
+    let log = paths.at("/dev/termination-log");
+    if let Err(e) = std::fs::write(&log, line) {
+        eprintln!("importer: cannot write {}: {e}", log.display());
+    }
+    code
+}
+
+async fn import(paths: &Paths) -> Result<Done> {
+    let source = env("IMPORTER_SOURCE").unwrap_or_default();
+    if !matches!(source.as_str(), "http" | "imageio" | "vddk" | "none") {
+        return Err(invalid(format!("Unknown data source: {source}")));
+    }
+    let preallocation = match env("PREALLOCATION").as_deref() {
+        Some("true") => true,
+        Some("false") => false,
+        Some(v) => {
+            return Err(invalid(format!(
+                "PREALLOCATION must be true or false, not '{v}'"
+            )))
+        }
+        None => return Err(invalid("PREALLOCATION is required (true or false)")),
+    };
+    let requested = env("IMPORTER_IMAGE_SIZE")
+        .map(|s| parse_quantity(&s))
+        .transpose()?;
+    let overhead: f64 = match env("FILESYSTEM_OVERHEAD") {
+        Some(v) => v
+            .parse()
+            .ok()
+            .filter(|o: &f64| (0.0..1.0).contains(o))
+            .ok_or_else(|| invalid(format!("FILESYSTEM_OVERHEAD '{v}' is not a fraction")))?,
+        None => 0.06,
+    };
+    let uri = match source.as_str() {
+        "none" => {
+            let size = requested
+                .ok_or_else(|| invalid("IMPORTER_IMAGE_SIZE is required for a blank disk"))?;
+            format!("synth://zero?size={size}")
+        }
+        "http" => {
+            env("IMPORTER_ENDPOINT").ok_or_else(|| invalid("IMPORTER_ENDPOINT is required"))?
+        }
+        other => {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("data source {other} is not supported by ferry's CDI mode yet"),
+            ))
+        }
+    };
+    if env("IMPORTER_CONTENTTYPE").is_some_and(|c| c != "kubevirt") {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            "only content type kubevirt (a disk image) is supported",
+        ));
+    }
+    let sopts = SourceOptions {
+        http: http_options(paths)?,
+        ..SourceOptions::default()
+    };
+    let src = open_source(&uri, &sopts).await?;
+
+    let block = paths.at("/dev/cdi-block-volume");
+    let is_block = block.exists();
+    let target_path = if is_block {
+        block
+    } else {
+        paths.at("/data/disk.img")
+    };
+    let mut size = src.size();
+    if !is_block {
+        let dir = target_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        let d = std::fs::File::open(&dir)
+            .map_err(|e| Error::io(format!("opening the volume {}", dir.display()), e))?;
+        let avail = transfer_core::sys::available_bytes(&d)
+            .map_err(|e| Error::io(format!("reading the free space of {}", dir.display()), e))?;
+        let usable = usable_space(avail, overhead);
+        if size > usable {
+            return Err(Error::new(
+                ErrorKind::TargetTooSmall,
+                format!(
+                    "Virtual image size {size} is larger than the reported available storage {usable}. A larger PVC is required."
+                ),
+            ));
+        }
+        // CDI sizes the image to what was asked for (the disk grows, never shrinks), within
+        // the volume.
+        if let Some(r) = requested {
+            size = size.max(r.min(usable));
+        }
+    }
+    let created = !target_path.exists();
+    let topts = TargetOptions {
+        preallocate: preallocation && !is_block,
+        ..TargetOptions::default()
+    };
+    let target = open_target(&target_path, size, &topts)?;
+    if !is_block {
+        let _ = std::fs::set_permissions(&target_path, std::fs::Permissions::from_mode(0o660));
+    }
+    let opts = CopyOptions {
+        request_size: src.caps().preferred_request,
+        ..CopyOptions::default()
+    };
+    if let Err(e) = copy(src, target, &opts).await {
+        if created {
+            let _ = std::fs::remove_file(&target_path);
+        }
+        return Err(e);
+    }
+    Ok(Done { preallocation })
+}
+
+/// TLS trust, extra headers and checksum from CDI's variables.
+fn http_options(paths: &Paths) -> Result<HttpOptions> {
+    let trust = if env("INSECURE_TLS").as_deref() == Some("true") {
+        TlsTrust::Insecure
+    } else if let Some(dir) = env("IMPORTER_CERT_DIR") {
+        TlsTrust::CaBundle(paths.at(&dir))
+    } else {
+        TlsTrust::System
+    };
+    let mut headers = Vec::new();
+    for n in 0.. {
+        let Some(h) = env(&format!("IMPORTER_EXTRA_HEADER_{n}")) else {
+            break;
+        };
+        headers.push(HttpOptions::parse_header(&h)?);
+    }
+    let checksum = env("IMPORTER_CHECKSUM")
+        .map(|c| Checksum::parse(&c))
+        .transpose()?;
+    Ok(HttpOptions {
+        trust,
+        headers,
+        checksum,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_parse_as_kubernetes_writes_them() {
+        assert_eq!(parse_quantity("10Gi").unwrap(), 10 << 30);
+        assert_eq!(parse_quantity("500M").unwrap(), 500_000_000);
+        assert_eq!(parse_quantity("1.5Gi").unwrap(), 3 << 29);
+        assert_eq!(parse_quantity("1048576").unwrap(), 1 << 20);
+        for bad in ["", "Gi", "10GB", "1..5Gi", "-1", "99999999999999999999Pi"] {
+            assert!(parse_quantity(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn usable_space_leaves_the_overhead_and_rounds_to_a_mebibyte() {
+        assert_eq!(usable_space(106 << 20, 0.06), 100 << 20);
+        assert_eq!(usable_space((100 << 20) + 5, 0.0), 100 << 20);
+        assert_eq!(usable_space(0, 0.06), 0);
+    }
+}

@@ -1,0 +1,200 @@
+//! `importer` with no subcommand, run as CDI's importer pod runs it: its environment, the
+//! fixed paths re-rooted under `FERRY_CDI_ROOT`, the termination message, the exit code and the
+//! bytes written. HTTP sources are served by a real nginx.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use common::nginx::{require_nginx, Location, Nginx};
+use common::*;
+use tempfile::TempDir;
+
+const MIB: usize = 1 << 20;
+
+/// A pod's file system: `data/` (the filesystem volume) and `dev/` (termination log, block
+/// volume) under a temporary root.
+struct Pod {
+    root: TempDir,
+}
+
+impl Pod {
+    fn new() -> Pod {
+        let root = tempdir();
+        for d in ["data", "dev"] {
+            std::fs::create_dir(root.path().join(d)).unwrap();
+        }
+        Pod { root }
+    }
+
+    fn disk(&self) -> PathBuf {
+        self.root.path().join("data/disk.img")
+    }
+
+    fn message(&self) -> String {
+        std::fs::read_to_string(self.root.path().join("dev/termination-log"))
+            .expect("the termination log")
+    }
+
+    /// Runs the importer with CDI's variables `vars` (and nothing else of CDI's).
+    fn run(&self, vars: &[(&str, &str)]) -> Out {
+        let out = Command::new(env!("CARGO_BIN_EXE_importer"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("FERRY_CDI_ROOT", self.root.path())
+            .envs(vars.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .expect("running importer");
+        Out {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+fn complete(pod: &Pod, preallocated: bool) {
+    let v: serde_json::Value = serde_json::from_str(&pod.message()).expect("a JSON message");
+    assert_eq!(v["message"], "Import Complete", "{v}");
+    assert_eq!(v["scratchSpaceRequired"], false);
+    assert_eq!(v["preallocationApplied"], preallocated);
+    assert_eq!(v["labels"], serde_json::json!({}));
+}
+
+#[test]
+fn an_http_image_is_imported_into_disk_img_with_the_requested_size() {
+    if !require_nginx() {
+        return;
+    }
+    let nginx = Nginx::start();
+    let bytes = disk_bytes(4 * MIB, 41);
+    nginx.put("disk.raw", &bytes);
+    let pod = Pod::new();
+    let url = nginx.http(Location::Range, "disk.raw");
+
+    let out = pod.run(&[
+        ("IMPORTER_SOURCE", "http"),
+        ("IMPORTER_ENDPOINT", &url),
+        ("IMPORTER_CONTENTTYPE", "kubevirt"),
+        ("IMPORTER_IMAGE_SIZE", "8Mi"),
+        ("PREALLOCATION", "false"),
+        ("OWNER_UID", "b5d9a8a0-1111-2222-3333-444455556666"),
+    ]);
+
+    assert!(out.status.success(), "{}", out.stderr);
+    complete(&pod, false);
+    let got = std::fs::read(pod.disk()).unwrap();
+    assert_eq!(got.len(), 8 * MIB, "resized to the requested size");
+    assert_eq!(&got[..4 * MIB], &bytes[..]);
+    assert!(got[4 * MIB..].iter().all(|&b| b == 0));
+    let mode = std::fs::metadata(pod.disk()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+}
+
+#[test]
+fn a_blank_disk_is_made_for_source_none() {
+    let pod = Pod::new();
+
+    let out = pod.run(&[
+        ("IMPORTER_SOURCE", "none"),
+        ("IMPORTER_IMAGE_SIZE", "16Mi"),
+        ("PREALLOCATION", "true"),
+    ]);
+
+    assert!(out.status.success(), "{}", out.stderr);
+    complete(&pod, true);
+    assert_eq!(
+        std::fs::metadata(pod.disk()).unwrap().len(),
+        16 * MIB as u64
+    );
+    assert!(
+        allocated_bytes(&pod.disk()) >= 16 * MIB as u64,
+        "preallocated"
+    );
+}
+
+#[test]
+fn an_unknown_source_is_refused_with_cdis_message() {
+    let pod = Pod::new();
+
+    let out = pod.run(&[("IMPORTER_SOURCE", "s3"), ("PREALLOCATION", "false")]);
+
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(pod.message(), "Unknown data source: s3");
+    assert!(!pod.disk().exists());
+}
+
+#[test]
+fn preallocation_must_be_given() {
+    let pod = Pod::new();
+
+    let out = pod.run(&[("IMPORTER_SOURCE", "none"), ("IMPORTER_IMAGE_SIZE", "1Mi")]);
+
+    assert_eq!(out.status.code(), Some(1));
+    assert!(pod.message().contains("PREALLOCATION"), "{}", pod.message());
+}
+
+#[test]
+fn a_disk_larger_than_the_volume_needs_a_larger_pvc_and_writes_nothing() {
+    let pod = Pod::new();
+
+    let out = pod.run(&[
+        ("IMPORTER_SOURCE", "none"),
+        ("IMPORTER_IMAGE_SIZE", "1000Pi"),
+        ("PREALLOCATION", "false"),
+    ]);
+
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        pod.message().contains("A larger PVC is required"),
+        "{}",
+        pod.message()
+    );
+    assert!(!pod.disk().exists());
+}
+
+#[test]
+fn a_failed_download_leaves_no_disk_and_says_why() {
+    if !require_nginx() {
+        return;
+    }
+    let nginx = Nginx::start();
+    let pod = Pod::new();
+    let url = nginx.http(Location::Range, "missing.raw");
+
+    let out = pod.run(&[
+        ("IMPORTER_SOURCE", "http"),
+        ("IMPORTER_ENDPOINT", &url),
+        ("PREALLOCATION", "false"),
+    ]);
+
+    assert_eq!(out.status.code(), Some(1));
+    assert!(pod.message().contains("404"), "{}", pod.message());
+    assert!(!pod.message().contains('\n'));
+    assert!(!pod.disk().exists());
+}
+
+#[test]
+fn the_block_volume_is_used_when_it_exists() {
+    let pod = Pod::new();
+    // A regular file standing in for the block device path: it exists, so it is the target.
+    let dev = pod.root.path().join("dev/cdi-block-volume");
+    std::fs::write(&dev, vec![0xFFu8; 2 * MIB]).unwrap();
+
+    let out = pod.run(&[
+        ("IMPORTER_SOURCE", "none"),
+        ("IMPORTER_IMAGE_SIZE", "2Mi"),
+        ("PREALLOCATION", "false"),
+    ]);
+
+    assert!(out.status.success(), "{}", out.stderr);
+    complete(&pod, false);
+    assert!(!pod.disk().exists(), "nothing on the filesystem volume");
+    assert!(
+        std::fs::read(&dev).unwrap().iter().all(|&b| b == 0),
+        "the volume is zeroed"
+    );
+}

@@ -3,24 +3,34 @@
 //! when that exists, else to `/data/disk.img`, and the outcome is one line in
 //! `/dev/termination-log` (JSON on success, plain text on failure) and the exit code (0 or 1).
 //!
+//! Progress is the counter `kubevirt_cdi_import_progress_total{ownerUID="$OWNER_UID"}` over
+//! HTTPS on :8443, held at 100 until a scrape has seen it (at most a few seconds).
+//!
 //! For tests the fixed paths can be re-rooted under `FERRY_CDI_ROOT` (unset in a pod, where
-//! the paths are CDI's own).
+//! the paths are CDI's own); the metrics then listen on a free loopback port written to
+//! `ROOT/metrics-addr`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use transfer_core::engine::{copy, CopyOptions};
+use transfer_core::engine::{copy, CopyOptions, Progress};
 use transfer_core::http::{HttpOptions, TlsTrust};
 use transfer_core::open::{open_source, SourceOptions};
 use transfer_core::source::stream::Checksum;
 use transfer_core::target::{open_target, TargetOptions};
 use transfer_core::{Error, ErrorKind, Result};
 
+use crate::metrics::Metrics;
+
 /// The environment variable that re-roots CDI's fixed paths (tests only).
 pub const ROOT_ENV: &str = "FERRY_CDI_ROOT";
 /// The most CDI keeps of a termination message.
 const MAX_MESSAGE: usize = 4096;
+/// How long the finished progress stays scrapeable when no scrape has seen it yet.
+const GRACE: Duration = Duration::from_secs(3);
 
 /// CDI's fixed paths, under the test root when one is set.
 struct Paths {
@@ -141,7 +151,26 @@ pub async fn run() -> ExitCode {
     code
 }
 
+/// Serves the progress counter: on CDI's :8443, or (under a test root) on a free loopback port
+/// whose address is written to `ROOT/metrics-addr`.
+async fn start_metrics(paths: &Paths) -> Result<Arc<Metrics>> {
+    let owner = env("OWNER_UID").unwrap_or_default();
+    let metrics = Metrics::new(&["kubevirt_cdi_import_progress"], &owner);
+    let test_root = std::env::var_os(ROOT_ENV).is_some();
+    let addr = if test_root {
+        "127.0.0.1:0"
+    } else {
+        "0.0.0.0:8443"
+    };
+    let bound = metrics.serve(addr).await?;
+    if test_root {
+        let _ = std::fs::write(paths.at("/metrics-addr"), bound.to_string());
+    }
+    Ok(metrics)
+}
+
 async fn import(paths: &Paths) -> Result<Done> {
+    let metrics = start_metrics(paths).await?;
     let source = env("IMPORTER_SOURCE").unwrap_or_default();
     if !matches!(source.as_str(), "http" | "imageio" | "vddk" | "none") {
         return Err(invalid(format!("Unknown data source: {source}")));
@@ -236,16 +265,22 @@ async fn import(paths: &Paths) -> Result<Done> {
     if !is_block {
         let _ = std::fs::set_permissions(&target_path, std::fs::Permissions::from_mode(0o660));
     }
+    let progress = Arc::new(Progress::new());
+    let follower = tokio::spawn(metrics.clone().follow(progress.clone()));
     let opts = CopyOptions {
         request_size: src.caps().preferred_request,
+        progress: Some(progress),
         ..CopyOptions::default()
     };
-    if let Err(e) = copy(src, target, &opts).await {
+    let r = copy(src, target, &opts).await;
+    follower.abort();
+    if let Err(e) = r {
         if created {
             let _ = std::fs::remove_file(&target_path);
         }
         return Err(e);
     }
+    metrics.finish(GRACE).await;
     Ok(Done { preallocation })
 }
 

@@ -3,6 +3,7 @@
 
 mod cdi;
 mod delta_args;
+mod metrics;
 mod progress;
 mod vddk_args;
 

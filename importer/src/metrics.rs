@@ -1,0 +1,185 @@
+//! Progress metrics for the pods' controllers: counters named as CDI and Forklift scrape them
+//! (`NAME_total{ownerUID="UID"} PERCENT`), monotonic, served over HTTPS with a self-signed
+//! certificate made at start (the controllers do not verify it), kept scrapeable at 100 for a
+//! short grace period before the process exits so that the last scrape sees the end.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use transfer_core::engine::Progress;
+use transfer_core::{Error, ErrorKind, Result};
+
+type Labels = Vec<(String, String)>;
+
+/// The progress counters of one import.
+pub struct Metrics {
+    registry: Registry,
+    families: Vec<Family<Labels, Counter<f64, AtomicU64>>>,
+    owner: Labels,
+    last: Mutex<f64>,
+    /// Set once a scrape has returned 100.
+    seen_done: AtomicBool,
+}
+
+impl Metrics {
+    /// Counters named `names` (each gets `_total`), labelled `ownerUID=owner_uid` only.
+    pub fn new(names: &[&str], owner_uid: &str) -> Arc<Metrics> {
+        let mut registry = Registry::default();
+        let mut families = Vec::new();
+        for n in names {
+            let f = Family::<Labels, Counter<f64, AtomicU64>>::default();
+            registry.register(*n, "Progress of the disk copy, in percent", f.clone());
+            families.push(f);
+        }
+        let owner = vec![("ownerUID".to_owned(), owner_uid.to_owned())];
+        let m = Metrics {
+            registry,
+            families,
+            owner,
+            last: Mutex::new(0.0),
+            seen_done: AtomicBool::new(false),
+        };
+        m.set_percent(0.0);
+        Arc::new(m)
+    }
+
+    /// Moves the counters up to `percent` (never down, never past 100).
+    pub fn set_percent(&self, percent: f64) {
+        let p = percent.clamp(0.0, 100.0);
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let step = p - *last;
+        for f in &self.families {
+            let c = f.get_or_create(&self.owner);
+            if step > 0.0 {
+                c.inc_by(step);
+            }
+        }
+        if step > 0.0 {
+            *last = p;
+        }
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        if *self.last.lock().unwrap_or_else(|e| e.into_inner()) >= 100.0 {
+            self.seen_done.store(true, Ordering::Relaxed);
+        }
+        out
+    }
+
+    /// Serves the counters over HTTPS on `addr` (any path); returns the bound address.
+    pub async fn serve(self: &Arc<Self>, addr: &str) -> Result<SocketAddr> {
+        let tls = tls_config()?;
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            Error::with_source(ErrorKind::Io, format!("serving metrics on {addr}"), e)
+        })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the metrics address", e))?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, me) = (acceptor.clone(), me.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        let body = me.encode();
+                        async move {
+                            let mut resp = Response::new(Full::new(Bytes::from(body)));
+                            resp.headers_mut().insert(
+                                hyper::header::CONTENT_TYPE,
+                                hyper::header::HeaderValue::from_static(
+                                    "text/plain; version=0.0.4; charset=utf-8",
+                                ),
+                            );
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(bound)
+    }
+
+    /// Follows `progress` (updating the counters twice a second) until the task is aborted.
+    pub async fn follow(self: Arc<Self>, progress: Arc<Progress>) {
+        loop {
+            self.set_percent(progress.percent());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Sets 100 and waits until a scrape has seen it, or `grace` has passed.
+    pub async fn finish(&self, grace: Duration) {
+        self.set_percent(100.0);
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.seen_done.load(Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A TLS configuration with a self-signed certificate made now.
+fn tls_config() -> Result<rustls::ServerConfig> {
+    let bad = |e: String| {
+        Error::new(
+            ErrorKind::Io,
+            format!("making the metrics certificate: {e}"),
+        )
+    };
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .map_err(|e| bad(e.to_string()))?;
+    let cert = ck.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .map_err(|e| bad(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_monotonic_percentages_with_the_owner_label_only() {
+        let m = Metrics::new(&["kubevirt_cdi_import_progress"], "uid-1");
+        m.set_percent(40.5);
+        m.set_percent(20.0);
+        m.set_percent(250.0);
+        let text = m.encode();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("kubevirt_cdi_import_progress_total{"))
+            .unwrap();
+        assert_eq!(
+            line,
+            r#"kubevirt_cdi_import_progress_total{ownerUID="uid-1"} 100.0"#
+        );
+    }
+}

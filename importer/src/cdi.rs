@@ -16,10 +16,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use transfer_core::delta::chain::{default_state_path, Chain};
+use transfer_core::delta::DeltaSet;
 use transfer_core::engine::{copy, CopyOptions, Progress};
 use transfer_core::http::{HttpOptions, TlsTrust};
-use transfer_core::open::{open_source, SourceOptions};
+use transfer_core::open::{dirty_ranges, open_source, SourceOptions, VddkOptions};
 use transfer_core::source::stream::Checksum;
+use transfer_core::source::vddk::{loaded_version, Secret};
 use transfer_core::target::{open_target, TargetOptions};
 use transfer_core::{Error, ErrorKind, Result};
 
@@ -114,6 +117,8 @@ pub fn usable_space(available: u64, overhead: f64) -> u64 {
 /// What the import did, for the termination message.
 struct Done {
     preallocation: bool,
+    /// VDDK's version and the host, for a vddk import.
+    vddk: Option<(String, String)>,
 }
 
 /// Runs the CDI importer and returns its exit code; the outcome is also in the termination log.
@@ -121,16 +126,18 @@ pub async fn run() -> ExitCode {
     let paths = Paths::from_env();
     let result = import(&paths).await;
     let (code, message) = match &result {
-        Ok(done) => (
-            ExitCode::SUCCESS,
-            serde_json::json!({
+        Ok(done) => {
+            let mut v = serde_json::json!({
                 "scratchSpaceRequired": false,
                 "preallocationApplied": done.preallocation,
                 "labels": {},
                 "message": "Import Complete",
-            })
-            .to_string(),
-        ),
+            });
+            if let Some((version, host)) = &done.vddk {
+                v["vddkInfo"] = serde_json::json!({"Version": version, "Host": host});
+            }
+            (ExitCode::SUCCESS, v.to_string())
+        }
         Err(e) => {
             eprintln!("importer: error: {e}");
             (ExitCode::FAILURE, e.to_string())
@@ -196,6 +203,11 @@ async fn import(paths: &Paths) -> Result<Done> {
             .ok_or_else(|| invalid(format!("FILESYSTEM_OVERHEAD '{v}' is not a fraction")))?,
         None => 0.06,
     };
+    let mut sopts = SourceOptions {
+        http: http_options(paths)?,
+        ..SourceOptions::default()
+    };
+    let mut checkpoints = (None, None);
     let uri = match source.as_str() {
         "none" => {
             let size = requested
@@ -204,6 +216,14 @@ async fn import(paths: &Paths) -> Result<Done> {
         }
         "http" => {
             env("IMPORTER_ENDPOINT").ok_or_else(|| invalid("IMPORTER_ENDPOINT is required"))?
+        }
+        "vddk" => {
+            checkpoints = (
+                env("IMPORTER_CURRENT_CHECKPOINT"),
+                env("IMPORTER_PREVIOUS_CHECKPOINT"),
+            );
+            sopts.vddk = vddk_options(paths, checkpoints.0.as_deref())?;
+            "vddk:///".to_owned()
         }
         other => {
             return Err(Error::new(
@@ -218,11 +238,20 @@ async fn import(paths: &Paths) -> Result<Done> {
             "only content type kubevirt (a disk image) is supported",
         ));
     }
-    let sopts = SourceOptions {
-        http: http_options(paths)?,
-        ..SourceOptions::default()
-    };
     let src = open_source(&uri, &sopts).await?;
+    let (current, previous) = checkpoints;
+    // A warm migration's later copies are deltas: vSphere's changed areas since the previous
+    // checkpoint, written in place.
+    let delta = match &previous {
+        Some(prev) => {
+            sopts.changed_since = Some(prev.clone());
+            Some(DeltaSet::new(
+                src.size(),
+                dirty_ranges(&uri, &sopts).await?,
+            )?)
+        }
+        None => None,
+    };
 
     let block = paths.at("/dev/cdi-block-volume");
     let is_block = block.exists();
@@ -232,16 +261,8 @@ async fn import(paths: &Paths) -> Result<Done> {
         paths.at("/data/disk.img")
     };
     let mut size = src.size();
-    if !is_block {
-        let dir = target_path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("/"));
-        let d = std::fs::File::open(&dir)
-            .map_err(|e| Error::io(format!("opening the volume {}", dir.display()), e))?;
-        let avail = transfer_core::sys::available_bytes(&d)
-            .map_err(|e| Error::io(format!("reading the free space of {}", dir.display()), e))?;
-        let usable = usable_space(avail, overhead);
+    if !is_block && delta.is_none() {
+        let usable = usable_bytes(&target_path, overhead)?;
         if size > usable {
             return Err(Error::new(
                 ErrorKind::TargetTooSmall,
@@ -256,9 +277,24 @@ async fn import(paths: &Paths) -> Result<Done> {
             size = size.max(r.min(usable));
         }
     }
+    // The checkpoint chain lives next to disk.img on the volume; a block volume has no room
+    // for it, and there CDI's own checkpoint bookkeeping is what orders the deltas.
+    let mut chain = match (&current, is_block) {
+        (Some(cur), false) => {
+            let state = default_state_path(&target_path);
+            if delta.is_none() {
+                let _ = std::fs::remove_file(&state);
+            }
+            let chain = Chain::load(&state)?;
+            chain.check(cur, previous.as_deref())?;
+            Some(chain)
+        }
+        _ => None,
+    };
     let created = !target_path.exists();
     let topts = TargetOptions {
         preallocate: preallocation && !is_block,
+        in_place: delta.is_some(),
         ..TargetOptions::default()
     };
     let target = open_target(&target_path, size, &topts)?;
@@ -270,18 +306,103 @@ async fn import(paths: &Paths) -> Result<Done> {
     let opts = CopyOptions {
         request_size: src.caps().preferred_request,
         progress: Some(progress),
+        delta: delta.map(Arc::new),
         ..CopyOptions::default()
     };
     let r = copy(src, target, &opts).await;
     follower.abort();
-    if let Err(e) = r {
-        if created {
-            let _ = std::fs::remove_file(&target_path);
+    let stats = match r {
+        Ok(s) => s,
+        Err(e) => {
+            if created {
+                let _ = std::fs::remove_file(&target_path);
+            }
+            return Err(e);
         }
-        return Err(e);
+    };
+    if let (Some(chain), Some(cur)) = (&mut chain, &current) {
+        chain.record(cur, previous.as_deref(), stats.bytes_total)?;
     }
     metrics.finish(GRACE).await;
-    Ok(Done { preallocation })
+    let vddk = (source == "vddk").then(|| {
+        let host = sopts
+            .vddk
+            .params
+            .iter()
+            .find(|(k, _)| k == "server")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        (loaded_version().unwrap_or_default(), host)
+    });
+    Ok(Done {
+        preallocation,
+        vddk,
+    })
+}
+
+/// The usable bytes of the filesystem volume that holds `target`.
+fn usable_bytes(target: &Path, overhead: f64) -> Result<u64> {
+    let dir = target
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let d = std::fs::File::open(&dir)
+        .map_err(|e| Error::io(format!("opening the volume {}", dir.display()), e))?;
+    let avail = transfer_core::sys::available_bytes(&d)
+        .map_err(|e| Error::io(format!("reading the free space of {}", dir.display()), e))?;
+    Ok(usable_space(avail, overhead))
+}
+
+/// The vddk:// parameters from CDI's variables: the vCenter at `IMPORTER_ENDPOINT`, the VM by
+/// `IMPORTER_UUID`, the disk `IMPORTER_BACKING_FILE`, read at the current checkpoint (a
+/// snapshot), VDDK from CDI's mount.
+fn vddk_options(paths: &Paths, snapshot: Option<&str>) -> Result<VddkOptions> {
+    let need =
+        |k: &str| env(k).ok_or_else(|| invalid(format!("{k} is required for a vddk import")));
+    let endpoint = need("IMPORTER_ENDPOINT")?;
+    let url = url::Url::parse(&endpoint)
+        .map_err(|e| invalid(format!("IMPORTER_ENDPOINT is not a URL: {e}")))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| invalid("IMPORTER_ENDPOINT has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let mut params = vec![
+        ("server".to_owned(), host),
+        (
+            "port".to_owned(),
+            url.port_or_known_default().unwrap_or(443).to_string(),
+        ),
+        ("user".to_owned(), need("IMPORTER_ACCESS_KEY_ID")?),
+        ("uuid".to_owned(), need("IMPORTER_UUID")?),
+        ("file".to_owned(), need("IMPORTER_BACKING_FILE")?),
+        ("thumbprint".to_owned(), need("IMPORTER_THUMBPRINT")?),
+        (
+            "libdir".to_owned(),
+            paths.at(VDDK_DIR).to_string_lossy().into_owned(),
+        ),
+    ];
+    let config = paths.at("/vddk-args/vddk-config-file");
+    if config.is_file() {
+        params.push(("config".to_owned(), config.to_string_lossy().into_owned()));
+    }
+    if let Some(s) = snapshot {
+        params.push(("snapshot".to_owned(), s.to_owned()));
+    }
+    Ok(VddkOptions {
+        params,
+        password: Some(Secret::new(&need("IMPORTER_SECRET_KEY")?)),
+    })
+}
+
+/// Where CDI mounts VDDK.
+const VDDK_DIR: &str = "/opt/vmware-vix-disklib-distrib";
+
+/// The VDDK directory of a CDI vddk import, when this process is one (for the re-execution
+/// with VDDK's lib64 on LD_LIBRARY_PATH).
+pub fn vddk_libdir() -> Option<PathBuf> {
+    (env("IMPORTER_SOURCE").as_deref() == Some("vddk")).then(|| Paths::from_env().at(VDDK_DIR))
 }
 
 /// TLS trust, extra headers and checksum from CDI's variables.

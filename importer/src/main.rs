@@ -254,6 +254,12 @@ fn main() -> ExitCode {
     init_logging(&cli);
     let Some(cmd) = cli.cmd else {
         // No subcommand: CDI's importer pod, configured by its environment.
+        if let Some(libdir) = cdi::vddk_libdir() {
+            if let Err(e) = vddk_args::reexec_with_library_path(&libdir) {
+                eprintln!("importer: error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
         return match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -86,18 +86,24 @@ impl VddkArgs {
             password: None,
         };
         let libdir = vddk_params(uri, &opts)?.libdir;
-        let Some(path) = library_path_for(&libdir) else {
-            return Ok(());
-        };
-        let exe = std::env::current_exe()
-            .map_err(|e| Error::io("finding this program to run it with VDDK's libraries", e))?;
-        let err = std::process::Command::new(exe)
-            .args(std::env::args_os().skip(1))
-            .env("LD_LIBRARY_PATH", path)
-            .exec();
-        Err(Error::io(
-            "running again with VDDK's lib64 on LD_LIBRARY_PATH",
-            err,
-        ))
+        reexec_with_library_path(&libdir)
     }
+}
+
+/// Runs this program again with `libdir`'s `lib64` on `LD_LIBRARY_PATH` when it is missing
+/// there (returns only when nothing needs doing, or on failure).
+pub fn reexec_with_library_path(libdir: &std::path::Path) -> transfer_core::Result<()> {
+    let Some(path) = library_path_for(libdir) else {
+        return Ok(());
+    };
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::io("finding this program to run it with VDDK's libraries", e))?;
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("LD_LIBRARY_PATH", path)
+        .exec();
+    Err(Error::io(
+        "running again with VDDK's lib64 on LD_LIBRARY_PATH",
+        err,
+    ))
 }

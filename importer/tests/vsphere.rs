@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::vcsim::Vcsim;
 use common::vddk::FakeVddk;
@@ -72,50 +71,6 @@ fn merged(areas: &[(u64, u64)]) -> Vec<(u64, u64)> {
     out
 }
 
-/// Creates a snapshot of `vm` through the simulator's SOAP API with curl; returns its moref.
-fn create_snapshot(sim: &Vcsim, vm: &str) -> String {
-    let dir = tempdir();
-    let jar = dir.path().join("cookies");
-    let post = |body: String| -> String {
-        let env = format!(
-            r#"<?xml version="1.0"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body>{body}</soapenv:Body></soapenv:Envelope>"#
-        );
-        let out = Command::new("curl")
-            .args([
-                "-sk",
-                "-b",
-                s(&jar),
-                "-c",
-                s(&jar),
-                "-H",
-                "Content-Type: text/xml",
-                "-d",
-                &env,
-                sim.url(),
-            ])
-            .output()
-            .expect("running curl");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let between = |x: &str, a: &str, b: &str| -> String {
-        let i = x.find(a).unwrap_or_else(|| panic!("no {a} in {x}")) + a.len();
-        x[i..i + x[i..].find(b).unwrap()].to_owned()
-    };
-    post(format!(
-        r#"<Login xmlns="urn:vim25"><_this type="SessionManager">SessionManager</_this><userName>{}</userName><password>{}</password></Login>"#,
-        sim.user(),
-        sim.password()
-    ));
-    let task = post(format!(
-        r#"<CreateSnapshot_Task xmlns="urn:vim25"><_this type="VirtualMachine">{vm}</_this><name>s</name><memory>false</memory><quiesce>false</quiesce></CreateSnapshot_Task>"#
-    ));
-    let task = between(&task, r#"<returnval type="Task">"#, "<");
-    let info = post(format!(
-        r#"<RetrieveProperties xmlns="urn:vim25"><_this type="PropertyCollector">propertyCollector</_this><specSet><propSet><type>Task</type><pathSet>info.result</pathSet></propSet><objectSet><obj type="Task">{task}</obj></objectSet></specSet></RetrieveProperties>"#
-    ));
-    between(&info, "VirtualMachineSnapshot\">", "<")
-}
-
 #[test]
 fn changed_areas_are_read_page_by_page_up_to_the_capacity() {
     let Some(sim) = Vcsim::start(&["-areas", "5000", "-page", "2000"]) else {
@@ -134,7 +89,7 @@ fn a_snapshot_moref_as_the_previous_checkpoint_is_looked_up() {
     let Some(sim) = Vcsim::start(&["-areas", "300", "-page", "100"]) else {
         return;
     };
-    let snap = create_snapshot(&sim, &sim.vm().moref);
+    let snap = sim.create_snapshot(&sim.vm().moref);
 
     let out = dirty(&sim, sim.thumbprint(), &snap, sim.password());
     assert_eq!(ranges(&out), merged(&sim.areas()));

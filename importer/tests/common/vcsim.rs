@@ -124,6 +124,51 @@ impl Vcsim {
         })
     }
 
+    /// Creates a snapshot of `vm` through the simulator's SOAP API with curl; returns its moref.
+    pub fn create_snapshot(&self, vm: &str) -> String {
+        let sim = self;
+        let dir = tempdir();
+        let jar = dir.path().join("cookies");
+        let post = |body: String| -> String {
+            let env = format!(
+                r#"<?xml version="1.0"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body>{body}</soapenv:Body></soapenv:Envelope>"#
+            );
+            let out = Command::new("curl")
+                .args([
+                    "-sk",
+                    "-b",
+                    s(&jar),
+                    "-c",
+                    s(&jar),
+                    "-H",
+                    "Content-Type: text/xml",
+                    "-d",
+                    &env,
+                    sim.url(),
+                ])
+                .output()
+                .expect("running curl");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let between = |x: &str, a: &str, b: &str| -> String {
+            let i = x.find(a).unwrap_or_else(|| panic!("no {a} in {x}")) + a.len();
+            x[i..i + x[i..].find(b).unwrap()].to_owned()
+        };
+        post(format!(
+            r#"<Login xmlns="urn:vim25"><_this type="SessionManager">SessionManager</_this><userName>{}</userName><password>{}</password></Login>"#,
+            sim.user(),
+            sim.password()
+        ));
+        let task = post(format!(
+            r#"<CreateSnapshot_Task xmlns="urn:vim25"><_this type="VirtualMachine">{vm}</_this><name>s</name><memory>false</memory><quiesce>false</quiesce></CreateSnapshot_Task>"#
+        ));
+        let task = between(&task, r#"<returnval type="Task">"#, "<");
+        let info = post(format!(
+            r#"<RetrieveProperties xmlns="urn:vim25"><_this type="PropertyCollector">propertyCollector</_this><specSet><propSet><type>Task</type><pathSet>info.result</pathSet></propSet><objectSet><obj type="Task">{task}</obj></objectSet></specSet></RetrieveProperties>"#
+        ));
+        between(&info, "VirtualMachineSnapshot\">", "<")
+    }
+
     /// The SOAP endpoint, `https://127.0.0.1:PORT/sdk`.
     pub fn url(&self) -> &str {
         &self.url

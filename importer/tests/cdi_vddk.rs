@@ -1,0 +1,172 @@
+//! CDI importer mode with `IMPORTER_SOURCE=vddk`, as CDI's controller runs it: the VM found by
+//! `IMPORTER_UUID` through the vCenter simulator (vcsim-ferry), the disk read through the fake
+//! VDDK mounted where CDI mounts VDDK, cold and warm (`IMPORTER_CURRENT/PREVIOUS_CHECKPOINT`),
+//! including a delta whose previous checkpoint is not the last one applied.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use common::vcsim::Vcsim;
+use common::vddk::FakeVddk;
+use common::*;
+use tempfile::TempDir;
+
+const MIB: u64 = 1 << 20;
+
+/// A pod root with CDI's VDDK mount pointing at the fake, and the simulator's VM.
+struct Pod {
+    root: TempDir,
+    fake: FakeVddk,
+    sim: Vcsim,
+}
+
+impl Pod {
+    fn new(sim: Vcsim) -> Pod {
+        let root = tempdir();
+        for d in ["data", "dev", "opt"] {
+            std::fs::create_dir(root.path().join(d)).unwrap();
+        }
+        let fake = FakeVddk::new().knob("FAKE_VDDK_PASSWORD", sim.password());
+        std::os::unix::fs::symlink(
+            fake.libdir(),
+            root.path().join("opt/vmware-vix-disklib-distrib"),
+        )
+        .unwrap();
+        Pod { root, fake, sim }
+    }
+
+    fn disk(&self) -> PathBuf {
+        self.root.path().join("data/disk.img")
+    }
+
+    /// The fake's file for the VM's disk, at `snapshot` if given.
+    fn source_file(&self, snapshot: Option<&str>) -> PathBuf {
+        let f = self.fake.file_of(&self.sim.vm().disk_file);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        match snapshot {
+            Some(s) => PathBuf::from(format!("{}@{s}", f.display())),
+            None => f,
+        }
+    }
+
+    fn message(&self) -> String {
+        std::fs::read_to_string(self.root.path().join("dev/termination-log")).unwrap()
+    }
+
+    fn run(&self, current: Option<&str>, previous: Option<&str>) -> Out {
+        let vm = self.sim.vm();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_importer"));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("FERRY_CDI_ROOT", self.root.path())
+            .envs(self.fake.env())
+            .envs([
+                ("IMPORTER_SOURCE", "vddk"),
+                ("IMPORTER_ENDPOINT", self.sim.url()),
+                ("IMPORTER_ACCESS_KEY_ID", self.sim.user()),
+                ("IMPORTER_SECRET_KEY", self.sim.password()),
+                ("IMPORTER_THUMBPRINT", self.sim.thumbprint()),
+                ("IMPORTER_UUID", vm.uuid.as_str()),
+                ("IMPORTER_BACKING_FILE", vm.disk_file.as_str()),
+                ("IMPORTER_IMAGE_SIZE", "64Mi"),
+                ("PREALLOCATION", "false"),
+                ("OWNER_UID", "uid-7"),
+            ])
+            .stdin(Stdio::null());
+        if let Some(c) = current {
+            cmd.env("IMPORTER_CURRENT_CHECKPOINT", c);
+        }
+        if let Some(p) = previous {
+            cmd.env("IMPORTER_PREVIOUS_CHECKPOINT", p);
+        }
+        let out = cmd.output().expect("running importer");
+        Out {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+fn sim() -> Option<Vcsim> {
+    Vcsim::start(&[
+        "-areas",
+        "200",
+        "-page",
+        "64",
+        "-capacity",
+        &(64 * MIB).to_string(),
+    ])
+}
+
+fn assert_complete(pod: &Pod) {
+    let v: serde_json::Value = serde_json::from_str(&pod.message()).expect("JSON");
+    assert_eq!(v["message"], "Import Complete", "{v}");
+    assert_eq!(v["vddkInfo"]["Version"], "8.0.3", "{v}");
+    assert_eq!(v["vddkInfo"]["Host"], "127.0.0.1", "{v}");
+}
+
+#[test]
+fn a_cold_vddk_import_finds_the_vm_by_uuid_and_copies_the_disk() {
+    let Some(sim) = sim() else { return };
+    let pod = Pod::new(sim);
+    let bytes = disk_bytes(64 * MIB as usize, 51);
+    write_sparse(&pod.source_file(None), &bytes);
+
+    let out = pod.run(None, None);
+
+    assert!(out.status.success(), "{}\n{}", out.stderr, pod.message());
+    assert_complete(&pod);
+    assert_file_holds(&pod.disk(), &bytes);
+    let connect = pod.fake.calls_of("ConnectEx");
+    assert_eq!(
+        connect[0]["vmxSpec"],
+        format!("moref={}", pod.sim.vm().moref)
+    );
+}
+
+#[test]
+fn a_warm_vddk_import_applies_the_changed_areas_and_refuses_an_out_of_order_checkpoint() {
+    let Some(sim) = sim() else { return };
+    let pod = Pod::new(sim);
+    let vm = pod.sim.vm().moref.clone();
+    let s1 = pod.sim.create_snapshot(&vm);
+    let base = disk_bytes(64 * MIB as usize, 52);
+    write_sparse(&pod.source_file(Some(&s1)), &base);
+    let out = pod.run(Some(&s1), None);
+    assert!(out.status.success(), "{}\n{}", out.stderr, pod.message());
+    assert_file_holds(&pod.disk(), &base);
+
+    let s2 = pod.sim.create_snapshot(&vm);
+    let mut next = base.clone();
+    for &(s, l) in &pod.sim.areas() {
+        next[s as usize..(s + l) as usize].fill(0x6b);
+    }
+    write_sparse(&pod.source_file(Some(&s2)), &next);
+    let reads_before = pod.fake.calls_of("ReadAsync").len();
+    let out = pod.run(Some(&s2), Some(&s1));
+
+    assert!(out.status.success(), "{}\n{}", out.stderr, pod.message());
+    assert_complete(&pod);
+    assert_file_holds(&pod.disk(), &next);
+    let read: u64 = pod.fake.calls_of("ReadAsync")[reads_before..]
+        .iter()
+        .map(|c| c["count"].as_u64().unwrap() * 512)
+        .sum();
+    assert_eq!(
+        read,
+        pod.sim.areas().iter().map(|a| a.1).sum::<u64>(),
+        "only the changes"
+    );
+
+    // A delta from s1 again, to a third snapshot: s2 was applied last, so it is refused and
+    // the disk is left as it is.
+    let s3 = pod.sim.create_snapshot(&vm);
+    write_sparse(&pod.source_file(Some(&s3)), &base);
+    let out = pod.run(Some(&s3), Some(&s1));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(pod.message().contains("out of order"), "{}", pod.message());
+    assert_file_holds(&pod.disk(), &next);
+}

@@ -207,6 +207,14 @@ pub fn exit(timeout: Duration) {
     }
 }
 
+/// The version of the VDDK this process initialised (announced or the library's major), if any.
+pub fn current_version() -> Option<String> {
+    match &*STATE.lock().unwrap_or_else(|e| e.into_inner()) {
+        State::Ready(v) => Some(v.version_or_major()),
+        _ => None,
+    }
+}
+
 impl Vddk {
     /// The raw library.
     pub fn loaded(&self) -> &Loaded {

@@ -112,6 +112,11 @@ pub fn library_path_for(libdir: &Path) -> Option<OsString> {
     std::env::join_paths(dirs).ok()
 }
 
+/// The version of the VDDK this process loaded, once a `vddk://` source has been opened.
+pub fn loaded_version() -> Option<String> {
+    session::current_version()
+}
+
 /// Ends this process's VDDK session (`VixDiskLib_Exit`) if it has one, once its handles have
 /// closed. Call it before the process exits; VDDK cannot be used afterwards.
 pub fn shutdown() {

@@ -249,8 +249,25 @@ fn init_logging(cli: &Cli) {
     }
 }
 
+/// Whether this is CDI's importer pod: CDI sets `IMPORTER_SOURCE` and passes klog-style flags
+/// (`-v=1`), never one of our subcommands.
+fn cdi_pod() -> bool {
+    std::env::var_os("IMPORTER_SOURCE").is_some()
+        && !std::env::args().skip(1).any(|a| {
+            matches!(
+                a.as_str(),
+                "copy" | "verify" | "extents" | "help" | "--help" | "-h"
+            )
+        })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = if cdi_pod() {
+        // CDI's flags are its own (klog verbosity): they are not ours to parse.
+        Cli::parse_from(["importer"])
+    } else {
+        Cli::parse()
+    };
     init_logging(&cli);
     let Some(cmd) = cli.cmd else {
         // No subcommand: CDI's importer pod, configured by its environment.

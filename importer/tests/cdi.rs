@@ -41,6 +41,8 @@ impl Pod {
     /// Runs the importer with CDI's variables `vars` (and nothing else of CDI's).
     fn run(&self, vars: &[(&str, &str)]) -> Out {
         let out = Command::new(env!("CARGO_BIN_EXE_importer"))
+            // CDI starts its importer with klog flags.
+            .args(["-v=1", "-alsologtostderr"])
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("FERRY_CDI_ROOT", self.root.path())

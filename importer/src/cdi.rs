@@ -26,7 +26,7 @@ use transfer_core::source::vddk::{loaded_version, Secret};
 use transfer_core::target::{open_target, TargetOptions};
 use transfer_core::{Error, ErrorKind, Result};
 
-use crate::metrics::Metrics;
+use transfer_core::metrics::Metrics;
 
 /// The environment variable that re-roots CDI's fixed paths (tests only).
 pub const ROOT_ENV: &str = "FERRY_CDI_ROOT";

@@ -3,7 +3,6 @@
 
 mod cdi;
 mod delta_args;
-mod metrics;
 mod progress;
 mod vddk_args;
 

@@ -11,6 +11,7 @@ pub mod error;
 pub mod extent;
 pub mod http;
 pub mod io;
+pub mod metrics;
 pub mod open;
 pub mod size;
 pub mod source;

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::engine::Progress;
+use crate::error::{Error, ErrorKind, Result};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
@@ -17,8 +19,6 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use transfer_core::engine::Progress;
-use transfer_core::{Error, ErrorKind, Result};
 
 type Labels = Vec<(String, String)>;
 

@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
@@ -26,6 +27,7 @@ type Labels = Vec<(String, String)>;
 pub struct Metrics {
     registry: Registry,
     families: Vec<Family<Labels, Counter<f64, AtomicU64>>>,
+    gauges: Vec<Family<Labels, Gauge<f64, AtomicU64>>>,
     owner: Labels,
     last: Mutex<f64>,
     /// Set once a scrape has returned 100.
@@ -33,19 +35,30 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Counters named `names` (each gets `_total`), labelled `ownerUID=owner_uid` only.
+    /// Progress metrics named exactly `names`, labelled `ownerUID=owner_uid` only. A name that
+    /// ends in `_total` is a counter (CDI's names); any other is exposed under that very name
+    /// (Forklift's `ovirt_progress`, whose Go client adds no suffix), as a gauge that only rises.
     pub fn new(names: &[&str], owner_uid: &str) -> Arc<Metrics> {
         let mut registry = Registry::default();
         let mut families = Vec::new();
+        let mut gauges = Vec::new();
         for n in names {
-            let f = Family::<Labels, Counter<f64, AtomicU64>>::default();
-            registry.register(*n, "Progress of the disk copy, in percent", f.clone());
-            families.push(f);
+            let help = "Progress of the disk copy, in percent";
+            if let Some(base) = n.strip_suffix("_total") {
+                let f = Family::<Labels, Counter<f64, AtomicU64>>::default();
+                registry.register(base, help, f.clone());
+                families.push(f);
+            } else {
+                let g = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+                registry.register(*n, help, g.clone());
+                gauges.push(g);
+            }
         }
         let owner = vec![("ownerUID".to_owned(), owner_uid.to_owned())];
         let m = Metrics {
             registry,
             families,
+            gauges,
             owner,
             last: Mutex::new(0.0),
             seen_done: AtomicBool::new(false),
@@ -63,6 +76,12 @@ impl Metrics {
             let c = f.get_or_create(&self.owner);
             if step > 0.0 {
                 c.inc_by(step);
+            }
+        }
+        for g in &self.gauges {
+            let g = g.get_or_create(&self.owner);
+            if step > 0.0 {
+                g.set(p);
             }
         }
         if step > 0.0 {
@@ -168,7 +187,10 @@ mod tests {
 
     #[test]
     fn counters_are_monotonic_percentages_with_the_owner_label_only() {
-        let m = Metrics::new(&["kubevirt_cdi_import_progress"], "uid-1");
+        let m = Metrics::new(
+            &["kubevirt_cdi_import_progress_total", "ovirt_progress"],
+            "uid-1",
+        );
         m.set_percent(40.5);
         m.set_percent(20.0);
         m.set_percent(250.0);

@@ -1,0 +1,276 @@
+//! `populator`: Forklift's volume populators. `populator openstack ARGS` (or the binary called
+//! `openstack-populator`) copies a Glance image into `--volume-path`, as Forklift's
+//! openstack-populator does: Keystone credentials from the environment keys of Forklift's secret,
+//! the image's bytes written as they are (the controller converts non-raw images later),
+//! progress served over HTTPS :8443 under Forklift's and CDI's names. `ovirt` is not supported
+//! yet.
+//!
+//! Arguments are parsed by hand, Go-flag style (`-flag=value`, `--flag value`): Forklift may
+//! add flags in future versions, and an unknown one is a warning, not a failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use transfer_core::engine::{copy, CopyOptions, Progress};
+use transfer_core::http::{HttpOptions, TlsTrust};
+use transfer_core::metrics::Metrics;
+use transfer_core::source::glance::{GlanceAuth, GlanceSource};
+use transfer_core::source::BlockSource;
+use transfer_core::target::{open_target, TargetOptions};
+use transfer_core::{Error, ErrorKind, Result};
+
+/// Flags Forklift passes that take a value.
+const KNOWN: [&str; 10] = [
+    "volume-path",
+    "owner-uid",
+    "pvc-size",
+    "secret-name",
+    "cr-name",
+    "cr-namespace",
+    "endpoint",
+    "image-id",
+    "engine-url",
+    "disk-id",
+];
+/// How long the finished progress stays scrapeable when no scrape has seen it yet.
+const GRACE: Duration = Duration::from_secs(3);
+/// Under this variable (tests only) the metrics listen on a free loopback port whose address
+/// is written to the file it names.
+const METRICS_ADDR_FILE: &str = "FERRY_METRICS_ADDR_FILE";
+
+/// The populator's flags.
+#[derive(Debug, Default)]
+struct Flags {
+    values: Vec<(String, String)>,
+}
+
+impl Flags {
+    fn parse(args: &[String]) -> Flags {
+        let mut values = Vec::new();
+        let mut i = 0;
+        while i < args.len() {
+            let a = args[i].trim_start_matches('-');
+            i += 1;
+            if a.len() == args[i - 1].len() {
+                eprintln!("populator: warning: ignoring argument '{a}'");
+                continue;
+            }
+            let (k, v) = match a.split_once('=') {
+                Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+                None => (a.to_owned(), None),
+            };
+            if !KNOWN.contains(&k.as_str()) {
+                eprintln!("populator: warning: ignoring unknown flag --{k}");
+                if v.is_none() && args.get(i).is_some_and(|n| !n.starts_with('-')) {
+                    i += 1;
+                }
+                continue;
+            }
+            let v = match v {
+                Some(v) => v,
+                None if i < args.len() => {
+                    i += 1;
+                    args[i - 1].clone()
+                }
+                None => String::new(),
+            };
+            values.push((k, v));
+        }
+        Flags { values }
+    }
+
+    fn get(&self, k: &str) -> Option<&str> {
+        self.values
+            .iter()
+            .rev()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn need(&self, k: &str) -> Result<&str> {
+        self.get(k)
+            .ok_or_else(|| Error::new(ErrorKind::InvalidInput, format!("--{k} is required")))
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let mut args: Vec<String> = std::env::args().collect();
+    let called = PathBuf::from(args.remove(0))
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let kind = match called.as_str() {
+        "openstack-populator" => "openstack".to_owned(),
+        "ovirt-populator" => "ovirt".to_owned(),
+        _ if !args.is_empty() && !args[0].starts_with('-') => args.remove(0),
+        _ => String::new(),
+    };
+    let flags = Flags::parse(&args);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("populator: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let r = rt.block_on(async {
+        match kind.as_str() {
+            "openstack" => openstack(&flags).await,
+            "ovirt" => Err(Error::new(
+                ErrorKind::Unsupported,
+                "the ovirt populator is not supported by ferry yet",
+            )),
+            other => Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("unknown populator '{other}' (openstack, ovirt; or call the binary openstack-populator or ovirt-populator)"),
+            )),
+        }
+    });
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("populator: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.is_empty())
+}
+
+/// TLS trust from Forklift's secret: `insecureSkipVerify`, or `cacert` (PEM text) written to
+/// a file the HTTP layer reads.
+fn trust(dir: &tempfile::TempDir) -> Result<TlsTrust> {
+    if env("insecureSkipVerify").as_deref() == Some("true") {
+        return Ok(TlsTrust::Insecure);
+    }
+    match env("cacert") {
+        Some(pem) => {
+            let p = dir.path().join("ca.pem");
+            std::fs::write(&p, pem).map_err(|e| Error::io("writing the CA certificate", e))?;
+            Ok(TlsTrust::CaBundle(p))
+        }
+        None => Ok(TlsTrust::System),
+    }
+}
+
+async fn start_metrics(names: &[&str], owner: &str) -> Result<Arc<Metrics>> {
+    let metrics = Metrics::new(names, owner);
+    match env(METRICS_ADDR_FILE) {
+        Some(file) => {
+            let bound = metrics.serve("127.0.0.1:0").await?;
+            let _ = std::fs::write(file, bound.to_string());
+        }
+        None => {
+            metrics.serve("0.0.0.0:8443").await?;
+        }
+    }
+    Ok(metrics)
+}
+
+async fn openstack(flags: &Flags) -> Result<()> {
+    let owner = flags.get("owner-uid").unwrap_or("").to_owned();
+    let metrics = start_metrics(
+        &[
+            "openstack_populator_progress",
+            "kubevirt_cdi_openstack_populator_progress_total",
+        ],
+        &owner,
+    )
+    .await?;
+    let endpoint = flags.need("endpoint")?;
+    let image = flags.need("image-id")?;
+    let volume = PathBuf::from(flags.need("volume-path")?);
+    let pvc_size: u64 = match flags.get("pvc-size") {
+        Some(s) => s.parse().map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("--pvc-size '{s}' is not a number of bytes"),
+            )
+        })?,
+        None => 0,
+    };
+    let keystone = url::Url::parse(endpoint).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("--endpoint is not a URL: {e}"),
+        )
+    })?;
+    let dir = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
+    let opts = HttpOptions {
+        trust: trust(&dir)?,
+        ..HttpOptions::default()
+    };
+    let auth = GlanceAuth::from_forklift_env();
+    let src: Arc<dyn BlockSource> =
+        Arc::new(GlanceSource::open(keystone, image, &auth, &opts).await?);
+    let target = open_target(&volume, src.size(), &TargetOptions::default())?;
+    let progress = Arc::new(Progress::new());
+    let follower = {
+        let (m, p) = (metrics.clone(), progress.clone());
+        tokio::spawn(async move {
+            loop {
+                let (done, total) = p.get();
+                let of = if pvc_size > 0 { pvc_size } else { total };
+                if of > 0 {
+                    m.set_percent(done as f64 * 100.0 / of as f64);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    let copts = CopyOptions {
+        request_size: src.caps().preferred_request,
+        progress: Some(progress),
+        ..CopyOptions::default()
+    };
+    let r = copy(src, target, &copts).await;
+    follower.abort();
+    r?;
+    metrics.finish(GRACE).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn go_style_flags_parse_and_unknown_ones_are_skipped() {
+        let f = Flags::parse(&args(&[
+            "--volume-path=/mnt/disk.img",
+            "-owner-uid",
+            "u-1",
+            "--future-flag=x",
+            "--another-future",
+            "val",
+            "--pvc-size",
+            "1073741824",
+            "stray",
+        ]));
+        assert_eq!(f.get("volume-path"), Some("/mnt/disk.img"));
+        assert_eq!(f.get("owner-uid"), Some("u-1"));
+        assert_eq!(f.get("pvc-size"), Some("1073741824"));
+        assert_eq!(f.get("future-flag"), None);
+        assert!(f.need("endpoint").is_err());
+    }
+}

@@ -162,7 +162,7 @@ pub async fn run() -> ExitCode {
 /// whose address is written to `ROOT/metrics-addr`.
 async fn start_metrics(paths: &Paths) -> Result<Arc<Metrics>> {
     let owner = env("OWNER_UID").unwrap_or_default();
-    let metrics = Metrics::new(&["kubevirt_cdi_import_progress"], &owner);
+    let metrics = Metrics::new(&["kubevirt_cdi_import_progress_total"], &owner);
     let test_root = std::env::var_os(ROOT_ENV).is_some();
     let addr = if test_root {
         "127.0.0.1:0"

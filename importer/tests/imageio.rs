@@ -558,13 +558,23 @@ fn read_gaps_reads_short_zero_runs_with_the_data_and_keeps_the_target_sparse() {
 
     assert_same_files(&skipped, &reference);
     assert_same_files(&bridged, &reference);
+    let closes = || {
+        daemon
+            .logs()
+            .lines()
+            .filter(|l| l.contains("CLOSE connection="))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     assert!(
         (after_skip - 1.5).abs() < 0.01,
-        "by default only the data is read: {after_skip} MiB"
+        "by default only the data is read: {after_skip} MiB; the daemon logged:\n{}",
+        closes()
     );
     assert!(
         (after_bridge - 2.5).abs() < 0.01,
-        "the 1 MiB gap is read with the data, the 4 MiB one is not: {after_bridge} MiB"
+        "the 1 MiB gap is read with the data, the 4 MiB one is not: {after_bridge} MiB; the daemon logged:\n{}",
+        closes()
     );
     assert_eq!(
         stats.bytes_data,

@@ -21,6 +21,7 @@ use transfer_core::delta::DeltaSet;
 use transfer_core::engine::{copy, CopyOptions, Progress};
 use transfer_core::http::{HttpOptions, TlsTrust};
 use transfer_core::open::{dirty_ranges, open_source, SourceOptions, VddkOptions};
+use transfer_core::source::ovirt::Engine;
 use transfer_core::source::stream::Checksum;
 use transfer_core::source::vddk::{loaded_version, Secret};
 use transfer_core::target::{open_target, TargetOptions};
@@ -208,6 +209,8 @@ async fn import(paths: &Paths) -> Result<Done> {
         ..SourceOptions::default()
     };
     let mut checkpoints = (None, None);
+    // An oVirt image transfer is finalized when the copy succeeds and cancelled otherwise.
+    let mut transfer: Option<(Engine, String)> = None;
     let uri = match source.as_str() {
         "none" => {
             let size = requested
@@ -216,6 +219,26 @@ async fn import(paths: &Paths) -> Result<Done> {
         }
         "http" => {
             env("IMPORTER_ENDPOINT").ok_or_else(|| invalid("IMPORTER_ENDPOINT is required"))?
+        }
+        "imageio" => {
+            let api = env("IMPORTER_ENDPOINT")
+                .ok_or_else(|| invalid("IMPORTER_ENDPOINT (the engine's API URL) is required"))?;
+            let api = url::Url::parse(&api)
+                .map_err(|e| invalid(format!("IMPORTER_ENDPOINT is not a URL: {e}")))?;
+            let need = |k: &str| {
+                env(k).ok_or_else(|| invalid(format!("{k} is required for an imageio import")))
+            };
+            let engine = Engine::login(
+                &api,
+                &need("IMPORTER_ACCESS_KEY_ID")?,
+                &need("IMPORTER_SECRET_KEY")?,
+                &sopts.http,
+            )
+            .await?;
+            let t = engine.start_download(&need("IMPORTER_DISK_ID")?).await?;
+            let url = format!("imageio+{}", t.url.clone().unwrap_or_default());
+            transfer = Some((engine, t.id));
+            url
         }
         "vddk" => {
             checkpoints = (
@@ -238,17 +261,54 @@ async fn import(paths: &Paths) -> Result<Done> {
             "only content type kubevirt (a disk image) is supported",
         ));
     }
-    let src = open_source(&uri, &sopts).await?;
-    let (current, previous) = checkpoints;
+    let job = Job {
+        uri,
+        checkpoints,
+        source,
+        requested,
+        overhead,
+        preallocation,
+    };
+    let r = copy_from(paths, &job, &mut sopts, &metrics).await;
+    if let Some((engine, id)) = &transfer {
+        if let Err(e) = engine.end(id, r.is_ok()).await {
+            if r.is_ok() {
+                return Err(e.context_prefix("finalizing the image transfer"));
+            }
+        }
+    }
+    r
+}
+
+/// What an import copies, once its source is known.
+struct Job {
+    uri: String,
+    /// Current and previous checkpoints (warm vddk imports).
+    checkpoints: (Option<String>, Option<String>),
+    /// `IMPORTER_SOURCE`.
+    source: String,
+    requested: Option<u64>,
+    overhead: f64,
+    preallocation: bool,
+}
+
+/// Copies the job's source into the volume.
+async fn copy_from(
+    paths: &Paths,
+    job: &Job,
+    sopts: &mut SourceOptions,
+    metrics: &Arc<Metrics>,
+) -> Result<Done> {
+    let (uri, source, requested) = (&job.uri, job.source.as_str(), job.requested);
+    let (overhead, preallocation) = (job.overhead, job.preallocation);
+    let src = open_source(uri, sopts).await?;
+    let (current, previous) = job.checkpoints.clone();
     // A warm migration's later copies are deltas: vSphere's changed areas since the previous
     // checkpoint, written in place.
     let delta = match &previous {
         Some(prev) => {
             sopts.changed_since = Some(prev.clone());
-            Some(DeltaSet::new(
-                src.size(),
-                dirty_ranges(&uri, &sopts).await?,
-            )?)
+            Some(DeltaSet::new(src.size(), dirty_ranges(uri, sopts).await?)?)
         }
         None => None,
     };

@@ -29,14 +29,17 @@ fn digest(tool: &str, bytes: &[u8]) -> String {
         .to_owned()
 }
 
-struct Request {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+/// One HTTP request as the in-test servers read it.
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    /// Names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
-fn read_request(s: &mut TcpStream) -> Option<Request> {
+/// Reads one HTTP/1.1 request (the servers answer with `Connection: close`).
+pub fn read_request(s: &mut TcpStream) -> Option<Request> {
     let mut r = BufReader::new(s.try_clone().ok()?);
     let mut line = String::new();
     r.read_line(&mut line).ok()?;
@@ -68,7 +71,8 @@ fn read_request(s: &mut TcpStream) -> Option<Request> {
     })
 }
 
-fn respond(s: &mut TcpStream, status: &str, headers: &[(&str, String)], body: &[u8]) {
+/// Writes one response and closes the exchange.
+pub fn respond(s: &mut TcpStream, status: &str, headers: &[(&str, String)], body: &[u8]) {
     let mut head = format!(
         "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()

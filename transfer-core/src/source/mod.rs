@@ -13,6 +13,7 @@ pub mod glance;
 pub mod http;
 pub mod imageio;
 pub mod nbd;
+pub mod ovirt;
 pub mod stream;
 pub mod synth;
 pub mod vddk;

@@ -260,94 +260,6 @@ fn progress_is_scraped_over_https_and_reaches_100_before_exit() {
     assert!(seen.windows(2).all(|w| w[0] <= w[1]), "monotonic: {seen:?}");
 }
 
-/// An in-test oVirt engine (no installable implementation exists), following the REST API
-/// reference: `POST /ovirt-engine/sso/oauth/token` (password grant) gives a bearer token;
-/// `POST /ovirt-engine/api/imagetransfers` creates a transfer in phase `initializing`, which the
-/// next `GET` shows `transferring` with `transfer_url` (the real imageio daemon's ticket);
-/// `finalize` and `cancel` end it. Returns the API URL and the log of calls.
-fn ovirt_engine(transfer_url: String) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    use std::sync::{Arc, Mutex};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let calls = Arc::new(Mutex::new(Vec::new()));
-    let log = calls.clone();
-    std::thread::spawn(move || {
-        let mut polls = 0;
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let Some(req) = keystone::read_request(&mut s) else {
-                continue;
-            };
-            let authed = req
-                .headers
-                .iter()
-                .any(|(n, v)| n == "authorization" && v == "Bearer engine-token-1");
-            let json = |v: serde_json::Value| serde_json::to_vec(&v).unwrap();
-            let ct = [("Content-Type", "application/json".to_owned())];
-            log.lock()
-                .unwrap()
-                .push(format!("{} {}", req.method, req.path));
-            match (req.method.as_str(), req.path.as_str()) {
-                ("POST", "/ovirt-engine/sso/oauth/token") => {
-                    let form = String::from_utf8_lossy(&req.body).into_owned();
-                    if form.contains("grant_type=password") && form.contains("password=engine-pw") {
-                        keystone::respond(
-                            &mut s,
-                            "200 OK",
-                            &ct,
-                            &json(
-                                serde_json::json!({"access_token": "engine-token-1", "token_type": "Bearer"}),
-                            ),
-                        );
-                    } else {
-                        keystone::respond(
-                            &mut s,
-                            "401 Unauthorized",
-                            &ct,
-                            &json(serde_json::json!({"error": "access_denied"})),
-                        );
-                    }
-                }
-                _ if !authed => keystone::respond(&mut s, "401 Unauthorized", &[], b""),
-                ("POST", "/ovirt-engine/api/imagetransfers") => {
-                    let body: serde_json::Value =
-                        serde_json::from_slice(&req.body).unwrap_or_default();
-                    let ok = body["disk"]["id"] == "disk-1" && body["direction"] == "download";
-                    if ok {
-                        keystone::respond(
-                            &mut s,
-                            "201 Created",
-                            &ct,
-                            &json(serde_json::json!({"id": "xfer-1", "phase": "initializing"})),
-                        );
-                    } else {
-                        keystone::respond(
-                            &mut s,
-                            "404 Not Found",
-                            &ct,
-                            &json(serde_json::json!({"detail": "disk not found"})),
-                        );
-                    }
-                }
-                ("GET", "/ovirt-engine/api/imagetransfers/xfer-1") => {
-                    polls += 1;
-                    let v = if polls < 2 {
-                        serde_json::json!({"id": "xfer-1", "phase": "initializing"})
-                    } else {
-                        serde_json::json!({"id": "xfer-1", "phase": "transferring", "transfer_url": transfer_url})
-                    };
-                    keystone::respond(&mut s, "200 OK", &ct, &json(v));
-                }
-                ("POST", p) if p.starts_with("/ovirt-engine/api/imagetransfers/xfer-1/") => {
-                    keystone::respond(&mut s, "200 OK", &ct, b"{}");
-                }
-                _ => keystone::respond(&mut s, "404 Not Found", &[], b""),
-            }
-        }
-    });
-    (format!("http://127.0.0.1:{port}/ovirt-engine/api"), calls)
-}
-
 /// CDI's variables for an imageio import of disk-1 through the engine at `api`.
 fn ovirt_vars(api: &str) -> [(&str, &str); 6] {
     [
@@ -384,7 +296,7 @@ fn an_ovirt_disk_is_imported_through_an_image_transfer_and_finalized() {
         timeout: 300,
         dirty: false,
     });
-    let (api, calls) = ovirt_engine(daemon.url("xfer-ticket"));
+    let (api, calls) = keystone::ovirt_engine(daemon.url("xfer-ticket"));
     let pod = Pod::new();
 
     let out = pod.run(&ovirt_vars(&api));
@@ -403,7 +315,7 @@ fn an_ovirt_disk_is_imported_through_an_image_transfer_and_finalized() {
 
 #[test]
 fn a_failed_ovirt_import_cancels_its_transfer() {
-    let (api, calls) = ovirt_engine("http://127.0.0.1:9/images/gone".to_owned());
+    let (api, calls) = keystone::ovirt_engine("http://127.0.0.1:9/images/gone".to_owned());
     let pod = Pod::new();
 
     let out = pod.run(&ovirt_vars(&api));

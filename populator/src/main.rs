@@ -2,8 +2,8 @@
 //! `openstack-populator`) copies a Glance image into `--volume-path`, as Forklift's
 //! openstack-populator does: Keystone credentials from the environment keys of Forklift's secret,
 //! the image's bytes written as they are (the controller converts non-raw images later),
-//! progress served over HTTPS :8443 under Forklift's and CDI's names. `ovirt` is not supported
-//! yet.
+//! progress served over HTTPS :8443 under Forklift's and CDI's names. `populator ovirt` (or
+//! `ovirt-populator`) downloads an oVirt disk through an engine image transfer and imageio.
 //!
 //! Arguments are parsed by hand, Go-flag style (`-flag=value`, `--flag value`): Forklift may
 //! add flags in future versions, and an unknown one is a warning, not a failure.
@@ -16,7 +16,9 @@ use std::time::Duration;
 use transfer_core::engine::{copy, CopyOptions, Progress};
 use transfer_core::http::{HttpOptions, TlsTrust};
 use transfer_core::metrics::Metrics;
+use transfer_core::open::{open_source, SourceOptions};
 use transfer_core::source::glance::{GlanceAuth, GlanceSource};
+use transfer_core::source::ovirt::Engine;
 use transfer_core::source::BlockSource;
 use transfer_core::target::{open_target, TargetOptions};
 use transfer_core::{Error, ErrorKind, Result};
@@ -130,10 +132,7 @@ fn main() -> ExitCode {
     let r = rt.block_on(async {
         match kind.as_str() {
             "openstack" => openstack(&flags).await,
-            "ovirt" => Err(Error::new(
-                ErrorKind::Unsupported,
-                "the ovirt populator is not supported by ferry yet",
-            )),
+            "ovirt" => ovirt(&flags).await,
             other => Err(Error::new(
                 ErrorKind::InvalidInput,
                 format!("unknown populator '{other}' (openstack, ovirt; or call the binary openstack-populator or ovirt-populator)"),
@@ -196,15 +195,7 @@ async fn openstack(flags: &Flags) -> Result<()> {
     let endpoint = flags.need("endpoint")?;
     let image = flags.need("image-id")?;
     let volume = PathBuf::from(flags.need("volume-path")?);
-    let pvc_size: u64 = match flags.get("pvc-size") {
-        Some(s) => s.parse().map_err(|_| {
-            Error::new(
-                ErrorKind::InvalidInput,
-                format!("--pvc-size '{s}' is not a number of bytes"),
-            )
-        })?,
-        None => 0,
-    };
+    let pvc_size = pvc_size(flags)?;
     let keystone = url::Url::parse(endpoint).map_err(|e| {
         Error::new(
             ErrorKind::InvalidInput,
@@ -219,7 +210,30 @@ async fn openstack(flags: &Flags) -> Result<()> {
     let auth = GlanceAuth::from_forklift_env();
     let src: Arc<dyn BlockSource> =
         Arc::new(GlanceSource::open(keystone, image, &auth, &opts).await?);
-    let target = open_target(&volume, src.size(), &TargetOptions::default())?;
+    populate(src, &volume, pvc_size, &metrics).await
+}
+
+/// `--pvc-size` in bytes (0 when not given: progress is then against the source's size).
+fn pvc_size(flags: &Flags) -> Result<u64> {
+    match flags.get("pvc-size") {
+        Some(s) => s.parse().map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("--pvc-size '{s}' is not a number of bytes"),
+            )
+        }),
+        None => Ok(0),
+    }
+}
+
+/// Copies `src` into `volume`, with progress against `pvc_size`, and holds 100 for a scrape.
+async fn populate(
+    src: Arc<dyn BlockSource>,
+    volume: &std::path::Path,
+    pvc_size: u64,
+    metrics: &Arc<Metrics>,
+) -> Result<()> {
+    let target = open_target(volume, src.size(), &TargetOptions::default())?;
     let progress = Arc::new(Progress::new());
     let follower = {
         let (m, p) = (metrics.clone(), progress.clone());
@@ -244,6 +258,61 @@ async fn openstack(flags: &Flags) -> Result<()> {
     r?;
     metrics.finish(GRACE).await;
     Ok(())
+}
+
+/// Forklift's ovirt-populator: an image transfer of `--disk-id` from the engine at
+/// `--engine-url` (credentials `user`/`password` in the environment), read through imageio,
+/// finalized on success and cancelled on failure.
+async fn ovirt(flags: &Flags) -> Result<()> {
+    let owner = flags.get("owner-uid").unwrap_or("").to_owned();
+    let metrics = start_metrics(
+        &["ovirt_progress", "kubevirt_cdi_ovirt_progress_total"],
+        &owner,
+    )
+    .await?;
+    let mut api = url::Url::parse(flags.need("engine-url")?).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("--engine-url is not a URL: {e}"),
+        )
+    })?;
+    if !api.path().contains("/ovirt-engine/api") {
+        api.set_path("/ovirt-engine/api");
+    }
+    let disk = flags.need("disk-id")?;
+    let volume = PathBuf::from(flags.need("volume-path")?);
+    let pvc_size = pvc_size(flags)?;
+    let need = |k: &str| {
+        env(k).ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("the secret's key '{k}' is missing"),
+            )
+        })
+    };
+    let dir = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
+    let opts = HttpOptions {
+        trust: trust(&dir)?,
+        ..HttpOptions::default()
+    };
+    let engine = Engine::login(&api, &need("user")?, &need("password")?, &opts).await?;
+    let t = engine.start_download(disk).await?;
+    let r = async {
+        let url = format!("imageio+{}", t.url.clone().unwrap_or_default());
+        let sopts = SourceOptions {
+            http: opts.clone(),
+            ..SourceOptions::default()
+        };
+        let src = open_source(&url, &sopts).await?;
+        populate(src, &volume, pvc_size, &metrics).await
+    }
+    .await;
+    if let Err(e) = engine.end(&t.id, r.is_ok()).await {
+        if r.is_ok() {
+            return Err(e.context_prefix("finalizing the image transfer"));
+        }
+    }
+    r
 }
 
 #[cfg(test)]

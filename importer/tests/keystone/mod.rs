@@ -1,9 +1,10 @@
-//! An in-test Keystone v3 + Glance v2 server (no implementation of either can be installed
-//! here), following the API references: `POST /v3/auth/tokens` answers 201 with the token in
-//! `X-Subject-Token` and the catalog in the body; Glance wants the token in `X-Auth-Token` and
-//! keeps `os_hash_algo`/`os_hash_value` and md5 `checksum` on the image. Shared by the importer's
-//! Glance tests and the openstack populator's tests. Users: `demo`/`Default` with
-//! [`PASSWORD`], the token `existing-token`, the application credential `ac-1`/`ac-secret`.
+//! In-test API servers where no implementation can be installed here, following the API
+//! references. Keystone v3 + Glance v2 ([`serve`]): `POST /v3/auth/tokens` answers 201 with
+//! the token in `X-Subject-Token` and the catalog in the body; Glance wants the token in
+//! `X-Auth-Token` and keeps `os_hash_algo`/`os_hash_value` and md5 `checksum` on the image.
+//! Users: `demo`/`Default` with [`PASSWORD`], the token `existing-token`, the application
+//! credential `ac-1`/`ac-secret`. The oVirt engine's image transfers ([`ovirt_engine`]).
+//! Shared by the importer's tests and the populators'.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -178,4 +179,94 @@ pub fn serve(data: Vec<u8>) -> String {
         }
     });
     format!("{base}/v3")
+}
+
+/// An in-test oVirt engine (no installable implementation exists), following the REST API
+/// reference: `POST /ovirt-engine/sso/oauth/token` (password grant) gives a bearer token;
+/// `POST /ovirt-engine/api/imagetransfers` creates a transfer in phase `initializing`, which the
+/// next `GET` shows `transferring` with `transfer_url` (the real imageio daemon's ticket);
+/// `finalize` and `cancel` end it. Returns the API URL and the log of calls.
+pub fn ovirt_engine(
+    transfer_url: String,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::sync::{Arc, Mutex};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let log = calls.clone();
+    std::thread::spawn(move || {
+        let mut polls = 0;
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let Some(req) = read_request(&mut s) else {
+                continue;
+            };
+            let authed = req
+                .headers
+                .iter()
+                .any(|(n, v)| n == "authorization" && v == "Bearer engine-token-1");
+            let json = |v: serde_json::Value| serde_json::to_vec(&v).unwrap();
+            let ct = [("Content-Type", "application/json".to_owned())];
+            log.lock()
+                .unwrap()
+                .push(format!("{} {}", req.method, req.path));
+            match (req.method.as_str(), req.path.as_str()) {
+                ("POST", "/ovirt-engine/sso/oauth/token") => {
+                    let form = String::from_utf8_lossy(&req.body).into_owned();
+                    if form.contains("grant_type=password") && form.contains("password=engine-pw") {
+                        respond(
+                            &mut s,
+                            "200 OK",
+                            &ct,
+                            &json(
+                                serde_json::json!({"access_token": "engine-token-1", "token_type": "Bearer"}),
+                            ),
+                        );
+                    } else {
+                        respond(
+                            &mut s,
+                            "401 Unauthorized",
+                            &ct,
+                            &json(serde_json::json!({"error": "access_denied"})),
+                        );
+                    }
+                }
+                _ if !authed => respond(&mut s, "401 Unauthorized", &[], b""),
+                ("POST", "/ovirt-engine/api/imagetransfers") => {
+                    let body: serde_json::Value =
+                        serde_json::from_slice(&req.body).unwrap_or_default();
+                    let ok = body["disk"]["id"] == "disk-1" && body["direction"] == "download";
+                    if ok {
+                        respond(
+                            &mut s,
+                            "201 Created",
+                            &ct,
+                            &json(serde_json::json!({"id": "xfer-1", "phase": "initializing"})),
+                        );
+                    } else {
+                        respond(
+                            &mut s,
+                            "404 Not Found",
+                            &ct,
+                            &json(serde_json::json!({"detail": "disk not found"})),
+                        );
+                    }
+                }
+                ("GET", "/ovirt-engine/api/imagetransfers/xfer-1") => {
+                    polls += 1;
+                    let v = if polls < 2 {
+                        serde_json::json!({"id": "xfer-1", "phase": "initializing"})
+                    } else {
+                        serde_json::json!({"id": "xfer-1", "phase": "transferring", "transfer_url": transfer_url})
+                    };
+                    respond(&mut s, "200 OK", &ct, &json(v));
+                }
+                ("POST", p) if p.starts_with("/ovirt-engine/api/imagetransfers/xfer-1/") => {
+                    respond(&mut s, "200 OK", &ct, b"{}");
+                }
+                _ => respond(&mut s, "404 Not Found", &[], b""),
+            }
+        }
+    });
+    (format!("http://127.0.0.1:{port}/ovirt-engine/api"), calls)
 }

@@ -269,6 +269,12 @@ fn main() -> ExitCode {
     };
     init_logging(&cli);
     let Some(cmd) = cli.cmd else {
+        if std::env::var_os("IMPORTER_SOURCE").is_none() {
+            eprintln!(
+                "importer: a subcommand is required (copy, verify, extents), or CDI's IMPORTER_* environment; see --help"
+            );
+            return ExitCode::from(2);
+        }
         // No subcommand: CDI's importer pod, configured by its environment.
         if let Some(libdir) = cdi::vddk_libdir() {
             if let Err(e) = vddk_args::reexec_with_library_path(&libdir) {

@@ -131,6 +131,22 @@ fn an_unknown_source_is_refused_with_cdis_message() {
 }
 
 #[test]
+fn without_a_subcommand_or_cdis_environment_it_only_asks_for_a_subcommand() {
+    let pod = Pod::new();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_importer"))
+        .env_clear()
+        .env("FERRY_CDI_ROOT", pod.root.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("running importer");
+
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("subcommand"));
+    assert!(!pod.root.path().join("dev/termination-log").exists());
+}
+
+#[test]
 fn preallocation_must_be_given() {
     let pod = Pod::new();
 

@@ -369,7 +369,12 @@ async fn copy_from(
         delta: delta.map(Arc::new),
         ..CopyOptions::default()
     };
-    let r = copy(src, target, &opts).await;
+    // Kubernetes stops a pod with SIGTERM: the copy ends there, a disk this run created is
+    // removed and (for imageio) the transfer is cancelled, like any other failure.
+    let r = tokio::select! {
+        r = copy(src, target, &opts) => r,
+        () = terminated() => Err(Error::new(ErrorKind::Io, "import terminated by SIGTERM")),
+    };
     follower.abort();
     let stats = match r {
         Ok(s) => s,
@@ -398,6 +403,16 @@ async fn copy_from(
         preallocation,
         vddk,
     })
+}
+
+/// Resolves when the process receives SIGTERM (never, if the handler cannot be installed).
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending::<()>().await,
+    }
 }
 
 /// The usable bytes of the filesystem volume that holds `target`.

@@ -345,3 +345,76 @@ fn a_failed_ovirt_import_cancels_its_transfer() {
     );
     assert!(!pod.disk().exists());
 }
+
+/// An HTTP server that announces a 64 MiB disk, sends its first MiB, then stalls.
+fn stalling_server() -> String {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut req = [0u8; 4096];
+                let n = s.read(&mut req).unwrap_or(0);
+                let head = String::from_utf8_lossy(&req[..n]).into_owned();
+                let _ = s.write_all(
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", 64 * MIB).as_bytes(),
+                );
+                if head.starts_with("GET") {
+                    let _ = s.write_all(&vec![0x42u8; MIB]);
+                    std::thread::sleep(std::time::Duration::from_secs(120));
+                }
+            });
+        }
+    });
+    format!("http://127.0.0.1:{port}/disk.raw")
+}
+
+#[test]
+fn sigterm_ends_the_import_cleanly_and_removes_the_unfinished_disk() {
+    let pod = Pod::new();
+    let url = stalling_server();
+    let child = Command::new(env!("CARGO_BIN_EXE_importer"))
+        .env_clear()
+        .env("FERRY_CDI_ROOT", pod.root.path())
+        .envs([
+            ("IMPORTER_SOURCE", "http"),
+            ("IMPORTER_ENDPOINT", url.as_str()),
+            ("PREALLOCATION", "false"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !pod.disk().exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the import never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+
+    assert!(kill.success());
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        pod.message().contains("terminated by SIGTERM"),
+        "{}",
+        pod.message()
+    );
+    assert!(!pod.disk().exists(), "the unfinished disk is removed");
+}

@@ -86,6 +86,14 @@ pub trait BlockSource: Send + Sync {
     }
 }
 
+/// Decodes `%XX` escapes of a URI part (a `+` stays a `+`; a broken escape stays as it is).
+pub(crate) fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
 /// Extents covering all of `[offset, offset+len)`, asking the source as often as needed, clipped
 /// and checked (a source that returns nothing, goes backwards or skips bytes is a protocol error).
 pub async fn extents_covering(src: &dyn BlockSource, offset: u64, len: u64) -> Result<Vec<Extent>> {

@@ -14,7 +14,7 @@ use tokio::net::{TcpStream, UnixStream};
 use crate::buffer::Buffer;
 use crate::error::{invalid, Error, ErrorKind, Result};
 use crate::extent::{Extent, ExtentKind};
-use crate::source::{BlockSource, SourceCaps};
+use crate::source::{percent_decode, BlockSource, SourceCaps};
 pub use client::Connection;
 pub use handshake::{ExportInfo, HandshakeOptions};
 
@@ -83,13 +83,6 @@ impl NbdUri {
             NbdAddr::Unix(s) => format!("NBD server unix:{s} export '{}'", self.export),
         }
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
 }
 
 /// Connects, negotiates and starts the transmission phase.

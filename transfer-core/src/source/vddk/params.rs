@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 use crate::error::{invalid, Result};
 use crate::size::parse_size;
+use crate::source::percent_decode;
 
 /// Where CDI mounts VDDK in its importer pods.
 pub const DEFAULT_LIBDIR: &str = "/opt/vmware-vix-disklib-distrib";
@@ -231,25 +232,6 @@ impl VddkParams {
 
 fn non_empty(v: &str) -> Option<String> {
     (!v.is_empty()).then(|| v.to_owned())
-}
-
-fn percent_decode(s: &str) -> String {
-    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn parse_port(key: &str, v: &str) -> Result<u32> {

@@ -25,7 +25,7 @@ use vddk_sys::{VIXDISKLIB_MAX_CHUNK_NUMBER, VIXDISKLIB_MIN_CHUNK_SIZE};
 
 use crate::buffer::Buffer;
 use crate::error::{Error, ErrorKind, Result};
-use crate::extent::{Extent, ExtentKind};
+use crate::extent::{clip, Extent, ExtentKind};
 use crate::source::{BlockSource, SourceCaps};
 
 pub use params::{Secret, VddkParams};
@@ -371,14 +371,8 @@ impl BlockSource for VddkSource {
             .min(a + MAX_QUERY);
         match self.allocated(a / SECTOR, (b - a) / SECTOR).await {
             Ok(blocks) => {
-                let mut ext = extents_from_blocks(a, b, &blocks);
-                ext.retain_mut(|e| {
-                    let (s, t) = (e.offset.max(offset), (e.offset + e.len).min(end));
-                    e.offset = s;
-                    e.len = t.saturating_sub(s);
-                    e.len > 0
-                });
-                Ok(ext)
+                let ext = extents_from_blocks(a, b, &blocks);
+                Ok(clip(&ext, offset, end.min(b) - offset))
             }
             Err(e) => {
                 if self.query.swap(false, Ordering::Relaxed) {

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use transfer_core::delta::chain::{default_state_path, Chain};
+use transfer_core::delta::chain::{default_state_path, forget, Chain};
 use transfer_core::delta::DeltaSet;
 use transfer_core::engine::{copy, CopyOptions, Progress};
 use transfer_core::http::{HttpOptions, TlsTrust};
@@ -343,7 +343,7 @@ async fn copy_from(
         (Some(cur), false) => {
             let state = default_state_path(&target_path);
             if delta.is_none() {
-                let _ = std::fs::remove_file(&state);
+                forget(&state)?;
             }
             let chain = Chain::load(&state)?;
             chain.check(cur, previous.as_deref())?;

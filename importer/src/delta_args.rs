@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use transfer_core::delta::chain::{default_state_path, Chain};
+use transfer_core::delta::chain::{default_state_path, forget, Chain};
 use transfer_core::delta::DeltaSet;
 use transfer_core::open::{dirty_ranges, SourceOptions};
 use transfer_core::{Error, ErrorKind, Result};
@@ -122,21 +122,7 @@ impl DeltaArgs {
             // A block device without --state-file: no chain of ours to find.
             return Ok(());
         };
-        match std::fs::remove_file(&path) {
-            Ok(()) => {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    if let Ok(d) = std::fs::File::open(dir) {
-                        let _ = d.sync_all();
-                    }
-                }
-                Ok(())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(
-                format!("removing the old checkpoint state {}", path.display()),
-                e,
-            )),
-        }
+        forget(&path)
     }
 
     fn state_path(&self, target: &Path) -> Result<PathBuf> {

@@ -42,6 +42,31 @@ pub fn default_state_path(target: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// Removes the chain at `path`, if there is one (a full copy ends the old chain: it no longer
+/// describes the target and must not let a later delta through).
+pub fn forget(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            sync_dir(path);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(
+            format!("removing the old checkpoint state {}", path.display()),
+            e,
+        )),
+    }
+}
+
+/// Makes a rename or removal in `path`'s directory durable (best effort).
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
 fn bad_state(path: &Path, why: impl std::fmt::Display) -> Error {
     Error::new(
         ErrorKind::InvalidInput,
@@ -175,11 +200,7 @@ impl Chain {
             .and_then(|()| f.sync_all())
             .map_err(|e| Error::io(ctx("writing"), e))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| Error::io(ctx("replacing"), e))?;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
+        sync_dir(&self.path);
         Ok(())
     }
 }

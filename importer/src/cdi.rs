@@ -362,7 +362,7 @@ async fn copy_from(
         let _ = std::fs::set_permissions(&target_path, std::fs::Permissions::from_mode(0o660));
     }
     let progress = Arc::new(Progress::new());
-    let follower = tokio::spawn(metrics.clone().follow(progress.clone()));
+    let follower = tokio::spawn(metrics.clone().follow(progress.clone(), 0));
     let opts = CopyOptions {
         request_size: src.caps().preferred_request,
         progress: Some(progress),

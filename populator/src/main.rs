@@ -235,19 +235,7 @@ async fn populate(
 ) -> Result<()> {
     let target = open_target(volume, src.size(), &TargetOptions::default())?;
     let progress = Arc::new(Progress::new());
-    let follower = {
-        let (m, p) = (metrics.clone(), progress.clone());
-        tokio::spawn(async move {
-            loop {
-                let (done, total) = p.get();
-                let of = if pvc_size > 0 { pvc_size } else { total };
-                if of > 0 {
-                    m.set_percent(done as f64 * 100.0 / of as f64);
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        })
-    };
+    let follower = tokio::spawn(metrics.clone().follow(progress.clone(), pvc_size));
     let copts = CopyOptions {
         request_size: src.caps().preferred_request,
         progress: Some(progress),

@@ -143,9 +143,15 @@ impl Metrics {
     }
 
     /// Follows `progress` (updating the counters twice a second) until the task is aborted.
-    pub async fn follow(self: Arc<Self>, progress: Arc<Progress>) {
+    /// Percentages are of `of` bytes (a populator's `--pvc-size`), or of the progress's own
+    /// total when `of` is 0.
+    pub async fn follow(self: Arc<Self>, progress: Arc<Progress>, of: u64) {
         loop {
-            self.set_percent(progress.percent());
+            let (done, total) = progress.get();
+            let of = if of > 0 { of } else { total };
+            if of > 0 {
+                self.set_percent(done as f64 * 100.0 / of as f64);
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }

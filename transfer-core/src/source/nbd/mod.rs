@@ -107,15 +107,13 @@ pub async fn dirty_ranges(uri: &NbdUri, bitmap: &str) -> Result<Vec<(u64, u64)>>
     let size = conn.info().size;
     let what = format!("{} dirty bitmap '{bitmap}'", uri.describe());
     let extents = crate::source::covering(&what, 0, size, |o, l| conn.dirty_status(o, l)).await?;
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for e in extents.iter().filter(|e| e.kind == ExtentKind::Data) {
-        match out.last_mut() {
-            Some((o, l)) if *o + *l == e.offset => *l += e.len,
-            _ => out.push((e.offset, e.len)),
-        }
-    }
+    let dirty = extents
+        .iter()
+        .filter(|e| e.kind == ExtentKind::Data)
+        .map(|e| (e.offset, e.len));
+    let merged = crate::delta::DeltaSet::new(size, dirty)?;
     let _ = conn.disconnect().await;
-    Ok(out)
+    Ok(merged.ranges().to_vec())
 }
 
 /// Connects with `opts`, negotiates and starts the transmission phase.

@@ -17,17 +17,20 @@ const MIB: u64 = 1 << 20;
 
 /// The vddk:// URL of the simulator's first VM and disk.
 fn url(sim: &Vcsim, thumbprint: &str) -> String {
+    url_with(sim, thumbprint, &format!("vm=moref={}", sim.vm().moref))
+}
+
+/// The vddk:// URL of the simulator naming the VM by `vm` (`vm=moref=...` or `uuid=...`).
+fn url_with(sim: &Vcsim, thumbprint: &str, vm: &str) -> String {
     let port = sim
         .url()
         .rsplit(':')
         .next()
         .unwrap()
         .trim_end_matches("/sdk");
-    let vm = sim.vm();
     format!(
-        "vddk://{}@127.0.0.1:{port}/?vm=moref={}&thumbprint={thumbprint}&libdir=/nonexistent",
-        sim.user().replace('@', "%40"),
-        vm.moref
+        "vddk://{}@127.0.0.1:{port}/?{vm}&thumbprint={thumbprint}&libdir=/nonexistent",
+        sim.user().replace('@', "%40")
     )
 }
 
@@ -218,19 +221,9 @@ fn the_vm_is_found_by_its_instance_or_bios_uuid() {
         return;
     };
     let vm = sim.vm();
-    let port = sim
-        .url()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .trim_end_matches("/sdk");
     let file = format!("file={}", vm.disk_file);
     let by = |uuid: &str| {
-        let url = format!(
-            "vddk://{}@127.0.0.1:{port}/?uuid={uuid}&thumbprint={}&libdir=/nonexistent",
-            sim.user().replace('@', "%40"),
-            sim.thumbprint()
-        );
+        let url = url_with(&sim, sim.thumbprint(), &format!("uuid={uuid}"));
         spawn_importer_env(
             &[
                 "extents",

@@ -43,6 +43,21 @@ fn copy_json(args: &[&str]) -> Value {
     serde_json::from_str(out.stdout.trim()).expect("one JSON line")
 }
 
+/// `importer copy SRC TARGET --changed-areas AREAS --checkpoint CP --previous-checkpoint PREV`.
+fn delta_copy(src: &Path, target: &Path, areas: &Path, prev: &str, cp: &str) -> Out {
+    importer(&[
+        "copy",
+        s(src),
+        s(target),
+        "--changed-areas",
+        s(areas),
+        "--checkpoint",
+        cp,
+        "--previous-checkpoint",
+        prev,
+    ])
+}
+
 fn chain_ids(target: &Path) -> Vec<String> {
     let body = std::fs::read(format!("{}.checkpoints.json", s(target))).expect("the chain file");
     let v: Value = serde_json::from_slice(&body).unwrap();
@@ -144,17 +159,7 @@ fn an_out_of_order_delta_is_refused_before_anything_is_written() {
     std::fs::write(&areas, r#"[{"start":0,"length":4194304}]"#).unwrap();
     copy_json(&["copy", s(&a), s(&target), "--checkpoint", "cp1"]);
 
-    let out = importer(&[
-        "copy",
-        s(&b),
-        s(&target),
-        "--changed-areas",
-        s(&areas),
-        "--checkpoint",
-        "cp3",
-        "--previous-checkpoint",
-        "cp2",
-    ]);
+    let out = delta_copy(&b, &target, &areas, "cp2", "cp3");
 
     out.assert_clean_failure(&["cp2 -> cp3 refused", "last checkpoint is cp1", "full copy"]);
     assert_same_files(&target, &a);
@@ -170,17 +175,7 @@ fn a_delta_needs_an_existing_target_and_its_checkpoints() {
     std::fs::write(&areas, r#"[{"start":0,"length":65536}]"#).unwrap();
     let target = dir.path().join("missing.img");
 
-    let out = importer(&[
-        "copy",
-        s(&b),
-        s(&target),
-        "--changed-areas",
-        s(&areas),
-        "--checkpoint",
-        "cp2",
-        "--previous-checkpoint",
-        "cp1",
-    ]);
+    let out = delta_copy(&b, &target, &areas, "cp1", "cp2");
     out.assert_clean_failure(&["refused", "no checkpoint has been applied"]);
     assert!(!target.exists(), "a delta never creates its target");
 
@@ -334,17 +329,7 @@ fn a_full_copy_over_a_target_ends_its_old_chain() {
 
     // Another disk copied over it, without a checkpoint: s1 no longer describes the target.
     copy_json(&["copy", s(&b), s(&target)]);
-    let out = importer(&[
-        "copy",
-        s(&a),
-        s(&target),
-        "--changed-areas",
-        s(&areas),
-        "--checkpoint",
-        "s2",
-        "--previous-checkpoint",
-        "s1",
-    ]);
+    let out = delta_copy(&a, &target, &areas, "s1", "s2");
 
     out.assert_clean_failure(&["s1 -> s2 refused", "no checkpoint has been applied"]);
     assert_same_files(&target, &b);

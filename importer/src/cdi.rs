@@ -23,7 +23,7 @@ use transfer_core::http::{HttpOptions, TlsTrust};
 use transfer_core::open::{dirty_ranges, open_source, SourceOptions, VddkOptions};
 use transfer_core::source::ovirt::Engine;
 use transfer_core::source::stream::Checksum;
-use transfer_core::source::vddk::{loaded_version, Secret};
+use transfer_core::source::vddk::{connected_host, loaded_version, Secret};
 use transfer_core::target::{open_target, TargetOptions};
 use transfer_core::{Error, ErrorKind, Result};
 
@@ -390,13 +390,16 @@ async fn copy_from(
     }
     metrics.finish(GRACE).await;
     let vddk = (source == "vddk").then(|| {
-        let host = sopts
-            .vddk
-            .params
-            .iter()
-            .find(|(k, _)| k == "server")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
+        // The ESXi host VDDK read from, as CDI reports it; the vCenter when VDDK never said.
+        let host = connected_host().unwrap_or_else(|| {
+            sopts
+                .vddk
+                .params
+                .iter()
+                .find(|(k, _)| k == "server")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        });
         (loaded_version().unwrap_or_default(), host)
     });
     Ok(Done {

@@ -14,6 +14,8 @@ use common::*;
 use tempfile::TempDir;
 
 const MIB: u64 = 1 << 20;
+/// The ESXi host the fake VDDK says it opened the disk on.
+const ESX_HOST: &str = "esx-7.example.test";
 
 /// A pod root with CDI's VDDK mount pointing at the fake, and the simulator's VM.
 struct Pod {
@@ -28,7 +30,9 @@ impl Pod {
         for d in ["data", "dev", "opt"] {
             std::fs::create_dir(root.path().join(d)).unwrap();
         }
-        let fake = FakeVddk::new().knob("FAKE_VDDK_PASSWORD", sim.password());
+        let fake = FakeVddk::new()
+            .knob("FAKE_VDDK_PASSWORD", sim.password())
+            .knob("FAKE_VDDK_ESX_HOST", ESX_HOST);
         std::os::unix::fs::symlink(
             fake.libdir(),
             root.path().join("opt/vmware-vix-disklib-distrib"),
@@ -41,12 +45,21 @@ impl Pod {
         self.root.path().join("data/disk.img")
     }
 
-    /// The fake's file for the VM's disk, at `snapshot` if given.
-    fn source_file(&self, snapshot: Option<&str>) -> PathBuf {
-        let f = self.fake.file_of(&self.sim.vm().disk_file);
+    /// The fake's file for the VM's disk as the `nth` snapshot froze it (the base file for the
+    /// first, then its children `vm-00000N.vmdk`, as ESXi names them), at `snapshot`; the base
+    /// file with no snapshot.
+    fn source_file(&self, snapshot: Option<(&str, usize)>) -> PathBuf {
+        let base = &self.sim.vm().disk_file;
+        let name = match snapshot {
+            Some((_, n)) if n > 1 => {
+                format!("{}-{:06}.vmdk", base.trim_end_matches(".vmdk"), n - 1)
+            }
+            _ => base.clone(),
+        };
+        let f = self.fake.file_of(&name);
         std::fs::create_dir_all(f.parent().unwrap()).unwrap();
         match snapshot {
-            Some(s) => PathBuf::from(format!("{}@{s}", f.display())),
+            Some((s, _)) => PathBuf::from(format!("{}@{s}", f.display())),
             None => f,
         }
     }
@@ -105,7 +118,7 @@ fn assert_complete(pod: &Pod) {
     let v: serde_json::Value = serde_json::from_str(&pod.message()).expect("JSON");
     assert_eq!(v["message"], "Import Complete", "{v}");
     assert_eq!(v["vddkInfo"]["Version"], "8.0.3", "{v}");
-    assert_eq!(v["vddkInfo"]["Host"], "127.0.0.1", "{v}");
+    assert_eq!(v["vddkInfo"]["Host"], ESX_HOST, "{v}");
 }
 
 #[test]
@@ -134,7 +147,7 @@ fn a_warm_vddk_import_applies_the_changed_areas_and_refuses_an_out_of_order_chec
     let vm = pod.sim.vm().moref.clone();
     let s1 = pod.sim.create_snapshot(&vm);
     let base = disk_bytes(64 * MIB as usize, 52);
-    write_sparse(&pod.source_file(Some(&s1)), &base);
+    write_sparse(&pod.source_file(Some((&s1, 1))), &base);
     let out = pod.run(Some(&s1), None);
     assert!(out.status.success(), "{}\n{}", out.stderr, pod.message());
     assert_file_holds(&pod.disk(), &base);
@@ -144,13 +157,22 @@ fn a_warm_vddk_import_applies_the_changed_areas_and_refuses_an_out_of_order_chec
     for &(s, l) in &pod.sim.areas() {
         next[s as usize..(s + l) as usize].fill(0x6b);
     }
-    write_sparse(&pod.source_file(Some(&s2)), &next);
+    write_sparse(&pod.source_file(Some((&s2, 2))), &next);
     let reads_before = pod.fake.calls_of("ReadAsync").len();
     let out = pod.run(Some(&s2), Some(&s1));
 
     assert!(out.status.success(), "{}\n{}", out.stderr, pod.message());
     assert_complete(&pod);
     assert_file_holds(&pod.disk(), &next);
+    // IMPORTER_BACKING_FILE names the base file; s2 froze the VM's disk in its first child.
+    let opened = pod.fake.calls_of("Open");
+    assert!(
+        opened.last().unwrap()["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("-000001.vmdk"),
+        "{opened:?}"
+    );
     let read: u64 = pod.fake.calls_of("ReadAsync")[reads_before..]
         .iter()
         .map(|c| c["count"].as_u64().unwrap() * 512)
@@ -164,7 +186,7 @@ fn a_warm_vddk_import_applies_the_changed_areas_and_refuses_an_out_of_order_chec
     // A delta from s1 again, to a third snapshot: s2 was applied last, so it is refused and
     // the disk is left as it is.
     let s3 = pod.sim.create_snapshot(&vm);
-    write_sparse(&pod.source_file(Some(&s3)), &base);
+    write_sparse(&pod.source_file(Some((&s3, 3))), &base);
     let out = pod.run(Some(&s3), Some(&s1));
     assert_eq!(out.status.code(), Some(1));
     assert!(pod.message().contains("out of order"), "{}", pod.message());

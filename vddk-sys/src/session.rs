@@ -95,6 +95,8 @@ enum State {
 static STATE: Mutex<State> = Mutex::new(State::Fresh);
 /// The version VDDK announced in its first log line ("VMware VixDiskLib (8.0.3) Release ...").
 static VERSION: OnceLock<String> = OnceLock::new();
+/// The ESXi host of the last disk opened, from VDDK's "DISKLIB-LINK  : Opened" line.
+static HOST: Mutex<Option<String>> = Mutex::new(None);
 /// The last warning VDDK logged (cleared before the calls that report it).
 static LAST_WARNING: Mutex<Option<String>> = Mutex::new(None);
 
@@ -360,6 +362,23 @@ fn note_version(msg: &str) {
     }
 }
 
+/// The host VDDK opened a disk on, from its log line
+/// "DISKLIB-LINK  : Opened 'vpxa-nfcssl://[ds] vm/vm.vmdk@esx1.example.com:902' (0xa): ...".
+pub fn parse_host(msg: &str) -> Option<String> {
+    let rest = &msg[msg.find("DISKLIB-LINK")?..];
+    let rest = &rest[rest.find("Opened '")? + "Opened '".len()..];
+    let target = &rest[..rest.find("' (0x")?];
+    let at = &target[target.rfind('@')? + 1..];
+    let host = at.rsplit_once(':').map_or(at, |(h, _)| h);
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+/// The ESXi host VDDK last opened a disk on, as its log named it (CDI reports it as
+/// `vddkInfo.Host`).
+pub fn connected_host() -> Option<String> {
+    HOST.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 /// The version in VDDK's banner line, if `msg` is one.
 pub fn parse_version(msg: &str) -> Option<String> {
     let rest = &msg[msg.find("VixDiskLib (")? + "VixDiskLib (".len()..];
@@ -372,6 +391,9 @@ unsafe extern "C" fn log_info(fmt: *const c_char, args: *mut __va_list_tag) {
     // SAFETY: VDDK calls this with a printf format and its matching arguments.
     let msg = unsafe { format_message(fmt, args) };
     note_version(&msg);
+    if let Some(host) = parse_host(&msg) {
+        *HOST.lock().unwrap_or_else(|e| e.into_inner()) = Some(host);
+    }
     tracing::debug!(target: "vddk", "{msg}");
 }
 
@@ -394,6 +416,22 @@ unsafe extern "C" fn log_panic(fmt: *const c_char, args: *mut __va_list_tag) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_comes_from_the_opened_line() {
+        let line = "DISKLIB-LINK  : Opened 'vpxa-nfcssl://[iSCSI_Datastore] test/test.vmdk@esx15.test.lan:902' (0xa): custom, 50331648 sectors / 24 GB.";
+        assert_eq!(parse_host(line).as_deref(), Some("esx15.test.lan"));
+        let short = "DISKLIB-LINK  : Opened 'http://disk@esx:1234' (0xa): custom";
+        assert_eq!(parse_host(short).as_deref(), Some("esx"));
+        assert_eq!(
+            parse_host("DISKLIB-LINK  : Opened 'vpxa-nfcssl://esx' (0xa)"),
+            None
+        );
+        assert_eq!(
+            parse_host("DISKLIB-LIB   : Opened \"x@y:1\" (flags 0xa)"),
+            None
+        );
+    }
 
     #[test]
     fn version_comes_from_the_banner() {

@@ -115,7 +115,21 @@ impl Disk {
             return Err(FILE_NOT_FOUND);
         }
         let size = meta.len();
-        let mode = CString::new(conn.mode()?).map_err(|_| FAIL)?;
+        let mode = conn.mode()?;
+        // Real VDDK names the ESXi host serving the disk in this line; callers (CDI's vddkInfo)
+        // read the host from it.
+        let host = session.knobs.esx_host.as_deref().unwrap_or(&conn.server);
+        session.info(&format!(
+            "DISKLIB-LINK  : Opened '{}://{name}@{host}:902' (0xa): custom, {} sectors / {} MB.\n",
+            if mode.ends_with("ssl") {
+                "vpxa-nfcssl"
+            } else {
+                "vpxa-nfc"
+            },
+            size.div_ceil(SECTOR),
+            size >> 20
+        ));
+        let mode = CString::new(mode).map_err(|_| FAIL)?;
         let shared = Arc::new(Shared {
             session,
             name: name.to_owned(),

@@ -54,6 +54,8 @@ pub struct Knobs {
     pub transports: String,
     /// `FAKE_VDDK_VERSION`: the version InitEx announces.
     pub version: String,
+    /// `FAKE_VDDK_ESX_HOST`: the ESXi host Open reports the disk was opened on.
+    pub esx_host: Option<String>,
 }
 
 impl Knobs {
@@ -88,6 +90,7 @@ impl Knobs {
             thumbprint: text("FAKE_VDDK_THUMBPRINT"),
             transports: text("FAKE_VDDK_TRANSPORTS").unwrap_or_else(|| DEFAULT_TRANSPORTS.into()),
             version: text("FAKE_VDDK_VERSION").unwrap_or_else(|| DEFAULT_VERSION.into()),
+            esx_host: text("FAKE_VDDK_ESX_HOST"),
             raw,
         };
         (knobs, errors)

@@ -33,6 +33,7 @@
 //! | `FAKE_VDDK_THUMBPRINT` | the SHA-1 thumbprint ConnectEx expects (any case); otherwise it fails with 1 | any |
 //! | `FAKE_VDDK_TRANSPORTS` | the transport modes offered, colon-separated | `file:san:hotadd:nbdssl:nbd` |
 //! | `FAKE_VDDK_VERSION` | the version InitEx announces | `8.0.3` |
+//! | `FAKE_VDDK_ESX_HOST` | the ESXi host Open's `DISKLIB-LINK  : Opened '...@HOST:902'` log line names | ConnectEx's server |
 //!
 //! The wire model: a read of `len` bytes occupies its handle's wire for `len / BANDWIDTH`
 //! seconds from when the wire is free, then completes `LATENCY` later. A synchronous read
@@ -50,7 +51,8 @@
 //!   password` (never the password).
 //! - Open picks the handle's transport mode: the first of ConnectEx's `transportModes` (all
 //!   offered ones when NULL) that is offered; when none is, Open fails with 1 and warns `none
-//!   of the requested transport modes (X) is available`.
+//!   of the requested transport modes (X) is available`. It then logs `DISKLIB-LINK  :
+//!   Opened 'vpxa-nfc[ssl]://PATH@HOST:902' (0xa): custom, N sectors / M MB.`, as VDDK does.
 //! - ReadAsync returns `VIX_ASYNC` (25000) and calls the callback from the handle's completion
 //!   thread; a range past the end returns 3 at once, without a callback. Wait returns once
 //!   every callback has returned; Close waits too.

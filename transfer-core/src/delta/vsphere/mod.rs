@@ -328,16 +328,62 @@ pub fn is_snapshot_moref(s: &str) -> bool {
 }
 
 /// Fills in `params.vm` from `params.uuid` through SearchIndex.FindByUuid (instance UUID
-/// first, then BIOS UUID) when only the UUID is given.
+/// first, then BIOS UUID) when only the UUID is given, and then the disk as the VM (or the
+/// snapshot being read) has it now: `params.file` may name the base file of a disk that
+/// snapshots have since moved to a child (`vm.vmdk` -> `vm-000002.vmdk`), as CDI's
+/// `IMPORTER_BACKING_FILE` does.
 pub async fn resolve_vm(params: &mut VddkParams) -> Result<()> {
     let Some(uuid) = params.uuid.clone().filter(|_| params.vm.is_empty()) else {
         return Ok(());
     };
     let c = connect_for(params).await?;
-    let r = c.find_vm_by_uuid(&uuid).await;
+    let r = resolve_with(&c, params, &uuid).await;
     c.logout().await;
-    params.vm = format!("moref={}", r?);
+    r
+}
+
+async fn resolve_with(c: &Client, params: &mut VddkParams, uuid: &str) -> Result<()> {
+    let vm = c.find_vm_by_uuid(uuid).await?;
+    params.vm = format!("moref={vm}");
+    let disk = find_disk(c, params).await?;
+    if disk.file_name != params.file {
+        tracing::info!(
+            named = %params.file,
+            file = %disk.file_name,
+            "vSphere: the disk is now a child of the file named"
+        );
+        params.file = disk.file_name;
+    }
     Ok(())
+}
+
+/// The disk of `params.vm` (at `params.snapshot`, if given) whose backing file or one of its
+/// parents is `params.file`.
+async fn find_disk(c: &Client, params: &VddkParams) -> Result<VirtualDisk> {
+    let vm = params.vm.strip_prefix("moref=").unwrap_or(&params.vm);
+    let disks = match params.snapshot.as_deref() {
+        Some(s) => c.disks("VirtualMachineSnapshot", s).await?,
+        None => c.disks("VirtualMachine", vm).await?,
+    };
+    let exact = disks.iter().position(|d| d.file_name == params.file);
+    let found = exact.or_else(|| disks.iter().position(|d| d.is_backed_by(&params.file)));
+    match found {
+        Some(i) => Ok(disks[i].clone()),
+        None => {
+            let names: Vec<&str> = disks.iter().map(|d| d.file_name.as_str()).collect();
+            let at = params
+                .snapshot
+                .as_deref()
+                .map_or(String::new(), |s| format!(" at {s}"));
+            Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "vSphere: {vm}{at} has no disk {} (it has {names:?})",
+                    params.file
+                ),
+            ))
+        }
+    }
 }
 
 async fn connect_for(params: &VddkParams) -> Result<Client> {
@@ -367,23 +413,7 @@ pub async fn vddk_changed_areas(params: &VddkParams, previous: &str) -> Result<D
 async fn changed_areas_with(c: &Client, params: &VddkParams, previous: &str) -> Result<DeltaSet> {
     let vm = params.vm.strip_prefix("moref=").unwrap_or(&params.vm);
     let snap = params.snapshot.as_deref();
-    let disks = match snap {
-        Some(s) => c.disks("VirtualMachineSnapshot", s).await?,
-        None => c.disks("VirtualMachine", vm).await?,
-    };
-    let disk = disks
-        .iter()
-        .find(|d| d.file_name == params.file)
-        .ok_or_else(|| {
-            let names: Vec<&str> = disks.iter().map(|d| d.file_name.as_str()).collect();
-            Error::new(
-                ErrorKind::NotFound,
-                format!(
-                    "vSphere: {vm} has no disk {} (it has {names:?})",
-                    params.file
-                ),
-            )
-        })?;
+    let disk = find_disk(c, params).await?;
     let change_id = if !is_snapshot_moref(previous) {
         previous.to_owned()
     } else {

@@ -259,6 +259,17 @@ pub struct VirtualDisk {
     pub change_id: Option<String>,
     /// Capacity in bytes.
     pub capacity: u64,
+    /// The backing's parents, nearest first: the files a snapshot froze (`vm.vmdk` under
+    /// `vm-000001.vmdk`).
+    pub parents: Vec<String>,
+}
+
+impl VirtualDisk {
+    /// Whether `file` is this disk's backing file or one of its parents (a controller names
+    /// a disk by its base file; after a snapshot the VM writes to a child of it).
+    pub fn is_backed_by(&self, file: &str) -> bool {
+        self.file_name == file || self.parents.iter().any(|p| p == file)
+    }
 }
 
 /// The virtual disks in a RetrieveProperties(Ex) answer for `config.hardware.device`.
@@ -296,8 +307,15 @@ pub fn virtual_disks(answer: &Node) -> Result<Vec<VirtualDisk>> {
                         .and_then(|k| (k as u64).checked_mul(1024))
                         .ok_or_else(|| bad(what, format!("disk {key} without capacity")))?,
                 };
+                let mut parents = Vec::new();
+                let mut up = backing.child("parent");
+                while let Some(p) = up {
+                    parents.push(p.text_of("fileName").unwrap_or("").to_owned());
+                    up = p.child("parent");
+                }
                 out.push(VirtualDisk {
                     key,
+                    parents,
                     file_name: backing.text_of("fileName").unwrap_or("").to_owned(),
                     change_id: backing
                         .text_of("changeId")
@@ -402,6 +420,18 @@ mod tests {
         );
         assert_eq!(d[0].capacity, 1 << 20);
         assert_eq!((d[1].change_id.as_deref(), d[1].capacity), (None, 2 << 20));
+        assert!(d[0].parents.is_empty());
+    }
+
+    #[test]
+    fn a_disk_after_snapshots_is_backed_by_its_parents() {
+        let a = answer(
+            r#"<RetrievePropertiesExResponse xmlns="urn:vim25"><returnval><objects><propSet><val><VirtualDevice xsi:type="VirtualDisk"><key>2000</key><backing><fileName>[ds] vm/vm-000002.vmdk</fileName><parent><fileName>[ds] vm/vm-000001.vmdk</fileName><parent><fileName>[ds] vm/vm.vmdk</fileName></parent></parent></backing><capacityInBytes>1048576</capacityInBytes></VirtualDevice></val></propSet></objects></returnval></RetrievePropertiesExResponse>"#,
+        );
+        let d = &virtual_disks(&a).unwrap()[0];
+        assert_eq!(d.parents, ["[ds] vm/vm-000001.vmdk", "[ds] vm/vm.vmdk"]);
+        assert!(d.is_backed_by("[ds] vm/vm.vmdk") && d.is_backed_by("[ds] vm/vm-000002.vmdk"));
+        assert!(!d.is_backed_by("[ds] vm/other.vmdk"));
     }
 
     #[test]

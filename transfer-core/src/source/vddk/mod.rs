@@ -117,6 +117,11 @@ pub fn loaded_version() -> Option<String> {
     session::current_version()
 }
 
+/// The ESXi host VDDK last opened a disk on, as VDDK's log named it.
+pub fn connected_host() -> Option<String> {
+    session::connected_host()
+}
+
 /// Ends this process's VDDK session (`VixDiskLib_Exit`) if it has one, once its handles have
 /// closed. Call it before the process exits; VDDK cannot be used afterwards.
 pub fn shutdown() {

@@ -21,7 +21,7 @@ use transfer_core::delta::DeltaSet;
 use transfer_core::engine::{copy, CopyOptions, Progress};
 use transfer_core::http::{HttpOptions, TlsTrust};
 use transfer_core::open::{dirty_ranges, open_source, SourceOptions, VddkOptions};
-use transfer_core::source::ovirt::Engine;
+use transfer_core::source::ovirt::{Engine, KeepAlive};
 use transfer_core::source::stream::Checksum;
 use transfer_core::source::vddk::{connected_host, loaded_version, Secret};
 use transfer_core::target::{open_target, TargetOptions};
@@ -210,7 +210,7 @@ async fn import(paths: &Paths) -> Result<Done> {
     };
     let mut checkpoints = (None, None);
     // An oVirt image transfer is finalized when the copy succeeds and cancelled otherwise.
-    let mut transfer: Option<(Engine, String)> = None;
+    let mut transfer: Option<(Engine, String, KeepAlive)> = None;
     let uri = match source.as_str() {
         "none" => {
             let size = requested
@@ -237,7 +237,8 @@ async fn import(paths: &Paths) -> Result<Done> {
             .await?;
             let t = engine.start_download(&need("IMPORTER_DISK_ID")?).await?;
             let url = format!("imageio+{}", t.url.clone().unwrap_or_default());
-            transfer = Some((engine, t.id));
+            let keep = engine.keep_alive(&t)?;
+            transfer = Some((engine, t.id, keep));
             url
         }
         "vddk" => {
@@ -270,8 +271,9 @@ async fn import(paths: &Paths) -> Result<Done> {
         preallocation,
     };
     let r = copy_from(paths, &job, &mut sopts, &metrics).await;
-    if let Some((engine, id)) = &transfer {
-        if let Err(e) = engine.end(id, r.is_ok()).await {
+    if let Some((engine, id, keep)) = transfer {
+        drop(keep);
+        if let Err(e) = engine.end(&id, r.is_ok()).await {
             if r.is_ok() {
                 return Err(e.context_prefix("finalizing the image transfer"));
             }
@@ -373,7 +375,7 @@ async fn copy_from(
     // removed and (for imageio) the transfer is cancelled, like any other failure.
     let r = tokio::select! {
         r = copy(src, target, &opts) => r,
-        () = terminated() => Err(Error::new(ErrorKind::Io, "import terminated by SIGTERM")),
+        () = transfer_core::pod::sigterm() => Err(Error::new(ErrorKind::Io, "import terminated by SIGTERM")),
     };
     follower.abort();
     let stats = match r {
@@ -406,16 +408,6 @@ async fn copy_from(
         preallocation,
         vddk,
     })
-}
-
-/// Resolves when the process receives SIGTERM (never, if the handler cannot be installed).
-async fn terminated() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut s) => {
-            s.recv().await;
-        }
-        Err(_) => std::future::pending::<()>().await,
-    }
 }
 
 /// The usable bytes of the filesystem volume that holds `target`.

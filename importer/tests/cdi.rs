@@ -5,6 +5,8 @@
 mod common;
 mod keystone;
 
+use common::metrics::{assert_progress_done, scrape_until_exit};
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -218,24 +220,11 @@ fn the_block_volume_is_used_when_it_exists() {
     );
 }
 
-/// The value in `text` as CDI's controller reads it:
-/// `kubevirt_cdi_import_progress_total\{ownerUID="UID"\} (\d{1,3}\.?\d*)`.
-fn cdi_progress(text: &str, uid: &str) -> Option<f64> {
-    let prefix = format!("kubevirt_cdi_import_progress_total{{ownerUID=\"{uid}\"}} ");
-    let value = text.lines().find_map(|l| l.strip_prefix(prefix.as_str()))?;
-    let int = value.split('.').next().unwrap_or("");
-    let plain = value.chars().all(|c| c.is_ascii_digit() || c == '.')
-        && (1..=3).contains(&int.len())
-        && value.matches('.').count() <= 1;
-    assert!(plain, "not a plain decimal percentage: {value:?}");
-    value.parse().ok()
-}
-
 #[test]
 fn progress_is_scraped_over_https_and_reaches_100_before_exit() {
     let pod = Pod::new();
     let uid = "0b0e2a6c-5f1d-4f5e-9a6b-0c1d2e3f4a5b";
-    let mut child = Command::new(env!("CARGO_BIN_EXE_importer"))
+    let child = Command::new(env!("CARGO_BIN_EXE_importer"))
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("FERRY_CDI_ROOT", pod.root.path())
@@ -250,30 +239,16 @@ fn progress_is_scraped_over_https_and_reaches_100_before_exit() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting importer");
-    let addr_file = pod.root.path().join("metrics-addr");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let mut seen = Vec::new();
-    while seen.last() != Some(&100.0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never saw 100: {seen:?}"
-        );
-        if let Ok(addr) = std::fs::read_to_string(&addr_file) {
-            let out = Command::new("curl")
-                .args(["-sk", &format!("https://{addr}/metrics")])
-                .output()
-                .expect("running curl");
-            if let Some(v) = cdi_progress(&String::from_utf8_lossy(&out.stdout), uid) {
-                seen.push(v);
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
 
-    let status = child.wait().unwrap();
-    assert!(status.success());
+    let (out, scrapes) = scrape_until_exit(child, &pod.root.path().join("metrics-addr"));
+
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     complete(&pod, true);
-    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "monotonic: {seen:?}");
+    assert_progress_done(&scrapes, &["kubevirt_cdi_import_progress_total"], uid);
 }
 
 /// CDI's variables for an imageio import of disk-1 through the engine at `api`.
@@ -327,6 +302,10 @@ fn an_ovirt_disk_is_imported_through_an_image_transfer_and_finalized() {
         "{calls:?}"
     );
     assert!(!out.stderr.contains("engine-pw") && !pod.message().contains("engine-pw"));
+    assert!(
+        calls.iter().any(|c| c == "inactivity_timeout=300"),
+        "the transfer asks for room to idle: {calls:?}"
+    );
 }
 
 #[test]

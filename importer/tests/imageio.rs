@@ -587,3 +587,40 @@ fn read_gaps_reads_short_zero_runs_with_the_data_and_keeps_the_target_sparse() {
         "the zeros read are not written: {allocated} bytes allocated"
     );
 }
+
+/// The engine pauses a transfer whose ticket has been idle (the daemon's `idle_time`) longer
+/// than its inactivity timeout; the oVirt importers' keep-alive touches the ticket while the
+/// copy is busy elsewhere, and stops touching it once dropped.
+#[test]
+fn the_transfer_keep_alive_keeps_an_idle_ticket_fresh_until_dropped() {
+    if !require_imageio() {
+        return;
+    }
+    let dir = tempdir();
+    let file = dir.path().join("disk.raw");
+    write_file(&file, &[0u8; 4096]);
+    let daemon = Imageio::start(false);
+    daemon.add_ticket(&Ticket {
+        id: "idle",
+        size: 4096,
+        url: format!("file://{}", s(&file)),
+        timeout: 300,
+        dirty: false,
+    });
+    let idle = || daemon.ticket_info("idle")["idle_time"].as_f64().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_rt = rt.enter();
+    let http = transfer_core::http::HttpClient::new(&HttpOptions::default()).unwrap();
+    let url = url::Url::parse(&daemon.url("idle")).unwrap();
+
+    let keep =
+        transfer_core::source::ovirt::KeepAlive::start(http, url, Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(3500));
+    let kept = idle();
+    drop(keep);
+    std::thread::sleep(Duration::from_millis(3500));
+    let left = idle();
+
+    assert!(kept <= 1.0, "idle {kept} s while kept alive");
+    assert!(left >= 2.0, "idle {left} s after the keep-alive stopped");
+}

@@ -241,7 +241,12 @@ async fn populate(
         progress: Some(progress),
         ..CopyOptions::default()
     };
-    let r = copy(src, target, &copts).await;
+    // Kubernetes stops a pod with SIGTERM: the copy ends there as a failure (and an oVirt
+    // transfer is cancelled); Forklift recreates the pod to start again.
+    let r = tokio::select! {
+        r = copy(src, target, &copts) => r,
+        () = transfer_core::pod::sigterm() => Err(Error::new(ErrorKind::Io, "population terminated by SIGTERM")),
+    };
     follower.abort();
     r?;
     metrics.finish(GRACE).await;
@@ -285,6 +290,7 @@ async fn ovirt(flags: &Flags) -> Result<()> {
     };
     let engine = Engine::login(&api, &need("user")?, &need("password")?, &opts).await?;
     let t = engine.start_download(disk).await?;
+    let keep = engine.keep_alive(&t)?;
     let r = async {
         let url = format!("imageio+{}", t.url.clone().unwrap_or_default());
         let sopts = SourceOptions {
@@ -295,6 +301,7 @@ async fn ovirt(flags: &Flags) -> Result<()> {
         populate(src, &volume, pvc_size, &metrics).await
     }
     .await;
+    drop(keep);
     if let Err(e) = engine.end(&t.id, r.is_ok()).await {
         if r.is_ok() {
             return Err(e.context_prefix("finalizing the image transfer"));

@@ -6,12 +6,14 @@
 
 #[path = "../../importer/tests/keystone/mod.rs"]
 mod keystone;
+#[path = "../../importer/tests/common/metrics.rs"]
+mod metrics;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use keystone::{serve, PASSWORD};
+use metrics::{assert_progress_done, scrape_until_exit};
 
 const UID: &str = "7d3c9a1e-0000-4000-8000-000000000001";
 
@@ -31,14 +33,6 @@ fn secret(password: &str) -> Vec<(&'static str, String)> {
         ("domainName", "Default".into()),
         ("regionName", "RegionOne".into()),
     ]
-}
-
-/// Value of `name{ownerUID="UID"}` in `text`, read as Forklift's regex reads it.
-fn progress(text: &str, name: &str) -> Option<f64> {
-    let prefix = format!("{name}{{ownerUID=\"{UID}\"}} ");
-    let v = text.lines().find_map(|l| l.strip_prefix(prefix.as_str()))?;
-    assert!(v.chars().all(|c| c.is_ascii_digit() || c == '.'), "{v:?}");
-    v.parse().ok()
 }
 
 fn run(
@@ -73,23 +67,7 @@ fn run(
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     let child = cmd.spawn().expect("starting the populator");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut scrapes = Vec::new();
-    let mut child = child;
-    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        if let Ok(addr) = std::fs::read_to_string(addr_file) {
-            let out = Command::new("curl")
-                .args(["-sk", &format!("https://{addr}/metrics")])
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            if !text.is_empty() {
-                scrapes.push(text);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (child.wait_with_output().unwrap(), scrapes)
+    scrape_until_exit(child, addr_file)
 }
 
 #[test]
@@ -115,22 +93,14 @@ fn openstack_populator_writes_the_image_as_it_is_and_reports_progress() {
         "an unknown flag is a warning: {err}"
     );
     assert_eq!(std::fs::read(&volume).unwrap(), image());
-    let last = scrapes.last().expect("scraped at least once");
-    assert_eq!(
-        progress(last, "openstack_populator_progress"),
-        Some(100.0),
-        "{last}"
+    assert_progress_done(
+        &scrapes,
+        &[
+            "openstack_populator_progress",
+            "kubevirt_cdi_openstack_populator_progress_total",
+        ],
+        UID,
     );
-    assert_eq!(
-        progress(last, "kubevirt_cdi_openstack_populator_progress_total"),
-        Some(100.0),
-        "{last}"
-    );
-    let seen: Vec<f64> = scrapes
-        .iter()
-        .filter_map(|t| progress(t, "openstack_populator_progress"))
-        .collect();
-    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "monotonic: {seen:?}");
 }
 
 #[test]

@@ -13,6 +13,7 @@ pub mod http;
 pub mod io;
 pub mod metrics;
 pub mod open;
+pub mod pod;
 pub mod size;
 pub mod source;
 pub mod sys;

@@ -183,6 +183,22 @@ impl Imageio {
         format!("{scheme}://127.0.0.1:{}/images/{id}", self.port)
     }
 
+    /// The ticket `id` as the control API shows it (`GET /tickets/ID`): its `idle_time`,
+    /// `active`, `expires`, ... (the fields the engine watches).
+    pub fn ticket_info(&self, id: &str) -> serde_json::Value {
+        let mut c = TcpStream::connect(("127.0.0.1", self.control)).expect("control API");
+        write!(
+            c,
+            "GET /tickets/{id} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .expect("asking for the ticket");
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).expect("reading the answer");
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("ticket {id}: {e}: {answer}\n{}", self.logs()))
+    }
+
     /// Adds `t` with `PUT /tickets/ID` on the control API (read-only ticket).
     pub fn add_ticket(&self, t: &Ticket) {
         let body = format!(

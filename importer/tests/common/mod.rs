@@ -656,5 +656,8 @@ pub mod imageio;
 /// ferry's fake VDDK (`vddk-sys/fake`) set up for the VDDK source tests.
 pub mod vddk;
 
+/// Scraping progress metrics over HTTPS as the controllers read them.
+pub mod metrics;
+
 /// govmomi's vCenter simulator with changed-block tracking (`.peers/bin/vcsim-ferry`).
 pub mod vcsim;

@@ -185,7 +185,8 @@ pub fn serve(data: Vec<u8>) -> String {
 /// reference: `POST /ovirt-engine/sso/oauth/token` (password grant) gives a bearer token;
 /// `POST /ovirt-engine/api/imagetransfers` creates a transfer in phase `initializing`, which the
 /// next `GET` shows `transferring` with `transfer_url` (the real imageio daemon's ticket);
-/// `finalize` and `cancel` end it. Returns the API URL and the log of calls.
+/// `finalize` and `cancel` end it. Returns the API URL and the log of calls (with a line
+/// `inactivity_timeout=N` for what the transfer asked for).
 pub fn ovirt_engine(
     transfer_url: String,
 ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
@@ -196,6 +197,7 @@ pub fn ovirt_engine(
     let log = calls.clone();
     std::thread::spawn(move || {
         let mut polls = 0;
+        let mut inactivity = 60;
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
             let Some(req) = read_request(&mut s) else {
@@ -236,6 +238,11 @@ pub fn ovirt_engine(
                     let body: serde_json::Value =
                         serde_json::from_slice(&req.body).unwrap_or_default();
                     let ok = body["disk"]["id"] == "disk-1" && body["direction"] == "download";
+                    // The engine keeps what the client asked for (60 s when it did not ask).
+                    inactivity = body["inactivity_timeout"].as_u64().unwrap_or(60);
+                    log.lock()
+                        .unwrap()
+                        .push(format!("inactivity_timeout={inactivity}"));
                     if ok {
                         respond(
                             &mut s,
@@ -257,7 +264,7 @@ pub fn ovirt_engine(
                     let v = if polls < 2 {
                         serde_json::json!({"id": "xfer-1", "phase": "initializing"})
                     } else {
-                        serde_json::json!({"id": "xfer-1", "phase": "transferring", "transfer_url": transfer_url})
+                        serde_json::json!({"id": "xfer-1", "phase": "transferring", "transfer_url": transfer_url, "inactivity_timeout": inactivity})
                     };
                     respond(&mut s, "200 OK", &ct, &json(v));
                 }

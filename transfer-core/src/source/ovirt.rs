@@ -3,6 +3,12 @@
 //! download, raw), polled until it is `transferring`, whose `transfer_url` the imageio source
 //! reads; then `finalize` on success or `cancel` on failure. JSON throughout, as the REST API
 //! accepts it. Parsing is apart from I/O; the token never appears in a message.
+//!
+//! The engine pauses a transfer whose imageio ticket has been idle longer than the transfer's
+//! `inactivity_timeout` (60 s unless the client asks for more). A copy can be idle that long
+//! while its target catches up (a slow volume, a long flush), so the transfer asks for
+//! [`INACTIVITY_TIMEOUT`] and [`KeepAlive`] touches the ticket (`OPTIONS`, which the daemon
+//! answers without I/O) at a quarter of whatever timeout the engine granted.
 
 use std::time::Duration;
 
@@ -16,6 +22,10 @@ use crate::http::{read_bounded, redact, HttpClient, HttpOptions, MAX_ANSWER};
 
 /// How long a transfer may take to reach `transferring`.
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The inactivity timeout asked for, in seconds: long enough for a stalled target, short
+/// enough that a transfer whose importer died is released within minutes.
+pub const INACTIVITY_TIMEOUT: u64 = 300;
 
 fn bad(what: &str, why: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::Protocol, format!("oVirt engine {what}: {why}"))
@@ -40,6 +50,8 @@ pub struct Transfer {
     pub phase: String,
     /// The imageio URL on the host (`transfer_url`), or the proxy's when there is none.
     pub url: Option<String>,
+    /// The inactivity timeout the engine granted, in seconds, when it says.
+    pub inactivity_timeout: Option<u64>,
 }
 
 /// Reads an image transfer from its JSON.
@@ -50,6 +62,10 @@ pub fn parse_transfer(body: &[u8]) -> Result<Transfer> {
         id: s("id").ok_or_else(|| bad("image transfer", "no id"))?,
         phase: s("phase").ok_or_else(|| bad("image transfer", "no phase"))?,
         url: s("transfer_url").or_else(|| s("proxy_url")),
+        inactivity_timeout: v["inactivity_timeout"]
+            .as_u64()
+            .or_else(|| v["inactivity_timeout"].as_str()?.parse().ok())
+            .filter(|t| *t > 0),
     })
 }
 
@@ -152,8 +168,12 @@ impl Engine {
 
     /// Creates a raw download transfer of `disk` and waits until it is transferring.
     pub async fn start_download(&self, disk: &str) -> Result<Transfer> {
-        let body =
-            serde_json::json!({"disk": {"id": disk}, "direction": "download", "format": "raw"});
+        let body = serde_json::json!({
+            "disk": {"id": disk},
+            "direction": "download",
+            "format": "raw",
+            "inactivity_timeout": INACTIVITY_TIMEOUT,
+        });
         let mut t = parse_transfer(
             &self
                 .call(Method::POST, "imagetransfers", Some(body))
@@ -195,6 +215,18 @@ impl Engine {
         Ok(t)
     }
 
+    /// Keeps the ticket of the transferring `t` from idling out until the result is dropped.
+    pub fn keep_alive(&self, t: &Transfer) -> Result<KeepAlive> {
+        let url = t.url.as_deref().unwrap_or_default();
+        let url = Url::parse(url).map_err(|e| bad("transfer URL", e))?;
+        let timeout = t.inactivity_timeout.unwrap_or(60);
+        Ok(KeepAlive::start(
+            self.http.clone(),
+            url,
+            Duration::from_millis(timeout * 1000 / 4).max(Duration::from_millis(250)),
+        ))
+    }
+
     /// Finalizes (`ok`) or cancels the transfer `id`.
     pub async fn end(&self, id: &str, ok: bool) -> Result<()> {
         let action = if ok { "finalize" } else { "cancel" };
@@ -205,6 +237,45 @@ impl Engine {
         )
         .await
         .map(|_| ())
+    }
+}
+
+/// Touches an imageio ticket every so often (`OPTIONS` on its URL), which resets the ticket's
+/// idle time that the engine watches. Stops when dropped. A failed touch is only logged: the
+/// copy's own requests report a ticket that is gone.
+pub struct KeepAlive {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl KeepAlive {
+    /// Touches `url` through `http` every `every`, starting one period from now.
+    pub fn start(http: HttpClient, url: Url, every: Duration) -> KeepAlive {
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match http
+                    .send_with(Method::OPTIONS, &url, None, None, &HeaderMap::new())
+                    .await
+                {
+                    Ok((resp, at)) if !resp.status().is_success() => tracing::warn!(
+                        status = resp.status().as_u16(),
+                        "imageio keep-alive: {} refused the ticket",
+                        redact(&at)
+                    ),
+                    Ok(_) => tracing::trace!("imageio keep-alive"),
+                    Err(e) => tracing::debug!("imageio keep-alive failed: {e}"),
+                }
+            }
+        });
+        KeepAlive { task }
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -223,6 +294,15 @@ mod tests {
         assert_eq!(t.url.as_deref(), Some("https://h:54322/images/x"));
         let t = parse_transfer(br#"{"id":"t1","phase":"initializing"}"#).unwrap();
         assert_eq!((t.phase.as_str(), t.url), ("initializing", None));
+        assert_eq!(t.inactivity_timeout, None);
+        for granted in [
+            r#""inactivity_timeout":120"#,
+            r#""inactivity_timeout":"120""#,
+        ] {
+            let body = format!(r#"{{"id":"t1","phase":"transferring",{granted}}}"#);
+            let t = parse_transfer(body.as_bytes()).unwrap();
+            assert_eq!(t.inactivity_timeout, Some(120), "{body}");
+        }
         assert!(parse_transfer(b"[]").is_err());
     }
 }

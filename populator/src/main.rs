@@ -5,6 +5,10 @@
 //! progress served over HTTPS :8443 under Forklift's and CDI's names. `populator ovirt` (or
 //! `ovirt-populator`) downloads an oVirt disk through an engine image transfer and imageio.
 //!
+//! Called `populator` with flags only (one image serving as both of Forklift's populator
+//! images, whose pods pass arguments and no command), `--engine-url` means ovirt and
+//! `--image-id` openstack.
+//!
 //! Arguments are parsed by hand, Go-flag style (`-flag=value`, `--flag value`): Forklift may
 //! add flags in future versions, and an unknown one is a warning, not a failure.
 
@@ -92,6 +96,15 @@ impl Flags {
             .filter(|v| !v.is_empty())
     }
 
+    /// The populator these flags are for: `--engine-url` is oVirt's, `--image-id` OpenStack's.
+    fn implied_kind(&self) -> Option<&'static str> {
+        match (self.get("engine-url"), self.get("image-id")) {
+            (Some(_), None) => Some("ovirt"),
+            (None, Some(_)) => Some("openstack"),
+            _ => None,
+        }
+    }
+
     fn need(&self, k: &str) -> Result<&str> {
         self.get(k)
             .ok_or_else(|| Error::new(ErrorKind::InvalidInput, format!("--{k} is required")))
@@ -119,6 +132,13 @@ fn main() -> ExitCode {
         _ => String::new(),
     };
     let flags = Flags::parse(&args);
+    // One image can serve both of Forklift's populator images, whose pods pass arguments only:
+    // without a name or subcommand, the flags tell which populator is meant.
+    let kind = if kind.is_empty() {
+        flags.implied_kind().unwrap_or_default().to_owned()
+    } else {
+        kind
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -336,5 +356,16 @@ mod tests {
         assert_eq!(f.get("pvc-size"), Some("1073741824"));
         assert_eq!(f.get("future-flag"), None);
         assert!(f.need("endpoint").is_err());
+        assert_eq!(f.implied_kind(), None);
+    }
+
+    #[test]
+    fn the_flags_tell_which_populator_is_meant() {
+        let ovirt = Flags::parse(&args(&["--engine-url=https://e", "--disk-id=d"]));
+        assert_eq!(ovirt.implied_kind(), Some("ovirt"));
+        let openstack = Flags::parse(&args(&["--endpoint=https://k/v3", "--image-id=i"]));
+        assert_eq!(openstack.implied_kind(), Some("openstack"));
+        let both = Flags::parse(&args(&["--engine-url=https://e", "--image-id=i"]));
+        assert_eq!(both.implied_kind(), None);
     }
 }

@@ -125,3 +125,28 @@ fn called_as_openstack_populator_it_needs_no_subcommand_and_fails_cleanly() {
     assert!(err.contains("401"), "{err}");
     assert!(!err.contains("wrong-password"), "{err}");
 }
+
+/// Forklift's populator pods pass arguments only (the image's entrypoint is the command): one
+/// image with `populator` as its entrypoint serves as the openstack populator image too.
+#[test]
+fn without_a_name_or_subcommand_the_flags_choose_openstack() {
+    let keystone = serve(image());
+    let dir = tempfile::tempdir().unwrap();
+    let volume = dir.path().join("disk.img");
+
+    let (out, _) = run(
+        Path::new(env!("CARGO_BIN_EXE_populator")),
+        None,
+        &keystone,
+        &volume,
+        &secret(PASSWORD),
+        &dir.path().join("addr"),
+    );
+
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&volume).unwrap(), image());
+}

@@ -246,6 +246,17 @@ async fn import(paths: &Paths) -> Result<Done> {
                 env("IMPORTER_CURRENT_CHECKPOINT"),
                 env("IMPORTER_PREVIOUS_CHECKPOINT"),
             );
+            // CDI marks the cutover delta (taken from the stopped VM) as final; the copy is
+            // the same, so it is only checked and logged.
+            match env("IMPORTER_FINAL_CHECKPOINT").as_deref() {
+                None | Some("false") => {}
+                Some("true") => tracing::info!("final checkpoint: this delta is the cutover"),
+                Some(other) => {
+                    return Err(invalid(format!(
+                        "IMPORTER_FINAL_CHECKPOINT must be true or false, not '{other}'"
+                    )))
+                }
+            }
             sopts.vddk = vddk_options(paths, checkpoints.0.as_deref())?;
             "vddk:///".to_owned()
         }

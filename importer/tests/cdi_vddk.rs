@@ -90,6 +90,9 @@ impl Pod {
             .stdin(Stdio::null());
         if let Some(c) = current {
             cmd.env("IMPORTER_CURRENT_CHECKPOINT", c);
+            // As CDI sets it: the first copy is not final, a delta here is the cutover.
+            let last = if previous.is_some() { "true" } else { "false" };
+            cmd.env("IMPORTER_FINAL_CHECKPOINT", last);
         }
         if let Some(p) = previous {
             cmd.env("IMPORTER_PREVIOUS_CHECKPOINT", p);

@@ -338,7 +338,12 @@ fn stalling_server() -> String {
                 let n = s.read(&mut req).unwrap_or(0);
                 let head = String::from_utf8_lossy(&req[..n]).into_owned();
                 let _ = s.write_all(
-                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", 64 * MIB).as_bytes(),
+                    // One request per connection, and it says so.
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        64 * MIB
+                    )
+                    .as_bytes(),
                 );
                 if head.starts_with("GET") {
                     let _ = s.write_all(&vec![0x42u8; MIB]);

@@ -35,6 +35,24 @@ pub enum ErrorKind {
     Mismatch,
     /// The source allows no more connections right now (another handle may be tried later).
     Busy,
+    /// The server refused the credentials or the request (HTTP 401/403, a refused login).
+    Denied,
+}
+
+impl ErrorKind {
+    /// Whether trying again (after reconnecting) may succeed: network and server trouble, not
+    /// refusals, missing objects, bad input, malformed answers or wrong data. (A connection
+    /// cut in the middle of an answer is `Disconnected`, not `Protocol`.)
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Connect
+                | ErrorKind::Server
+                | ErrorKind::Io
+                | ErrorKind::Disconnected
+                | ErrorKind::Busy
+        )
+    }
 }
 
 /// ferry's error: `kind` + `context` + optional `source`.

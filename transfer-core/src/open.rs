@@ -11,6 +11,7 @@ use crate::source::glance::{GlanceAuth, GlanceSource};
 use crate::source::http::HttpSource;
 use crate::source::imageio::{ImageioSource, Transport};
 use crate::source::nbd::{NbdSource, NbdUri};
+use crate::source::retry::{RetryPolicy, RetrySource, RetryStats};
 use crate::source::synth::SynthSource;
 use crate::source::vddk::{Secret, VddkParams, VddkSource};
 use crate::source::BlockSource;
@@ -38,6 +39,10 @@ pub struct SourceOptions {
     /// The checkpoint [`dirty_ranges`] counts changes from, for vSphere (`vddk://`): a disk
     /// change id, or the moref of the snapshot whose change id to start from.
     pub changed_since: Option<String>,
+    /// How failed reads are retried on fresh handles ([`RetrySource`]).
+    pub retry: RetryPolicy,
+    /// What the retries did, shared by every handle of the source.
+    pub retry_stats: Arc<RetryStats>,
 }
 
 /// What a `vddk://` source takes besides its URL.
@@ -99,6 +104,8 @@ impl Default for SourceOptions {
             vddk: VddkOptions::default(),
             nbd_dirty_bitmap: None,
             changed_since: None,
+            retry: RetryPolicy::default(),
+            retry_stats: Arc::default(),
         }
     }
 }
@@ -166,8 +173,14 @@ pub async fn dirty_ranges(uri: &str, opts: &SourceOptions) -> Result<Vec<(u64, u
     }
 }
 
-/// Opens the source named by `uri`.
+/// Opens the source named by `uri`, its transient read failures retried as `opts.retry` says.
 pub async fn open_source(uri: &str, opts: &SourceOptions) -> Result<Arc<dyn BlockSource>> {
+    let src = open_plain(uri, opts).await?;
+    Ok(RetrySource::wrap(src, opts.retry, opts.retry_stats.clone()))
+}
+
+/// Opens the source named by `uri`, without retries.
+async fn open_plain(uri: &str, opts: &SourceOptions) -> Result<Arc<dyn BlockSource>> {
     if !uri.contains("://") {
         return Ok(Arc::new(FileSource::open(Path::new(uri))?));
     }

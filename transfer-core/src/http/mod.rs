@@ -290,6 +290,7 @@ impl HttpClient {
         if !st.is_success() {
             let kind = match st {
                 StatusCode::NOT_FOUND | StatusCode::GONE => ErrorKind::NotFound,
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ErrorKind::Denied,
                 _ => ErrorKind::Server,
             };
             let reason = st.canonical_reason().unwrap_or("");

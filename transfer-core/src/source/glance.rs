@@ -277,7 +277,7 @@ impl GlanceSource {
             StatusCode::CREATED | StatusCode::OK => {}
             StatusCode::UNAUTHORIZED => {
                 return Err(Error::new(
-                    ErrorKind::Server,
+                    ErrorKind::Denied,
                     format!(
                         "Keystone {}: HTTP 401 Unauthorized: the credentials were refused",
                         redact(&keystone)

@@ -14,6 +14,7 @@ pub mod http;
 pub mod imageio;
 pub mod nbd;
 pub mod ovirt;
+pub mod retry;
 pub mod stream;
 pub mod synth;
 pub mod vddk;

@@ -314,7 +314,24 @@ impl Connection {
         let r = w.write_all(&hdr).await;
         let _ = w.shutdown().await;
         self.reader.abort();
+        self.fail_pending("disconnected by the client");
         r.map_err(|e| Error::io(format!("{}: sending disconnect", self.desc), e))
+    }
+
+    /// Fails every request still waiting for a reply, and every later one, with `why`: once
+    /// the reader is stopped no reply can come, and a waiter must not wait forever.
+    fn fail_pending(&self, why: &str) {
+        let msg = format!("{}: {why}", self.desc);
+        let ops: Vec<Op> = {
+            let mut sh = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            if sh.dead.is_none() {
+                sh.dead = Some((ErrorKind::Disconnected, msg.clone()));
+            }
+            sh.ops.drain().map(|(_, op)| op).collect()
+        };
+        for op in ops {
+            op.fail(Error::new(ErrorKind::Disconnected, msg.clone()));
+        }
     }
 
     async fn wait<T>(&self, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
@@ -336,6 +353,7 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.reader.abort();
+        self.fail_pending("connection dropped");
     }
 }
 

@@ -125,6 +125,22 @@ impl DeltaArgs {
         forget(&path)
     }
 
+    /// Where the resume journal of a copy into `target` is kept: next to the state file when
+    /// one is named, else next to the target (`TARGET.ferry-journal`; a block device needs
+    /// --state-file).
+    pub fn journal_path(&self, target: &Path) -> Result<PathBuf> {
+        let base = match &self.state_file {
+            Some(p) => p.clone(),
+            None => {
+                self.state_path(target)?;
+                target.to_owned()
+            }
+        };
+        let mut p = base.into_os_string();
+        p.push(".ferry-journal");
+        Ok(PathBuf::from(p))
+    }
+
     fn state_path(&self, target: &Path) -> Result<PathBuf> {
         if let Some(p) = &self.state_file {
             return Ok(p.clone());

@@ -8,17 +8,20 @@ mod vddk_args;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use delta_args::DeltaArgs;
+use transfer_core::engine::journal::identity;
 use transfer_core::engine::verify::{verify, VerifyOptions, VerifyResult};
-use transfer_core::engine::{copy, CopyOptions, Progress};
+use transfer_core::engine::{copy, CopyOptions, Journal, Progress};
 use transfer_core::http::{HttpOptions, Thumbprint, TlsTrust};
 use transfer_core::io::IoEngineKind;
 use transfer_core::open::{dirty_ranges, open_source, SourceOptions};
 use transfer_core::size::parse_size;
+use transfer_core::source::retry::RetryPolicy;
 use transfer_core::source::stream::Checksum;
 use transfer_core::target::{open_target, target_path, TargetOptions};
 use vddk_args::VddkArgs;
@@ -71,6 +74,29 @@ struct Tuning {
     /// for imageio and ranged HTTP).
     #[arg(long, value_parser = size_arg)]
     request_size: Option<u64>,
+    /// Times a failed read is tried again on a fresh connection (0: never). Refusals (403,
+    /// 404, a refused login), bad data and checksum mismatches are never retried.
+    #[arg(long, default_value_t = 5)]
+    retries: u32,
+    /// Seconds before the first retry; each further one waits twice as long, up to 30 s.
+    #[arg(long, default_value_t = 1.0, value_parser = seconds_arg)]
+    retry_delay: f64,
+}
+
+impl Tuning {
+    fn retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            retries: self.retries,
+            delay: std::time::Duration::from_secs_f64(self.retry_delay),
+        }
+    }
+}
+
+fn seconds_arg(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}' is not a number of seconds from 0 to 3600")),
+    }
 }
 
 #[derive(Args)]
@@ -189,6 +215,11 @@ struct CopyArgs {
     /// Show progress (a bar on a terminal, log lines otherwise).
     #[arg(long)]
     progress: bool,
+    /// Keep a journal of the finished work ranges (TARGET.ferry-journal, or next to
+    /// --state-file), so that a copy run again after an interruption skips what is on the
+    /// target already. The journal is removed when the copy completes.
+    #[arg(long)]
+    resume: bool,
     /// Read zero runs shorter than SIZE together with the data around them (default 0: zero
     /// ranges are never read). Fewer, larger requests help sources with a high cost per
     /// request, such as imageio tickets of fragmented disks.
@@ -335,6 +366,8 @@ async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
     let mut sopts = a
         .http
         .source_options(&a.source, &a.vddk, a.tuning.connections)?;
+    sopts.retry = a.tuning.retry();
+    let retries = sopts.retry_stats.clone();
     sopts.nbd_dirty_bitmap = a.delta.dirty_bitmap();
     let source = open_source(&a.source, &sopts).await?;
     let path = target_path(&a.target)?;
@@ -343,13 +376,27 @@ async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
         .plan(&a.source, source.size(), &path, &sopts)
         .await?;
     // A file this run creates is removed again if the copy fails, so a failed import never
-    // leaves a full-size file behind that looks like a finished disk.
+    // leaves a full-size file behind that looks like a finished disk (unless a resume journal
+    // records what is on it).
     let created = std::fs::symlink_metadata(&path).is_err();
+    let journal = if a.resume {
+        let jpath = a.delta.journal_path(&path)?;
+        if created {
+            // A journal without its target describes nothing.
+            let _ = std::fs::remove_file(&jpath);
+        }
+        let id = identity(&*source, None, plan.delta.as_ref());
+        let (j, resuming) = Journal::open(&jpath, &id)?;
+        Some((Arc::new(j), resuming))
+    } else {
+        None
+    };
+    let resuming = journal.as_ref().is_some_and(|(_, r)| *r);
     let topts = TargetOptions {
         preallocate: a.preallocate,
         direct: a.direct,
         target_is_zero: a.target_is_zero,
-        in_place: plan.delta.is_some(),
+        in_place: plan.delta.is_some() || resuming,
     };
     let delta_bytes = plan.delta.as_ref().map(|d| d.bytes());
     let target = open_target(&path, source.size(), &topts)?;
@@ -373,6 +420,7 @@ async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
         progress,
         read_gaps: a.read_gaps,
         delta: plan.delta.take().map(Arc::new),
+        journal: journal.as_ref().map(|(j, _)| j.clone()),
         ..CopyOptions::default()
     };
     let stats = copy(source, target, &opts).await;
@@ -387,8 +435,15 @@ async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
     let stats = match stats {
         Ok(s) => s,
         Err(e) => {
-            if created {
+            let kept = journal.as_ref().is_some_and(|(j, _)| j.has_progress());
+            if created && !kept {
                 let _ = std::fs::remove_file(&path);
+                if let Some((j, _)) = &journal {
+                    let _ = j.finish();
+                }
+            }
+            if kept {
+                tracing::info!("what was copied is kept: run the copy again with --resume");
             }
             return Err(e);
         }
@@ -398,10 +453,13 @@ async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
         "bytes_total": stats.bytes_total,
         "bytes_data": stats.bytes_data,
         "bytes_zero": stats.bytes_zero,
+        "bytes_resumed": stats.bytes_resumed,
         "seconds": (stats.seconds * 1000.0).round() / 1000.0,
         "mib_per_s": (stats.mib_per_s() * 10.0).round() / 10.0,
         "connections": stats.connections,
         "io_engine": stats.io_engine,
+        "retries": retries.retries.load(Ordering::Relaxed),
+        "bytes_reread": retries.bytes_reread.load(Ordering::Relaxed),
     });
     if let Some(n) = delta_bytes {
         line["delta_bytes"] = n.into();
@@ -411,13 +469,15 @@ async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
 }
 
 async fn run_verify(a: VerifyArgs) -> transfer_core::Result<ExitCode> {
-    let opts = a
+    let mut opts = a
         .http
         .source_options(&a.source, &a.vddk, a.tuning.connections)?;
+    opts.retry = a.tuning.retry();
     let x = open_source(&a.source, &opts).await?;
-    let topts = a
+    let mut topts = a
         .http
         .source_options(&a.target, &a.vddk, a.tuning.connections)?;
+    topts.retry = a.tuning.retry();
     let y = open_source(&a.target, &topts).await?;
     let vopts = VerifyOptions {
         connections: a.tuning.connections,

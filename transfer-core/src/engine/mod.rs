@@ -20,10 +20,12 @@ use crate::io::{create_engine, IoEngine, IoEngineKind, WriteJob};
 use crate::source::{extents_covering, BlockSource};
 use crate::target::BlockTarget;
 
+pub mod journal;
 pub mod progress;
 pub mod verify;
 pub mod zero;
 
+pub use journal::Journal;
 pub use progress::Progress;
 
 /// Tuning of a copy.
@@ -54,6 +56,11 @@ pub struct CopyOptions {
     /// Copy only these changed ranges, in place (a warm migration's delta). Within them the
     /// source's extents still apply: changed ranges that are now zero become zero writes.
     pub delta: Option<Arc<DeltaSet>>,
+    /// The resume journal: work items it marks done are skipped, and items finished by this
+    /// copy are marked in it once a flush covers them (not for sequential sources).
+    pub journal: Option<Arc<Journal>>,
+    /// How often the journal is brought up to date (each time after a flush of the target).
+    pub journal_interval: std::time::Duration,
 }
 
 impl Default for CopyOptions {
@@ -70,6 +77,8 @@ impl Default for CopyOptions {
             progress: None,
             read_gaps: 0,
             delta: None,
+            journal: None,
+            journal_interval: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -88,6 +97,8 @@ pub struct CopyStats {
     pub bytes_data: u64,
     /// Bytes handled as zeros (skipped or zeroed).
     pub bytes_zero: u64,
+    /// Bytes not copied again because the resume journal had them on the target.
+    pub bytes_resumed: u64,
     /// Wall time in seconds.
     pub seconds: f64,
     /// Source handles used.
@@ -127,6 +138,11 @@ struct Shared {
     bytes_data: AtomicU64,
     bytes_zero: AtomicU64,
     progress: Option<Arc<Progress>>,
+    /// Work items the journal has on the target already.
+    skip: Vec<bool>,
+    /// Bytes of each work item not yet written; an item at zero is complete.
+    remaining: Vec<AtomicU64>,
+    journal: Option<Arc<Journal>>,
 }
 
 impl Shared {
@@ -138,19 +154,26 @@ impl Shared {
         self.failed.store(true, Ordering::Relaxed);
     }
 
-    fn done(&self, data: u64, zero: u64) {
+    /// Counts bytes of work item `item` (None: a stream's) as written.
+    fn done(&self, item: Option<usize>, data: u64, zero: u64) {
         self.bytes_data.fetch_add(data, Ordering::Relaxed);
         self.bytes_zero.fetch_add(zero, Ordering::Relaxed);
         if let Some(p) = &self.progress {
             p.add(data + zero);
         }
+        if let (Some(i), Some(j)) = (item, &self.journal) {
+            let left = self.remaining[i].fetch_sub(data + zero, Ordering::AcqRel);
+            if left == data + zero {
+                j.complete(i);
+            }
+        }
     }
 
-    async fn zero(&self, offset: u64, len: u64) -> Result<()> {
+    async fn zero(&self, item: usize, offset: u64, len: u64) -> Result<()> {
         if !self.target_zero {
             self.io.zero(offset, len).await?;
         }
-        self.done(0, len);
+        self.done(Some(item), 0, len);
         Ok(())
     }
 }
@@ -268,8 +291,29 @@ pub async fn copy(
         ),
     };
     let planned: u64 = plan.iter().flatten().map(|r| r.1).sum();
+    let item_bytes: Vec<u64> = plan.iter().map(|w| w.iter().map(|r| r.1).sum()).collect();
+    let journal = opts.journal.clone().filter(|_| !caps.sequential);
+    let skip = match &journal {
+        Some(j) => j.bind(plan.len()),
+        None => vec![false; plan.len()],
+    };
+    let resumed: u64 = item_bytes
+        .iter()
+        .zip(&skip)
+        .filter(|(_, s)| **s)
+        .map(|(b, _)| b)
+        .sum();
+    if resumed > 0 {
+        tracing::info!(
+            bytes = resumed,
+            "resuming: {} of {} work items are on the target already",
+            skip.iter().filter(|s| **s).count(),
+            plan.len()
+        );
+    }
     if let Some(p) = &opts.progress {
         p.set_total(if size_known { planned } else { size });
+        p.add(resumed);
     }
     let shared = Arc::new(Shared {
         size,
@@ -288,6 +332,22 @@ pub async fn copy(
         bytes_data: AtomicU64::new(0),
         bytes_zero: AtomicU64::new(0),
         progress: opts.progress.clone(),
+        skip,
+        remaining: item_bytes.into_iter().map(AtomicU64::new).collect(),
+        journal: journal.clone(),
+    });
+    // Brings the journal up to date now and then: marks taken before a flush are persisted
+    // after it, so the file never claims what a crash could lose.
+    let keeper = journal.clone().map(|j| {
+        let (io, every) = (shared.io.clone(), opts.journal_interval);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = persist(&j, &*io).await {
+                    tracing::warn!("{e}; an interrupted copy may redo more");
+                }
+            }
+        })
     });
 
     let mut workers = JoinSet::new();
@@ -315,7 +375,17 @@ pub async fn copy(
     for h in &handles {
         let _ = h.close().await;
     }
-    if let Some(e) = shared.first_error.lock().unwrap().take() {
+    if let Some(k) = keeper {
+        k.abort();
+    }
+    let failed = shared.first_error.lock().unwrap().take();
+    if let Some(e) = failed {
+        // What is on the target is kept for a resume.
+        if let Some(j) = &journal {
+            if let Err(pe) = persist(j, &*shared.io).await {
+                tracing::warn!("{pe}");
+            }
+        }
         return Err(e);
     }
     let size = if size_known {
@@ -333,17 +403,21 @@ pub async fn copy(
         shared.bytes_data.load(Ordering::Relaxed),
         shared.bytes_zero.load(Ordering::Relaxed),
     );
-    let expected = if size_known { planned } else { size };
+    let expected = if size_known { planned - resumed } else { size };
     if d + z != expected {
         return Err(Error::new(
             ErrorKind::Io,
             format!("internal error: copied {d}+{z} bytes of {expected}"),
         ));
     }
+    if let Some(j) = &journal {
+        j.finish()?;
+    }
     Ok(CopyStats {
         bytes_total: size,
         bytes_data: d,
         bytes_zero: z,
+        bytes_resumed: resumed,
         seconds: started.elapsed().as_secs_f64(),
         connections: handles.len(),
         io_engine: io_name,
@@ -367,6 +441,9 @@ async fn worker(
             let Some(work) = sh.plan.get(i) else {
                 return Ok(());
             };
+            if sh.skip[i] {
+                continue;
+            }
             let (first, last) = (work[0].0, work[work.len() - 1]);
             let span = if can_extents {
                 extents_covering(&*src, first, last.0 + last.1 - first)
@@ -385,7 +462,7 @@ async fn worker(
             });
             for run in runs.collect::<Vec<_>>() {
                 match run {
-                    Run::Zero { offset, len } => sh.zero(offset, len).await?,
+                    Run::Zero { offset, len } => sh.zero(i, offset, len).await?,
                     Run::Data { offset, len } => {
                         let mut pos = offset;
                         while pos < offset + len {
@@ -402,7 +479,7 @@ async fn worker(
                                 .expect("semaphore open");
                             let (src, sh2) = (src.clone(), sh.clone());
                             tasks.spawn(async move {
-                                if let Err(e) = request(&*src, &sh2, pos, n).await {
+                                if let Err(e) = request(&*src, &sh2, i, pos, n).await {
                                     sh2.fail(e);
                                 }
                                 drop((slot, mem));
@@ -420,9 +497,24 @@ async fn worker(
     result
 }
 
-async fn request(src: &dyn BlockSource, sh: &Shared, offset: u64, len: usize) -> Result<()> {
+async fn request(
+    src: &dyn BlockSource,
+    sh: &Shared,
+    item: usize,
+    offset: u64,
+    len: usize,
+) -> Result<()> {
     let buf = src.read_at(offset, sh.pool.get(len)).await?;
-    write_back(sh, offset, buf).await
+    write_back(sh, Some(item), offset, buf).await
+}
+
+/// Flushes the target and persists the journal marks taken before the flush.
+async fn persist(j: &Journal, io: &dyn IoEngine) -> Result<()> {
+    if let Some(marks) = j.snapshot() {
+        io.flush().await?;
+        j.persist(marks)?;
+    }
+    Ok(())
 }
 
 /// Reads a sequential source (a stream) front to back with one read at a time, while the writes
@@ -457,7 +549,7 @@ async fn sequential_worker(src: Arc<dyn BlockSource>, sh: Arc<Shared>) -> Result
             let at = pos;
             if got > 0 {
                 tasks.spawn(async move {
-                    if let Err(e) = write_back(&sh2, at, buf).await {
+                    if let Err(e) = write_back(&sh2, None, at, buf).await {
                         sh2.fail(e);
                     }
                     drop(mem);
@@ -481,7 +573,7 @@ async fn sequential_worker(src: Arc<dyn BlockSource>, sh: Arc<Shared>) -> Result
 
 /// Zero-detects a filled buffer, zeroes or skips its zero blocks, writes its data blocks, and
 /// returns the buffer to the pool.
-async fn write_back(sh: &Shared, offset: u64, buf: Buffer) -> Result<()> {
+async fn write_back(sh: &Shared, item: Option<usize>, offset: u64, buf: Buffer) -> Result<()> {
     let len = buf.len();
     let segs = zero::segments(&buf, zero::ZERO_BLOCK);
     let mut data = Vec::with_capacity(segs.len());
@@ -509,7 +601,7 @@ async fn write_back(sh: &Shared, offset: u64, buf: Buffer) -> Result<()> {
             .await?
     };
     sh.pool.put(buf);
-    sh.done(data_bytes, zero_bytes);
+    sh.done(item, data_bytes, zero_bytes);
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! `importer copy` failing cleanly: every case exits non-zero with exactly one line on stderr that
 //! names the problem, never panics, prints no result, and leaves no target that could pass for a
-//! finished copy. Servers are real peers, or a fake NBD server written here (after the NBD
+//! finished copy. These copies run with `--retries 0`: a failure that retries would cure is
+//! tests/faults.rs's subject. Servers are real peers, or a fake NBD server written here (after the NBD
 //! project's doc/proto.md) that completes a valid handshake and then breaks the protocol.
 
 mod common;
@@ -15,9 +16,9 @@ use common::*;
 
 const MIB: usize = 1 << 20;
 
-/// `importer copy URI TARGET`.
+/// `importer copy --retries 0 URI TARGET`.
 fn copy(uri: &str, target: &Path) -> Out {
-    importer(&["copy", uri, s(target)])
+    importer(&["copy", "--retries", "0", uri, s(target)])
 }
 
 #[test]
@@ -200,6 +201,8 @@ fn server_killed_mid_copy_fails_with_a_disconnect() {
     let target = dir.path().join("target.img");
     let run = spawn_importer(&[
         "copy",
+        "--retries",
+        "0",
         "--connections",
         "1",
         "--requests",

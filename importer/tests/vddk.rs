@@ -6,41 +6,24 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::vddk::FakeVddk;
+use common::vddk::{FakeVddk, PASSWORD, TP};
 use common::{allocated_bytes, assert_file_holds, disk_bytes, s, spawn_importer_env, tempdir, Out};
 use serde_json::Value;
 
-const TP: &str = "0a:1b:2c:3d:4e:5f:60:71:82:93:a4:b5:c6:d7:e8:f9:0a:1b:2c:3d";
 const TP_UPPER: &str = "0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9:0A:1B:2C:3D";
-const PASSWORD: &str = "s3cr3t-Pa55word";
 const MIB: usize = 1 << 20;
 
-/// The vddk:// URL of the fake's vCenter for VM vm-42.
 fn url(fake: &FakeVddk) -> String {
-    format!(
-        "vddk://administrator%40vsphere.local@vcenter.example/?vm=moref=vm-42&thumbprint={TP}&libdir={}",
-        s(fake.libdir())
-    )
+    fake.url()
 }
 
-/// Runs `importer ARGS` with the fake's environment and the password in VDDK_PASSWORD (the
-/// fake expects that password unless the test set another).
 fn run(fake: &FakeVddk, args: &[&str]) -> Out {
-    let mut env = fake.env();
-    env.push(("VDDK_PASSWORD".into(), PASSWORD.into()));
-    if !env.iter().any(|(k, _)| k == "FAKE_VDDK_PASSWORD") {
-        env.push(("FAKE_VDDK_PASSWORD".into(), PASSWORD.into()));
-    }
-    spawn_importer_env(args, &env).finish()
+    fake.run(args)
 }
 
 /// `importer copy URL TARGET --vddk file=DISK EXTRA...`
 fn copy(fake: &FakeVddk, disk: &str, target: &Path, extra: &[&str]) -> Out {
-    let url = url(fake);
-    let file = format!("file={disk}");
-    let mut args = vec!["copy", &url, s(target), "--vddk", &file];
-    args.extend_from_slice(extra);
-    run(fake, &args)
+    fake.copy(disk, target, extra)
 }
 
 /// `out` without the INFO lines on stderr: the VDDK source announces VDDK's version and the
@@ -390,7 +373,8 @@ fn a_failed_read_fails_the_copy_and_removes_the_target() {
     let bytes = disk_bytes(8 * MIB, 19);
     let c = Case::new(fake, &bytes);
 
-    let out = c.copy(&[]);
+    // Without retries (tests/faults.rs has the read retried on a reopened handle).
+    let out = c.copy(&["--retries", "0"]);
 
     failure(&out, &["reading", "ReadAsync", "VIX error 1"]);
     common::assert_no_complete_target(&c.target, &bytes);

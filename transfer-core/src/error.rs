@@ -37,6 +37,8 @@ pub enum ErrorKind {
     Busy,
     /// The server refused the credentials or the request (HTTP 401/403, a refused login).
     Denied,
+    /// The target's filesystem or device has no room for what is written (ENOSPC).
+    NoSpace,
 }
 
 impl ErrorKind {
@@ -95,6 +97,7 @@ impl Error {
         let kind = match err.raw_os_error() {
             Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM) => ErrorKind::ReadOnly,
             Some(libc::ENOENT) => ErrorKind::NotFound,
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => ErrorKind::NoSpace,
             _ => match err.kind() {
                 io::ErrorKind::UnexpectedEof
                 | io::ErrorKind::ConnectionReset

@@ -10,7 +10,12 @@ use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 
-use super::{s, tempdir};
+use super::{s, spawn_importer_env, tempdir, Out};
+
+/// The SHA-1 thumbprint the `vddk://` URLs of the tests carry.
+pub const TP: &str = "0a:1b:2c:3d:4e:5f:60:71:82:93:a4:b5:c6:d7:e8:f9:0a:1b:2c:3d";
+/// The password the tests give VDDK (in VDDK_PASSWORD).
+pub const PASSWORD: &str = "s3cr3t-Pa55word";
 
 /// The datastore `add_disk` writes to.
 const DATASTORE: &str = "datastore1";
@@ -27,6 +32,34 @@ pub struct FakeVddk {
 }
 
 impl FakeVddk {
+    /// The vddk:// URL of the fake's vCenter for VM vm-42 (the disk goes in `--vddk file=`).
+    pub fn url(&self) -> String {
+        format!(
+            "vddk://administrator%40vsphere.local@vcenter.example/?vm=moref=vm-42&thumbprint={TP}&libdir={}",
+            s(self.libdir())
+        )
+    }
+
+    /// `importer copy URL TARGET --vddk file=DISK EXTRA...` with the fake.
+    pub fn copy(&self, disk: &str, target: &Path, extra: &[&str]) -> Out {
+        let url = self.url();
+        let file = format!("file={disk}");
+        let mut args = vec!["copy", &url, s(target), "--vddk", &file];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
+    /// Runs `importer ARGS` with the fake's environment and the password in VDDK_PASSWORD (the
+    /// fake expects that password unless the test set another).
+    pub fn run(&self, args: &[&str]) -> Out {
+        let mut env = self.env();
+        env.push(("VDDK_PASSWORD".into(), PASSWORD.into()));
+        if !env.iter().any(|(k, _)| k == "FAKE_VDDK_PASSWORD") {
+            env.push(("FAKE_VDDK_PASSWORD".into(), PASSWORD.into()));
+        }
+        spawn_importer_env(args, &env).finish()
+    }
+
     /// A VDDK 8 directory: `lib64/libvixDiskLib.so.8` -> the built `libvddk_fake.so`.
     pub fn new() -> FakeVddk {
         FakeVddk::install("libvddk_fake.so", 8)

@@ -188,8 +188,13 @@ fn ring_loop(mut ring: IoUring, rx: mpsc::Receiver<Msg>, target: Arc<dyn BlockTa
                 }
                 let off = p.job.offset + (start + p.done[seg]) as u64;
                 p.error.get_or_insert_with(|| {
+                    let full = if -res == libc::ENOSPC || -res == libc::EDQUOT {
+                        ": the target is out of space"
+                    } else {
+                        ""
+                    };
                     Error::io(
-                        format!("writing {} at offset {off}", target.describe()),
+                        format!("writing {} at offset {off}{full}", target.describe()),
                         err,
                     )
                 });

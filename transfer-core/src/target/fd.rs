@@ -74,7 +74,7 @@ impl DiskFd {
     /// Writes `data` at `offset` and tells the writeback window.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.write_raw(data, offset)
-            .map_err(|e| Error::io(format!("writing {} at offset {offset}", self.desc), e))?;
+            .map_err(|e| self.write_error(offset, data.len() as u64, e))?;
         self.written(offset, data.len() as u64);
         Ok(())
     }
@@ -105,7 +105,30 @@ impl DiskFd {
 
     /// Maps a zeroing failure to an error naming the target.
     pub fn zero_error(&self, offset: u64, e: std::io::Error) -> Error {
-        Error::io(format!("zeroing {} at offset {offset}", self.desc), e)
+        self.failed("zeroing", offset, 0, e)
+    }
+
+    /// Maps a failed write of `len` bytes at `offset` to an error naming the target; a full
+    /// filesystem says how much room there was and how much the write wanted.
+    pub fn write_error(&self, offset: u64, len: u64, e: std::io::Error) -> Error {
+        self.failed("writing", offset, len, e)
+    }
+
+    fn failed(&self, what: &str, offset: u64, len: u64, e: std::io::Error) -> Error {
+        let desc = &self.desc;
+        if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+            let free = crate::sys::available_bytes(&self.file)
+                .map_or_else(|_| "unknown".to_owned(), |b| format!("{b} bytes"));
+            let size = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+            let more = size.saturating_sub(offset);
+            return Error::io(
+                format!(
+                    "{what} {desc} at offset {offset}: the target is out of space ({free} free, the write wanted {len} bytes, and up to {more} more bytes of the disk may follow)"
+                ),
+                e,
+            );
+        }
+        Error::io(format!("{what} {desc} at offset {offset}"), e)
     }
 
     /// fdatasync.

@@ -145,6 +145,8 @@ fn to_error(params: &VddkParams, e: VddkError) -> Error {
         ("ConnectEx", _) => ErrorKind::Connect,
         ("Open", 4) => ErrorKind::NotFound,
         ("Open" | "GetInfo", _) => ErrorKind::Server,
+        // A failed read may leave the handle unusable: a retry reopens it.
+        ("Read" | "ReadAsync" | "Wait", _) => ErrorKind::Io,
         _ => ErrorKind::Server,
     };
     Error::new(kind, format!("{}: {e}", describe(params)))

@@ -1,0 +1,477 @@
+//! Faults a migration network and its hosts produce, against real peers: read errors and delays
+//! (nbdkit's error and delay filters), an NBD server killed and restarted mid-copy, HTTP
+//! connections cut mid-range (a proxy here in front of nginx), a VDDK read failure, an importer
+//! killed (SIGKILL) mid-copy and run again with --resume, and targets that are full or
+//! read-only. Retried copies must end byte-identical (`importer verify`); what cannot be cured
+//! must fail with one clear line.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::nginx::{require_nginx, Location, Nginx};
+use common::vddk::FakeVddk;
+use common::*;
+
+const MIB: u64 = 1 << 20;
+
+/// The copy's JSON summary line.
+fn summary(out: &Out) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "importer failed ({}): {}",
+        out.status,
+        out.stderr
+    );
+    let line = out.stdout.trim().lines().last().unwrap_or("");
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+}
+
+/// `importer verify A B` says they are equal.
+fn assert_identical(a: &str, b: &Path) {
+    let out = importer(&["verify", a, s(b)]);
+    assert!(
+        out.status.success() && out.stdout.contains("\"equal\":true"),
+        "verify {a} {}: {}{}",
+        b.display(),
+        out.stdout,
+        out.stderr
+    );
+}
+
+/// A process of the test, killed and reaped when dropped (or by [`Proc::stop`]).
+struct Proc(Child);
+
+impl Proc {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// nbdkit on the Unix socket `sock`, in the foreground, until dropped.
+fn nbdkit_on(sock: &Path, args: &[&str]) -> Proc {
+    let _ = std::fs::remove_file(sock);
+    let child = Command::new("nbdkit")
+        .args(["-f", "--exit-with-parent", "-U", s(sock)])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(sock.with_extension("log")).expect("nbdkit's log"))
+        .spawn()
+        .expect("starting nbdkit");
+    let server = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while UnixStream::connect(sock).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nbdkit did not start on {sock:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server
+}
+
+fn unix_uri(sock: &Path) -> String {
+    format!("nbd+unix:///?socket={}", s(sock))
+}
+
+/// The same deterministic 256 MiB half-allocated disk as `nbdkit sparse-random`.
+const SPARSE: [&str; 4] = ["sparse-random", "size=256M", "percent=50", "seed=4242"];
+
+#[test]
+fn read_errors_at_1_and_10_percent_and_delays_are_retried_to_an_identical_disk() {
+    if !require_peer("nbdkit") {
+        return;
+    }
+    let dir = tempdir();
+    let clean = dir.path().join("clean.sock");
+    let _clean = nbdkit_on(&clean, &SPARSE);
+    for rate in ["1%", "10%"] {
+        let sock = dir.path().join("faulty.sock");
+        let r = format!("error-pread-rate={rate}");
+        let mut args = vec!["--filter=error", "--filter=delay"];
+        args.extend(SPARSE);
+        args.extend(["error-pread=EIO", r.as_str(), "rdelay=2ms"]);
+        let mut faulty = nbdkit_on(&sock, &args);
+        let target = dir
+            .path()
+            .join(format!("disk-{}.img", rate.trim_end_matches('%')));
+
+        let out = importer(&[
+            "copy",
+            "--retries",
+            "10",
+            "--retry-delay",
+            "0.01",
+            &unix_uri(&sock),
+            s(&target),
+        ]);
+
+        let v = summary(&out);
+        let retries = v["retries"].as_u64().unwrap();
+        eprintln!(
+            "error rate {rate}: {retries} retries, {} bytes read again",
+            v["bytes_reread"]
+        );
+        if rate == "10%" {
+            assert!(
+                retries > 0,
+                "10% of reads failed, so some were retried: {v}"
+            );
+        }
+        assert_eq!(
+            out.stderr.matches("retry ").count() as u64,
+            retries,
+            "each retry is logged with its cause: {}",
+            out.stderr
+        );
+        assert!(out.stderr.contains("EIO") || retries == 0, "{}", out.stderr);
+        assert_identical(&unix_uri(&clean), &target);
+        faulty.stop();
+    }
+}
+
+#[test]
+fn an_nbd_server_killed_and_restarted_mid_copy_is_reconnected() {
+    if !require_peer("nbdkit") {
+        return;
+    }
+    let dir = tempdir();
+    let sock = dir.path().join("server.sock");
+    // 128 MiB of data in 1 MiB reads, 4 at a time, each held 80 ms: about 2.5 s, so the
+    // restart lands mid-copy.
+    let slow: Vec<&str> = ["--threads=4", "--filter=delay"]
+        .into_iter()
+        .chain(SPARSE)
+        .chain(["rdelay=80ms"])
+        .collect();
+    let mut server = nbdkit_on(&sock, &slow);
+    let target = dir.path().join("disk.img");
+    let run = spawn_importer(&[
+        "copy",
+        "--retries",
+        "8",
+        "--retry-delay",
+        "0.2",
+        &unix_uri(&sock),
+        s(&target),
+    ]);
+    std::thread::sleep(Duration::from_millis(1000));
+
+    server.stop();
+    std::thread::sleep(Duration::from_millis(700));
+    let _restarted = nbdkit_on(&sock, &SPARSE);
+    let out = run.finish();
+
+    let v = summary(&out);
+    assert!(v["retries"].as_u64().unwrap() > 0, "{v}");
+    assert!(out.stderr.contains("retry"), "{}", out.stderr);
+    assert_identical(&unix_uri(&sock), &target);
+}
+
+/// A TCP proxy to `upstream` that cuts every connection after `cut` bytes of answer.
+fn cutting_proxy(upstream: std::net::SocketAddr, cut: usize) -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut client) = c else { continue };
+            std::thread::spawn(move || {
+                let Ok(mut server) = TcpStream::connect(upstream) else {
+                    return;
+                };
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c2, &mut s2);
+                });
+                let mut sent = 0;
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match server.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n.min(cut - sent),
+                    };
+                    if client.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    sent += n;
+                    if sent >= cut {
+                        break;
+                    }
+                }
+                let _ = client.shutdown(std::net::Shutdown::Both);
+                let _ = server.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn http_connections_cut_mid_range_are_retried_from_new_requests() {
+    if !require_nginx() {
+        return;
+    }
+    let nginx = Nginx::start();
+    let bytes = disk_bytes(24 * MIB as usize, 77);
+    nginx.put("cut.img", &bytes);
+    let direct = nginx.http(Location::Range, "cut.img");
+    let upstream: std::net::SocketAddr = direct
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Each connection carries 2.5 MiB of answers, then is cut: in the middle of the third
+    // 1 MiB range (or earlier, when several requests share it).
+    let proxy = cutting_proxy(upstream, 5 * MIB as usize / 2);
+    let url = direct.replace(&upstream.to_string(), &proxy.to_string());
+    let dir = tempdir();
+    let target = dir.path().join("disk.img");
+
+    let out = importer(&[
+        "copy",
+        "--request-size",
+        "1M",
+        "--retries",
+        "10",
+        "--retry-delay",
+        "0.01",
+        &url,
+        s(&target),
+    ]);
+
+    let v = summary(&out);
+    assert!(v["retries"].as_u64().unwrap() > 0, "{v}");
+    assert_file_holds(&target, &bytes);
+}
+
+#[test]
+fn a_vddk_read_failure_is_retried_on_a_reopened_handle() {
+    let fake = FakeVddk::new().knob("FAKE_VDDK_FAIL_READ", "3");
+    let dir = tempdir();
+    let bytes = disk_bytes(8 * MIB as usize, 23);
+    let disk = fake.add_disk("vm", &bytes);
+    let target = dir.path().join("disk.img");
+
+    let out = fake.copy(&disk, &target, &["--retry-delay", "0.01"]);
+
+    let v = summary(&out);
+    assert_eq!(v["retries"], 1, "{v}");
+    assert_file_holds(&target, &bytes);
+    assert_eq!(
+        fake.calls_of("Open").len(),
+        2,
+        "a fresh handle for the retry"
+    );
+    assert!(out.stderr.contains("VIX error 1"), "{}", out.stderr);
+}
+
+#[test]
+fn a_failing_vddk_open_is_not_retried() {
+    let fake = FakeVddk::new().knob("FAKE_VDDK_FAIL", "Open:4");
+    let dir = tempdir();
+    let disk = fake.add_disk("vm", &disk_bytes(MIB as usize, 1));
+    let target = dir.path().join("disk.img");
+
+    let out = fake.copy(&disk, &target, &[]);
+
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("Open"), "{}", out.stderr);
+    assert_eq!(
+        fake.calls_of("Open").len(),
+        1,
+        "a missing disk is not retried"
+    );
+    assert!(!target.exists());
+}
+
+/// Runs the copy of `uri` into `target` with --resume and kills it (SIGKILL) after `after`.
+fn killed_copy(uri: &str, target: &Path, after: Duration) {
+    let run = spawn_importer(&["copy", "--resume", "--connections", "1", uri, s(target)]);
+    std::thread::sleep(after);
+    let _ = run.kill();
+}
+
+#[test]
+fn a_copy_killed_at_random_points_resumes_to_an_identical_disk_reading_less() {
+    if !require_peer("nbdkit") {
+        return;
+    }
+    let dir = tempdir();
+    let sock = dir.path().join("slow.sock");
+    // 1 GiB, half of it data, in 1 MiB reads over one connection served by 4 threads, each
+    // read held 60 ms: about 8 s.
+    let disk = ["sparse-random", "size=1G", "percent=50", "seed=99"];
+    let slow: Vec<&str> = ["--threads=4", "--filter=delay"]
+        .into_iter()
+        .chain(disk)
+        .chain(["rdelay=60ms"])
+        .collect();
+    let _server = nbdkit_on(&sock, &slow);
+    let target = dir.path().join("disk.img");
+    let journal = PathBuf::from(format!("{}.ferry-journal", s(&target)));
+    let uri = unix_uri(&sock);
+    // Random kill points (from the clock), late enough for a journal update (every second).
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    let first = Duration::from_millis(2500 + nanos % 1500);
+    let second = Duration::from_millis(2200 + (nanos / 1000) % 1000);
+    eprintln!("killing after {first:?}, then after {second:?}");
+
+    killed_copy(&uri, &target, first);
+    assert!(journal.exists(), "the killed copy left its journal");
+    killed_copy(&uri, &target, second);
+    let out = importer(&["copy", "--resume", &uri, s(&target)]);
+
+    let v = summary(&out);
+    let resumed = v["bytes_resumed"].as_u64().unwrap();
+    let copied = v["bytes_data"].as_u64().unwrap() + v["bytes_zero"].as_u64().unwrap();
+    eprintln!("last run: {resumed} bytes resumed, {copied} copied");
+    assert!(resumed > 0, "the last run skipped what was done: {v}");
+    assert_eq!(resumed + copied, 1 << 30, "{v}");
+    assert!(
+        !journal.exists(),
+        "the journal goes once the copy is complete"
+    );
+    let clean = dir.path().join("clean.sock");
+    let _clean = nbdkit_on(&clean, &disk);
+    assert_identical(&unix_uri(&clean), &target);
+}
+
+#[test]
+fn a_journal_for_another_source_starts_over() {
+    let dir = tempdir();
+    let target = dir.path().join("disk.img");
+    let journal = dir.path().join("disk.img.ferry-journal");
+    std::fs::write(&target, vec![0x55u8; 8 * MIB as usize]).unwrap();
+    std::fs::write(
+        &journal,
+        r#"{"ferry_journal":1,"identity":"someone else size 8388608 full","items":1,"done":"01"}"#,
+    )
+    .unwrap();
+
+    let out = importer(&["copy", "--resume", "synth://pattern?size=8M", s(&target)]);
+
+    let v = summary(&out);
+    assert_eq!(v["bytes_resumed"], 0, "{v}");
+    assert_file_holds(&target, &pattern_bytes(8 * MIB as usize));
+    assert!(!journal.exists());
+}
+
+/// A tmpfs of `size` mounted on a new directory (unmounted when dropped); None without the
+/// privilege to mount.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempdir();
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                s(dir.path()),
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "mounting a tmpfs failed: the target-error tests need root"
+            );
+            eprintln!("skipping: cannot mount a tmpfs");
+            return None;
+        }
+        Some(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn remount_read_only(&self) {
+        run_ok("mount", &["-o", "remount,ro", s(self.path())]);
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn a_full_target_filesystem_fails_saying_how_much_room_there_was() {
+    let Some(fs) = Tmpfs::mount("4M") else { return };
+    let target = fs.path().join("disk.img");
+
+    let out = importer(&["copy", "synth://pattern?size=64M", s(&target)]);
+
+    out.assert_clean_failure(&["out of space", "free", "No space left on device"]);
+}
+
+#[test]
+fn a_read_only_target_fails_clearly() {
+    let Some(fs) = Tmpfs::mount("16M") else {
+        return;
+    };
+    let target = fs.path().join("disk.img");
+    std::fs::write(&target, vec![0u8; 8 * MIB as usize]).unwrap();
+    fs.remount_read_only();
+
+    let out = importer(&["copy", "synth://pattern?size=8M", s(&target)]);
+
+    out.assert_clean_failure(&["Read-only file system"]);
+}
+
+#[test]
+fn a_resumed_copy_onto_a_block_device_too_small_fails_before_writing() {
+    if !require_peer("losetup") {
+        return;
+    }
+    let dir = tempdir();
+    let backing = dir.path().join("small.raw");
+    std::fs::write(&backing, vec![0u8; 8 * MIB as usize]).unwrap();
+    let out = run_ok("losetup", &["--find", "--show", s(&backing)]);
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _detach = Detach(dev.clone());
+    let state = dir.path().join("state.json");
+
+    let out = importer(&[
+        "copy",
+        "--resume",
+        "--state-file",
+        s(&state),
+        "synth://pattern?size=16M",
+        &dev,
+    ]);
+
+    out.assert_clean_failure(&["smaller than the source"]);
+    assert_file_holds(&backing, &vec![0u8; 8 * MIB as usize]);
+}

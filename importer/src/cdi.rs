@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use transfer_core::delta::chain::{default_state_path, forget, Chain};
 use transfer_core::delta::DeltaSet;
+use transfer_core::engine::journal::{self, identity};
 use transfer_core::engine::{copy, CopyOptions, Progress};
 use transfer_core::http::{HttpOptions, TlsTrust};
 use transfer_core::open::{dirty_ranges, open_source, SourceOptions, VddkOptions};
@@ -365,9 +366,18 @@ async fn copy_from(
         _ => None,
     };
     let created = !target_path.exists();
+    // Always resumable on a filesystem volume: a pod restarted after an eviction or an OOM
+    // kill carries on where the last one stopped. An oVirt transfer's URL changes each time,
+    // so its copy is named by the disk.
+    let name = (source == "imageio")
+        .then(|| env("IMPORTER_DISK_ID").map(|d| format!("oVirt disk {d}")))
+        .flatten();
+    let id = identity(&*src, name.as_deref(), delta.as_ref());
+    let journal = journal::beside(&target_path, &id)?.map(|(j, r)| (Arc::new(j), r));
+    let resuming = journal.as_ref().is_some_and(|(_, r)| *r);
     let topts = TargetOptions {
         preallocate: preallocation && !is_block,
-        in_place: delta.is_some(),
+        in_place: delta.is_some() || resuming,
         ..TargetOptions::default()
     };
     let target = open_target(&target_path, size, &topts)?;
@@ -380,6 +390,7 @@ async fn copy_from(
         request_size: src.caps().preferred_request,
         progress: Some(progress),
         delta: delta.map(Arc::new),
+        journal: journal.as_ref().map(|(j, _)| j.clone()),
         ..CopyOptions::default()
     };
     // Kubernetes stops a pod with SIGTERM: the copy ends there, a disk this run created is
@@ -392,8 +403,14 @@ async fn copy_from(
     let stats = match r {
         Ok(s) => s,
         Err(e) => {
-            if created {
+            // What a journal records is kept for the next pod; otherwise a disk this run
+            // created goes.
+            let kept = journal.as_ref().is_some_and(|(j, _)| j.has_progress());
+            if created && !kept {
                 let _ = std::fs::remove_file(&target_path);
+                if let Some((j, _)) = &journal {
+                    let _ = j.finish();
+                }
             }
             return Err(e);
         }

@@ -2,6 +2,7 @@
 //! stderr and a non-zero exit; success of `copy` is one JSON line on stdout.
 
 mod cdi;
+mod checksum_cmd;
 mod delta_args;
 mod progress;
 mod vddk_args;
@@ -60,20 +61,23 @@ enum Cmd {
     /// with --dirty its changed ranges ([{"start","length"}]; oVirt imageio tickets, NBD dirty
     /// bitmaps, vSphere CBT for vddk://).
     Extents(ExtentsArgs),
+    /// Print a per-range CRC32 manifest of SOURCE as JSON
+    /// ({"size","range_size","ranges":[{"offset","length","crc32"}]}), reading only its data.
+    Checksum(checksum_cmd::ChecksumArgs),
 }
 
 #[derive(Args)]
-struct Tuning {
+pub(crate) struct Tuning {
     /// Source connections (handles); capped by what the source allows (NBD: multi-conn).
     #[arg(long, default_value_t = 4)]
-    connections: usize,
+    pub(crate) connections: usize,
     /// Requests in flight per connection.
     #[arg(long, default_value_t = 16)]
     requests: usize,
     /// Bytes per request (256K-4M; default: what the source prefers, 1M for NBD and files, 4M
     /// for imageio and ranged HTTP).
     #[arg(long, value_parser = size_arg)]
-    request_size: Option<u64>,
+    pub(crate) request_size: Option<u64>,
     /// Times a failed read is tried again on a fresh connection (0: never). Refusals (403,
     /// 404, a refused login), bad data and checksum mismatches are never retried.
     #[arg(long, default_value_t = 5)]
@@ -84,7 +88,7 @@ struct Tuning {
 }
 
 impl Tuning {
-    fn retry(&self) -> RetryPolicy {
+    pub(crate) fn retry(&self) -> RetryPolicy {
         RetryPolicy {
             retries: self.retries,
             delay: std::time::Duration::from_secs_f64(self.retry_delay),
@@ -100,7 +104,7 @@ fn seconds_arg(s: &str) -> Result<f64, String> {
 }
 
 #[derive(Args)]
-struct HttpArgs {
+pub(crate) struct HttpArgs {
     /// CA certificates (PEM file or directory) to trust instead of the system roots.
     #[arg(long, value_name = "PATH")]
     cacert: Option<std::path::PathBuf>,
@@ -130,7 +134,7 @@ struct HttpArgs {
 
 impl HttpArgs {
     /// The source options for `uri` with these HTTP arguments, `vddk` and `connections`.
-    fn source_options(
+    pub(crate) fn source_options(
         &self,
         uri: &str,
         vddk: &VddkArgs,
@@ -220,6 +224,10 @@ struct CopyArgs {
     /// target already. The journal is removed when the copy completes.
     #[arg(long)]
     resume: bool,
+    /// After the copy, read source and target again and compare them (zero-aware, in
+    /// parallel); a difference fails the copy.
+    #[arg(long)]
+    verify: bool,
     /// Read zero runs shorter than SIZE together with the data around them (default 0: zero
     /// ranges are never read). Fewer, larger requests help sources with a high cost per
     /// request, such as imageio tickets of fragmented disks.
@@ -262,7 +270,7 @@ struct VerifyArgs {
     vddk: VddkArgs,
 }
 
-fn size_arg(s: &str) -> Result<u64, String> {
+pub(crate) fn size_arg(s: &str) -> Result<u64, String> {
     parse_size(s).map_err(|e| e.to_string())
 }
 
@@ -328,6 +336,7 @@ fn main() -> ExitCode {
         Cmd::Copy(a) => (&a.source, &a.vddk),
         Cmd::Verify(a) => (&a.source, &a.vddk),
         Cmd::Extents(a) => (&a.source, &a.vddk),
+        Cmd::Checksum(a) => (&a.source, &a.vddk),
     };
     if let Err(e) = vddk.reexec_for_library_path(source) {
         eprintln!("importer: error: {e}");
@@ -348,6 +357,7 @@ fn main() -> ExitCode {
             Cmd::Copy(a) => run_copy(a).await,
             Cmd::Verify(a) => run_verify(a).await,
             Cmd::Extents(a) => run_extents(a).await,
+            Cmd::Checksum(a) => checksum_cmd::run(a).await,
         }
     });
     rt.shutdown_timeout(Duration::from_secs(1));
@@ -448,6 +458,9 @@ async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
             return Err(e);
         }
     };
+    if a.verify {
+        check_copy(&a, &sopts, &path).await?;
+    }
     plan.record(stats.bytes_total)?;
     let mut line = serde_json::json!({
         "bytes_total": stats.bytes_total,
@@ -464,8 +477,42 @@ async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
     if let Some(n) = delta_bytes {
         line["delta_bytes"] = n.into();
     }
+    if a.verify {
+        line["verified"] = true.into();
+    }
     println!("{line}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `copy --verify`: the target read back equals the source read again (of a delta, only the
+/// changed ranges are the copy's doing, but the whole disk must still match the source).
+async fn check_copy(
+    a: &CopyArgs,
+    sopts: &SourceOptions,
+    target: &std::path::Path,
+) -> transfer_core::Result<()> {
+    let x = open_source(&a.source, sopts).await?;
+    let y = open_source(&target.display().to_string(), &SourceOptions::default()).await?;
+    let vopts = VerifyOptions {
+        connections: a.tuning.connections,
+        requests: a.tuning.requests.min(8),
+        ..VerifyOptions::default()
+    };
+    let mismatch = |what: String| {
+        transfer_core::Error::new(
+            transfer_core::ErrorKind::Mismatch,
+            format!("verify: {what}"),
+        )
+    };
+    match verify(x, y, &vopts).await? {
+        VerifyResult::Equal => Ok(()),
+        VerifyResult::SizeDiffers(p, q) => Err(mismatch(format!(
+            "the source has {p} bytes but the target {q}"
+        ))),
+        VerifyResult::DiffersAt(off) => Err(mismatch(format!(
+            "the target differs from the source at offset {off}"
+        ))),
+    }
 }
 
 async fn run_verify(a: VerifyArgs) -> transfer_core::Result<ExitCode> {

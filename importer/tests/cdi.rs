@@ -53,11 +53,7 @@ impl Pod {
             .stdin(Stdio::null())
             .output()
             .expect("running importer");
-        Out {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Out::from(out)
     }
 }
 

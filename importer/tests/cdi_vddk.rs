@@ -69,6 +69,15 @@ impl Pod {
     }
 
     fn run(&self, current: Option<&str>, previous: Option<&str>) -> Out {
+        let out = self
+            .command(current, previous)
+            .output()
+            .expect("running importer");
+        Out::from(out)
+    }
+
+    /// The importer as CDI's pod runs it, at `current` after `previous` when given.
+    fn command(&self, current: Option<&str>, previous: Option<&str>) -> Command {
         let vm = self.sim.vm();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_importer"));
         cmd.env_clear()
@@ -97,12 +106,7 @@ impl Pod {
         if let Some(p) = previous {
             cmd.env("IMPORTER_PREVIOUS_CHECKPOINT", p);
         }
-        let out = cmd.output().expect("running importer");
-        Out {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        cmd
     }
 }
 
@@ -194,4 +198,45 @@ fn a_warm_vddk_import_applies_the_changed_areas_and_refuses_an_out_of_order_chec
     assert_eq!(out.status.code(), Some(1));
     assert!(pod.message().contains("out of order"), "{}", pod.message());
     assert_file_holds(&pod.disk(), &next);
+}
+
+/// A pod killed mid-import (an eviction, an OOM kill) and started again carries on from its
+/// journal beside disk.img instead of copying the disk again.
+#[test]
+fn a_killed_import_pod_resumes_where_it_stopped() {
+    let Some(sim) = sim() else { return };
+    let mut pod = Pod::new(sim);
+    // 256 MiB at 64 MiB/s: four work items, about 4 s.
+    pod.fake = std::mem::take(&mut pod.fake).knob("FAKE_VDDK_BANDWIDTH", "67108864");
+    let bytes = disk_bytes(256 * MIB as usize, 53);
+    write_sparse(&pod.source_file(None), &bytes);
+    let journal = pod.root.path().join("data/disk.img.ferry-journal");
+
+    let mut child = pod.command(None, None).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !journal.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no journal was written"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let reads_before = pod.fake.calls_of("ReadAsync").len();
+    let out = pod.run(None, None);
+
+    assert!(out.status.success(), "{}\n{}", out.stderr, pod.message());
+    assert!(out.stderr.contains("resuming"), "{}", out.stderr);
+    assert_complete(&pod);
+    assert_file_holds(&pod.disk(), &bytes);
+    assert!(!journal.exists());
+    let read: u64 = pod.fake.calls_of("ReadAsync")[reads_before..]
+        .iter()
+        .map(|c| c["count"].as_u64().unwrap() * 512)
+        .sum();
+    assert!(
+        read < 256 * MIB,
+        "the second pod read {read} bytes, not the whole disk"
+    );
 }

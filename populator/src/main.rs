@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use transfer_core::engine::journal::{self, identity};
 use transfer_core::engine::{copy, CopyOptions, Progress};
 use transfer_core::http::{HttpOptions, TlsTrust};
 use transfer_core::metrics::Metrics;
@@ -230,7 +231,7 @@ async fn openstack(flags: &Flags) -> Result<()> {
     let auth = GlanceAuth::from_forklift_env();
     let src: Arc<dyn BlockSource> =
         Arc::new(GlanceSource::open(keystone, image, &auth, &opts).await?);
-    populate(src, &volume, pvc_size, &metrics).await
+    populate(src, None, &volume, pvc_size, &metrics).await
 }
 
 /// `--pvc-size` in bytes (0 when not given: progress is then against the source's size).
@@ -249,16 +250,26 @@ fn pvc_size(flags: &Flags) -> Result<u64> {
 /// Copies `src` into `volume`, with progress against `pvc_size`, and holds 100 for a scrape.
 async fn populate(
     src: Arc<dyn BlockSource>,
+    name: Option<&str>,
     volume: &std::path::Path,
     pvc_size: u64,
     metrics: &Arc<Metrics>,
 ) -> Result<()> {
-    let target = open_target(volume, src.size(), &TargetOptions::default())?;
+    // Resumable on a filesystem volume: a restarted pod carries on (not on a block volume,
+    // which has no room beside it). `name` stands for a source whose URL changes per run.
+    let id = identity(&*src, name, None);
+    let journal = journal::beside(volume, &id)?.map(|(j, r)| (Arc::new(j), r));
+    let topts = TargetOptions {
+        in_place: journal.as_ref().is_some_and(|(_, r)| *r),
+        ..TargetOptions::default()
+    };
+    let target = open_target(volume, src.size(), &topts)?;
     let progress = Arc::new(Progress::new());
     let follower = tokio::spawn(metrics.clone().follow(progress.clone(), pvc_size));
     let copts = CopyOptions {
         request_size: src.caps().preferred_request,
         progress: Some(progress),
+        journal: journal.map(|(j, _)| j),
         ..CopyOptions::default()
     };
     // Kubernetes stops a pod with SIGTERM: the copy ends there as a failure (and an oVirt
@@ -318,7 +329,8 @@ async fn ovirt(flags: &Flags) -> Result<()> {
             ..SourceOptions::default()
         };
         let src = open_source(&url, &sopts).await?;
-        populate(src, &volume, pvc_size, &metrics).await
+        let name = format!("oVirt disk {disk}");
+        populate(src, Some(&name), &volume, pvc_size, &metrics).await
     }
     .await;
     drop(keep);

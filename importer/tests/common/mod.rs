@@ -475,6 +475,12 @@ impl Running {
                 panic!("importer {:?} hung; killed it", self.args);
             }
         };
+        Out::from(out)
+    }
+}
+
+impl From<Output> for Out {
+    fn from(out: Output) -> Out {
         Out {
             status: out.status,
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

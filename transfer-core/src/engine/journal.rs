@@ -270,6 +270,28 @@ impl Journal {
     }
 }
 
+/// The journal of a copy into the file `target`, kept beside it (`TARGET.ferry-journal`), as
+/// the pod modes keep one (they always resume: a pod restarted after an eviction carries on).
+/// None for a block device, which has no room beside it. A journal whose target is gone is
+/// dropped first. Returns the journal and whether it resumes an earlier copy.
+pub fn beside(target: &Path, identity: &str) -> Result<Option<(Journal, bool)>> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(target).ok();
+    if meta
+        .as_ref()
+        .is_some_and(|m| m.file_type().is_block_device())
+    {
+        return Ok(None);
+    }
+    let mut path = target.as_os_str().to_owned();
+    path.push(".ferry-journal");
+    let path = PathBuf::from(path);
+    if meta.is_none() {
+        let _ = std::fs::remove_file(&path);
+    }
+    Journal::open(&path, identity).map(Some)
+}
+
 /// Replaces `path` with `bytes`: a synced temporary file renamed over it, then the directory
 /// synced, so a crash leaves the old journal or the new one, never a torn one.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -20,6 +20,7 @@ use crate::io::{create_engine, IoEngine, IoEngineKind, WriteJob};
 use crate::source::{extents_covering, BlockSource};
 use crate::target::BlockTarget;
 
+pub mod checksum;
 pub mod journal;
 pub mod progress;
 pub mod verify;
@@ -410,7 +411,8 @@ pub async fn copy(
             format!("internal error: copied {d}+{z} bytes of {expected}"),
         ));
     }
-    if let Some(j) = &journal {
+    // (A stream's journal is never bound, but a stale file of an earlier copy goes too.)
+    if let Some(j) = &opts.journal {
         j.finish()?;
     }
     Ok(CopyStats {

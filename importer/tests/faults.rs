@@ -475,3 +475,53 @@ fn a_resumed_copy_onto_a_block_device_too_small_fails_before_writing() {
     out.assert_clean_failure(&["smaller than the source"]);
     assert_file_holds(&backing, &vec![0u8; 8 * MIB as usize]);
 }
+
+#[test]
+fn an_imageio_daemon_restarted_mid_copy_is_reconnected_once_its_ticket_is_back() {
+    use common::imageio::{require_imageio, Imageio, Ticket};
+    if !require_imageio() || !require_peer("nbdkit") {
+        return;
+    }
+    let dir = tempdir();
+    let sock = dir.path().join("backend.sock");
+    // The ticket's backend: 256 MiB, half data, every read held 400 ms by 4 threads.
+    let slow: Vec<&str> = ["--threads=4", "--filter=delay"]
+        .into_iter()
+        .chain(SPARSE)
+        .chain(["rdelay=400ms"])
+        .collect();
+    let _backend = nbdkit_on(&sock, &slow);
+    let mut daemon = Imageio::start(false);
+    let ticket = Ticket {
+        id: "restart-ticket",
+        size: 256 * MIB,
+        url: format!("nbd:unix:{}", s(&sock)),
+        timeout: 300,
+        dirty: false,
+    };
+    daemon.add_ticket(&ticket);
+    let target = dir.path().join("disk.img");
+    let run = spawn_importer(&[
+        "copy",
+        "--imageio-transport",
+        "tcp",
+        "--retries",
+        "8",
+        "--retry-delay",
+        "0.5",
+        &format!("imageio+{}", daemon.url("restart-ticket")),
+        s(&target),
+    ]);
+    std::thread::sleep(Duration::from_millis(1200));
+
+    // The host's daemon restarts; the engine adds the ticket again.
+    daemon.restart();
+    daemon.add_ticket(&ticket);
+    let out = run.finish();
+
+    let v = summary(&out);
+    assert!(v["retries"].as_u64().unwrap() > 0, "{v}");
+    let clean = dir.path().join("clean.sock");
+    let _clean = nbdkit_on(&clean, &SPARSE);
+    assert_identical(&unix_uri(&clean), &target);
+}

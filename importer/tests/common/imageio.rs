@@ -136,13 +136,7 @@ impl Imageio {
             log = s(&log),
         );
         std::fs::write(conf_d.join("99-ferry-test.conf"), conf).expect("writing the config");
-        let child = Command::new(daemon_path())
-            .args(["--conf-dir", s(dir.path())])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(dir.path().join("stderr.log")).expect("creating stderr.log"))
-            .spawn()
-            .map_err(|e| format!("cannot start ovirt-imageio: {e}"))?;
+        let child = spawn_daemon(dir.path())?;
         let mut d = Imageio {
             child,
             dir,
@@ -150,11 +144,32 @@ impl Imageio {
             port,
             control,
         };
+        d.wait_listening()?;
+        Ok(d)
+    }
+
+    /// Kills the daemon (its tickets die with it, as on a host reboot) and starts it again on
+    /// the same ports with the same configuration.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let deadline = Instant::now() + START;
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(Instant::now() < deadline, "the old daemon still listens");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = spawn_daemon(self.dir.path()).expect("restarting ovirt-imageio");
+        self.wait_listening().expect("restarting ovirt-imageio");
+    }
+
+    fn wait_listening(&mut self) -> Result<(), String> {
+        let (port, control) = (self.port, self.control);
+        let d = self;
         let deadline = Instant::now() + START;
         loop {
             let up = |p: u16| TcpStream::connect(("127.0.0.1", p)).is_ok();
             if up(port) && up(control) {
-                return Ok(d);
+                return Ok(());
             }
             if !matches!(d.child.try_wait(), Ok(None)) {
                 return Err(format!("ovirt-imageio exited: {}", d.logs()));
@@ -228,6 +243,17 @@ impl Imageio {
             self.logs()
         );
     }
+}
+
+/// Starts the daemon with the configuration in `dir`.
+fn spawn_daemon(dir: &Path) -> Result<Child, String> {
+    Command::new(daemon_path())
+        .args(["--conf-dir", s(dir)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(dir.join("stderr.log")).expect("creating stderr.log"))
+        .spawn()
+        .map_err(|e| format!("cannot start ovirt-imageio: {e}"))
 }
 
 impl Drop for Imageio {

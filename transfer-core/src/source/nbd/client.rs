@@ -548,7 +548,7 @@ async fn chunk<R: AsyncRead + Unpin>(
                     let n = (len - 8) as u64;
                     let start = at
                         .checked_sub(*offset)
-                        .filter(|s| s + n <= buf.len() as u64);
+                        .filter(|s| s.checked_add(n).is_some_and(|e| e <= buf.len() as u64));
                     let Some(start) = start else {
                         return Err(protocol(format!(
                             "data chunk at {at}+{n} outside the request at {offset}"
@@ -570,9 +570,9 @@ async fn chunk<R: AsyncRead + Unpin>(
                 ) => {
                     let (at, n) = parse_offset_hole(&read_payload(r, len).await?)?;
                     let n = n as u64;
-                    let start = at
-                        .checked_sub(*offset)
-                        .filter(|s| n > 0 && s + n <= buf.len() as u64);
+                    let start = at.checked_sub(*offset).filter(|s| {
+                        n > 0 && s.checked_add(n).is_some_and(|e| e <= buf.len() as u64)
+                    });
                     let Some(start) = start else {
                         return Err(protocol(format!(
                             "hole chunk at {at}+{n} outside the request at {offset}"
@@ -592,13 +592,19 @@ async fn chunk<R: AsyncRead + Unpin>(
                     },
                 ) => {
                     let (id, descs) = parse_block_status(&read_payload(r, len).await?)?;
+                    if id == *context && !extents.is_empty() {
+                        // A second answer for the context would start again at the offset.
+                        return Err(protocol(format!(
+                            "more than one block status chunk for context {id}"
+                        )));
+                    }
                     if id == *context {
                         let mut pos = *offset;
                         for (l, f) in descs {
                             if l == 0 {
                                 return Err(protocol("block status descriptor of length 0"));
                             }
-                            let end = (pos + l as u64).min(info.size);
+                            let end = pos.saturating_add(l as u64).min(info.size);
                             if end <= pos {
                                 break;
                             }

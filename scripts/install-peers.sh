@@ -59,3 +59,9 @@ if [ ! -x "$vcsim" ] || [ "$launcher/main.go" -nt "$vcsim" ]; then
     { echo "test peer missing after install: $vcsim (go build failed)" >&2; exit 1; }
 fi
 [ -x "$vcsim" ] || { echo "test peer missing after install: $vcsim" >&2; exit 1; }
+# The fuzz targets (fuzz/run.sh) need a nightly toolchain (SanitizerCoverage, AddressSanitizer).
+if ! rustc +nightly --version >/dev/null 2>&1; then
+  echo "installing the nightly Rust toolchain for the fuzz targets"
+  rustup toolchain install nightly --profile minimal ||
+    { echo "test tool missing after install: rust nightly (for fuzz/run.sh)" >&2; exit 1; }
+fi

@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-peers.sh
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
@@ -13,4 +14,7 @@ cargo test --workspace --release --no-fail-fast 2>&1 | tee "$log" || status=$?
 # them up so the run closes on one line that counts everything.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
      END { printf "ferry: %d passed, %d failed\n", p, f }' "$log"
+# Every fuzz target (fuzz/, outside the workspace; nightly, AddressSanitizer) builds and runs
+# for 30 s from its seeds; a crash fails the run and leaves its input in fuzz/artifacts/.
+bash fuzz/run.sh 30 || status=1
 exit "$status"

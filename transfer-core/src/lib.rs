@@ -9,6 +9,8 @@ pub mod delta;
 pub mod engine;
 pub mod error;
 pub mod extent;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod io;
 pub mod metrics;

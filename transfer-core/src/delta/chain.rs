@@ -92,8 +92,14 @@ impl Chain {
                 ))
             }
         };
+        Chain::parse(path, &body)
+    }
+
+    /// Reads the chain kept at `path` from its contents `body` (a state file, untrusted: it
+    /// may be damaged or written by hand).
+    pub fn parse(path: &Path, body: &[u8]) -> Result<Chain> {
         let v: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| bad_state(path, format!("not JSON: {e}")))?;
+            serde_json::from_slice(body).map_err(|e| bad_state(path, format!("not JSON: {e}")))?;
         let list = v["checkpoints"]
             .as_array()
             .ok_or_else(|| bad_state(path, "no 'checkpoints' list"))?;

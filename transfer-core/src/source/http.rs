@@ -316,7 +316,7 @@ fn short_body(url: &Url, offset: u64, got: usize, want: usize) -> Error {
     )
 }
 
-fn content_length(r: &Response) -> Option<u64> {
+pub(crate) fn content_length(r: &Response) -> Option<u64> {
     r.headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

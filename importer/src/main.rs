@@ -130,6 +130,10 @@ pub(crate) struct HttpArgs {
     /// Extra request header 'Name: value' (repeatable; sent to the source's own origin only).
     #[arg(long = "header", value_name = "NAME: VALUE")]
     headers: Vec<String>,
+    /// How to read the source's bytes: auto (a qcow2 image file or HTTP object is detected by
+    /// its magic; NBD, imageio and VDDK serve raw disks), raw, or qcow2 (on any source).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "raw", "qcow2"])]
+    format: String,
 }
 
 impl HttpArgs {
@@ -146,6 +150,7 @@ impl HttpArgs {
             kind: self.source_kind.parse()?,
             imageio_transport: self.imageio_transport.parse()?,
             vddk: vddk.options(uri, self.thumbprint.as_deref())?,
+            format: self.format.parse()?,
             ..SourceOptions::default()
         })
     }

@@ -171,10 +171,11 @@ fn wrong_export_token_fails_without_echoing_it() {
 }
 
 #[test]
-fn qcow2_body_is_refused_as_needing_conversion() {
+fn a_damaged_qcow2_body_is_refused_and_one_without_range_too() {
     let Some((nginx, _, dir)) = serve() else {
         return;
     };
+    // Only the magic and a version: no cluster size, no tables.
     let mut q = b"QFI\xfb\x00\x00\x00\x03".to_vec();
     q.resize(1 << 16, 0);
     nginx.put("disk.qcow2", &q);
@@ -184,6 +185,15 @@ fn qcow2_body_is_refused_as_needing_conversion() {
         &nginx.http(Location::Range, "disk.qcow2"),
         s(&target),
     ]);
-    out.assert_clean_failure(&["needs format conversion"]);
+    out.assert_clean_failure(&["qcow2", "cluster_bits"]);
+    assert!(!target.exists());
+
+    // A qcow2 image is read with random access, which a server without Range cannot give.
+    let out = importer(&[
+        "copy",
+        &nginx.http(Location::NoRange, "disk.qcow2"),
+        s(&target),
+    ]);
+    out.assert_clean_failure(&["qcow2", "does not honour Range"]);
     assert!(!target.exists());
 }

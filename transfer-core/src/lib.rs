@@ -9,6 +9,7 @@ pub mod delta;
 pub mod engine;
 pub mod error;
 pub mod extent;
+pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;

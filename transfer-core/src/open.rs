@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::format::{open_format, Format};
 use crate::http::HttpOptions;
 use crate::source::file::FileSource;
 use crate::source::glance::{GlanceAuth, GlanceSource};
@@ -43,6 +44,8 @@ pub struct SourceOptions {
     pub retry: RetryPolicy,
     /// What the retries did, shared by every handle of the source.
     pub retry_stats: Arc<RetryStats>,
+    /// How the source's bytes are read: an image format, detected or forced.
+    pub format: Format,
 }
 
 /// What a `vddk://` source takes besides its URL.
@@ -106,6 +109,7 @@ impl Default for SourceOptions {
             changed_since: None,
             retry: RetryPolicy::default(),
             retry_stats: Arc::default(),
+            format: Format::Auto,
         }
     }
 }
@@ -176,7 +180,18 @@ pub async fn dirty_ranges(uri: &str, opts: &SourceOptions) -> Result<Vec<(u64, u
 /// Opens the source named by `uri`, its transient read failures retried as `opts.retry` says.
 pub async fn open_source(uri: &str, opts: &SourceOptions) -> Result<Arc<dyn BlockSource>> {
     let src = open_plain(uri, opts).await?;
-    Ok(RetrySource::wrap(src, opts.retry, opts.retry_stats.clone()))
+    let src = RetrySource::wrap(src, opts.retry, opts.retry_stats.clone());
+    // Image files (paths, file://, plain HTTP) are sniffed; protocols that serve a disk (NBD,
+    // imageio, VDDK) present it raw unless a format is forced.
+    let scheme = uri.split("://").next().unwrap_or("").to_ascii_lowercase();
+    let file_like = !uri.contains("://")
+        || (matches!(scheme.as_str(), "file" | "http" | "https")
+            && imageio_url(uri, opts).is_none());
+    let format = match opts.format {
+        Format::Auto if !file_like => Format::Raw,
+        f => f,
+    };
+    open_format(src, format).await
 }
 
 /// Opens the source named by `uri`, without retries.

@@ -160,6 +160,11 @@ impl HttpSource {
             }
             let n = src.size.min(512) as usize;
             let head = src.read_at(0, Buffer::new(n)).await?;
+            // A qcow2 image with Range support is read through the format layer
+            // (crate::format), which sees these bytes again.
+            if sniff_format(&head) == Some("qcow2") {
+                return Ok(src);
+            }
             match codec_of(&head, &src.url)? {
                 Codec::Raw => return Ok(src),
                 // Compressed: decode one stream front to back.
@@ -328,6 +333,13 @@ fn codec_of(head: &[u8], url: &Url) -> Result<Codec> {
     match sniff_format(head) {
         Some("gzip") => Ok(Codec::Gzip),
         Some("xz") => Ok(Codec::Xz),
+        Some("qcow2") => Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "{}: the image is qcow2, which is read with random access: the server does not honour Range",
+                redact(url)
+            ),
+        )),
         Some(f) => Err(Error::new(
             ErrorKind::Unsupported,
             format!(

@@ -405,13 +405,7 @@ async fn copy_from(
         Err(e) => {
             // What a journal records is kept for the next pod; otherwise a disk this run
             // created goes.
-            let kept = journal.as_ref().is_some_and(|(j, _)| j.has_progress());
-            if created && !kept {
-                let _ = std::fs::remove_file(&target_path);
-                if let Some((j, _)) = &journal {
-                    let _ = j.finish();
-                }
-            }
+            journal::after_failure(&target_path, created, journal.as_ref().map(|(j, _)| &**j));
             return Err(e);
         }
     };

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use delta_args::DeltaArgs;
-use transfer_core::engine::journal::identity;
+use transfer_core::engine::journal::{self, identity};
 use transfer_core::engine::verify::{verify, VerifyOptions, VerifyResult};
 use transfer_core::engine::{copy, CopyOptions, Journal, Progress};
 use transfer_core::http::{HttpOptions, Thumbprint, TlsTrust};
@@ -450,14 +450,7 @@ async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
     let stats = match stats {
         Ok(s) => s,
         Err(e) => {
-            let kept = journal.as_ref().is_some_and(|(j, _)| j.has_progress());
-            if created && !kept {
-                let _ = std::fs::remove_file(&path);
-                if let Some((j, _)) = &journal {
-                    let _ = j.finish();
-                }
-            }
-            if kept {
+            if journal::after_failure(&path, created, journal.as_ref().map(|(j, _)| &**j)) {
                 tracing::info!("what was copied is kept: run the copy again with --resume");
             }
             return Err(e);

@@ -11,10 +11,8 @@
 mod util;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use util::{arg, median, timed, wait_until, Guard};
+use util::{arg, median, sparse_random_nbd, timed};
 
 const AREA: u64 = 64 << 10;
 
@@ -30,32 +28,7 @@ fn bench() -> Result<(), String> {
     let percent: f64 = arg("--percent", "1").parse().map_err(|_| "bad --percent")?;
     let rounds_n: usize = arg("--rounds", "3").parse().map_err(|_| "bad --rounds")?;
     let dir = PathBuf::from(arg("--dir", "/var/tmp/ferry-delta-bench"));
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let importer = exe.parent().ok_or("no binary directory")?.join("importer");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let sock = dir.join("nbdkit.sock");
-    let child = Command::new("nbdkit")
-        .args(["-f", "--exit-with-parent", "-U"])
-        .arg(&sock)
-        .args([
-            "sparse-random",
-            &format!("size={size}"),
-            "percent=50",
-            "seed=7",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("starting nbdkit: {e}"))?;
-    let _nbdkit = Guard(child);
-    if !wait_until(Duration::from_secs(30), || {
-        std::os::unix::net::UnixStream::connect(&sock).is_ok()
-    }) {
-        return Err("nbdkit did not start".into());
-    }
-    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    let (importer, _nbdkit, uri) = sparse_random_nbd(&dir, size)?;
 
     // 1% of the disk in 64 KiB areas, spread evenly with a pseudo-random jitter.
     let areas = ((size as f64 * percent / 100.0) / AREA as f64)

@@ -9,10 +9,8 @@
 mod util;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use util::{arg, median, timed, wait_until, Guard};
+use util::{arg, median, sparse_random_nbd, timed};
 
 fn main() {
     if let Err(e) = bench() {
@@ -25,32 +23,7 @@ fn bench() -> Result<(), String> {
     let size = transfer_core::size::parse_size(&arg("--size", "4G")).map_err(|e| e.to_string())?;
     let rounds_n: usize = arg("--rounds", "5").parse().map_err(|_| "bad --rounds")?;
     let dir = PathBuf::from(arg("--dir", "/var/tmp/ferry-resume-bench"));
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let importer = exe.parent().ok_or("no binary directory")?.join("importer");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let sock = dir.join("nbdkit.sock");
-    let child = Command::new("nbdkit")
-        .args(["-f", "--exit-with-parent", "-U"])
-        .arg(&sock)
-        .args([
-            "sparse-random",
-            &format!("size={size}"),
-            "percent=50",
-            "seed=7",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("starting nbdkit: {e}"))?;
-    let _nbdkit = Guard(child);
-    if !wait_until(Duration::from_secs(30), || {
-        std::os::unix::net::UnixStream::connect(&sock).is_ok()
-    }) {
-        return Err("nbdkit did not start".into());
-    }
-    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    let (importer, _nbdkit, uri) = sparse_random_nbd(&dir, size)?;
     let target = dir.join("disk.img");
     let t = target.display().to_string();
     let exe = importer.display().to_string();

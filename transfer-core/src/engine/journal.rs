@@ -292,6 +292,20 @@ pub fn beside(target: &Path, identity: &str) -> Result<Option<(Journal, bool)>> 
     Journal::open(&path, identity).map(Some)
 }
 
+/// Cleans up after a failed copy into `target`: a target this run `created` is removed (with
+/// its journal) unless the journal records work on it, which is kept for a resume. Returns
+/// whether the target was kept for that reason.
+pub fn after_failure(target: &Path, created: bool, journal: Option<&Journal>) -> bool {
+    let kept = journal.is_some_and(Journal::has_progress);
+    if created && !kept {
+        let _ = std::fs::remove_file(target);
+        if let Some(j) = journal {
+            let _ = j.finish();
+        }
+    }
+    kept
+}
+
 /// Replaces `path` with `bytes`: a synced temporary file renamed over it, then the directory
 /// synced, so a crash leaves the old journal or the new one, never a torn one.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -111,8 +111,14 @@ impl RetrySource {
     }
 
     /// Runs `op` on the current handle until it succeeds, fails for good, or the retries are
-    /// spent; `what` names the request in messages, `bytes` is what a retry reads again.
-    async fn retrying<T, F, Fut>(&self, what: &str, bytes: u64, mut op: F) -> Result<T>
+    /// spent; `what` names the request in messages (made only on a failure: reads are hot),
+    /// `bytes` is what a retry reads again.
+    async fn retrying<T, F, Fut>(
+        &self,
+        what: impl Fn() -> String,
+        bytes: u64,
+        mut op: F,
+    ) -> Result<T>
     where
         F: FnMut(Arc<dyn BlockSource>) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
@@ -125,6 +131,7 @@ impl RetrySource {
                 Err(e) => e,
             };
             attempt += 1;
+            let what = what();
             if !e.kind().is_transient() || attempt > self.policy.retries {
                 if attempt > 1 {
                     return Err(e.context_prefix(format!("{what} failed after {} tries", attempt)));
@@ -173,7 +180,7 @@ impl BlockSource for RetrySource {
         let len = buf.len();
         let mut spare = Some(buf);
         self.retrying(
-            &format!("read of {len} bytes at {offset}"),
+            || format!("read of {len} bytes at {offset}"),
             len as u64,
             |h| {
                 // A failed read consumed its buffer; a retry reads into a new one.
@@ -185,9 +192,11 @@ impl BlockSource for RetrySource {
     }
 
     async fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        self.retrying(&format!("extents at {offset}"), 0, |h| async move {
-            h.extents(offset, len).await
-        })
+        self.retrying(
+            || format!("extents at {offset}"),
+            0,
+            |h| async move { h.extents(offset, len).await },
+        )
         .await
     }
 

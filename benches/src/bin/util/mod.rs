@@ -3,7 +3,7 @@
 //! certificate. Each binary uses a subset.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,42 @@ impl Drop for Guard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A fresh bench directory `dir`, the importer next to this binary, and
+/// `nbdkit sparse-random size=SIZE percent=50 seed=7` on a Unix socket in `dir`, ready: returns
+/// the importer's path, the server (stopped when dropped) and its NBD URI.
+pub fn sparse_random_nbd(dir: &Path, size: u64) -> Result<(PathBuf, Guard, String), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let importer = exe.parent().ok_or("no binary directory")?.join("importer");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let sock = dir.join("nbdkit.sock");
+    let child = Command::new("nbdkit")
+        .args(["-f", "--exit-with-parent", "-U"])
+        .arg(&sock)
+        .args([
+            "sparse-random",
+            &format!("size={size}"),
+            "percent=50",
+            "seed=7",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting nbdkit: {e}"))?;
+    let guard = Guard(child);
+    if !wait_until(Duration::from_secs(30), || {
+        std::os::unix::net::UnixStream::connect(&sock).is_ok()
+    }) {
+        return Err("nbdkit did not start".into());
+    }
+    Ok((
+        importer,
+        guard,
+        format!("nbd+unix:///?socket={}", sock.display()),
+    ))
 }
 
 /// Runs one tool writing `out` (deleted and synced first); returns (seconds, seconds including

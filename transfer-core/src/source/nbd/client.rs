@@ -321,17 +321,11 @@ impl Connection {
     /// Fails every request still waiting for a reply, and every later one, with `why`: once
     /// the reader is stopped no reply can come, and a waiter must not wait forever.
     fn fail_pending(&self, why: &str) {
-        let msg = format!("{}: {why}", self.desc);
-        let ops: Vec<Op> = {
-            let mut sh = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-            if sh.dead.is_none() {
-                sh.dead = Some((ErrorKind::Disconnected, msg.clone()));
-            }
-            sh.ops.drain().map(|(_, op)| op).collect()
-        };
-        for op in ops {
-            op.fail(Error::new(ErrorKind::Disconnected, msg.clone()));
-        }
+        fail_all(
+            &self.shared,
+            ErrorKind::Disconnected,
+            format!("{}: {why}", self.desc),
+        );
     }
 
     async fn wait<T>(&self, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
@@ -372,9 +366,17 @@ async fn reader_task(reader: Reader, shared: Arc<Mutex<Shared>>, info: ExportInf
         ),
         k => (k, format!("{desc}: {err}")),
     };
+    fail_all(&shared, kind, msg);
+}
+
+/// Marks the connection dead with `kind`/`msg` (the first reason stays) and fails every
+/// request waiting for a reply: no reply can come any more.
+fn fail_all(shared: &Mutex<Shared>, kind: ErrorKind, msg: String) {
     let ops: Vec<Op> = {
-        let mut sh = shared.lock().unwrap();
-        sh.dead = Some((kind, msg.clone()));
+        let mut sh = shared.lock().unwrap_or_else(|e| e.into_inner());
+        if sh.dead.is_none() {
+            sh.dead = Some((kind, msg.clone()));
+        }
         sh.ops.drain().map(|(_, op)| op).collect()
     };
     for op in ops {

@@ -3,28 +3,22 @@
 
 mod cdi;
 mod checksum_cmd;
+mod copy_cmd;
 mod delta_args;
 mod progress;
 mod vddk_args;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use delta_args::DeltaArgs;
-use transfer_core::engine::journal::{self, identity};
 use transfer_core::engine::verify::{verify, VerifyOptions, VerifyResult};
-use transfer_core::engine::{copy, CopyOptions, Journal, Progress};
 use transfer_core::http::{HttpOptions, Thumbprint, TlsTrust};
-use transfer_core::io::IoEngineKind;
 use transfer_core::open::{dirty_ranges, open_source, SourceOptions};
 use transfer_core::size::parse_size;
 use transfer_core::source::retry::RetryPolicy;
 use transfer_core::source::stream::Checksum;
-use transfer_core::target::{open_target, target_path, TargetOptions};
 use vddk_args::VddkArgs;
 
 #[derive(Parser)]
@@ -54,7 +48,9 @@ enum LogFormat {
 enum Cmd {
     /// Copy SOURCE (nbd://, nbd+unix://, http(s)://, vddk://, file://, synth://, or a path) to
     /// TARGET (a file or a block device).
-    Copy(CopyArgs),
+    Copy(copy_cmd::CopyArgs),
+    /// Copy every disk of an OVA (or those given with --map) to its own target.
+    CopyOva(copy_cmd::CopyOvaArgs),
     /// Compare SOURCE and TARGET logically; exit 0 when equal, 1 with the first differing offset.
     Verify(VerifyArgs),
     /// Print SOURCE's extents as JSON ([{"start","length","kind"}], kind data|zero|hole), or
@@ -130,10 +126,15 @@ pub(crate) struct HttpArgs {
     /// Extra request header 'Name: value' (repeatable; sent to the source's own origin only).
     #[arg(long = "header", value_name = "NAME: VALUE")]
     headers: Vec<String>,
-    /// How to read the source's bytes: auto (a qcow2 image file or HTTP object is detected by
-    /// its magic; NBD, imageio and VDDK serve raw disks), raw, or qcow2 (on any source).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "raw", "qcow2"])]
+    /// How to read the source's bytes: auto (an image file or HTTP object is detected by its
+    /// magic: qcow2, VMDK, OVA; NBD, imageio and VDDK serve raw disks), or raw, qcow2, vmdk,
+    /// ova (on any source).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "raw", "qcow2", "vmdk", "ova"])]
     format: String,
+    /// The disk of an OVA to read: its index in the OVF's DiskSection (from 0), its diskId or
+    /// its file name. Needed when the OVA holds more than one.
+    #[arg(long, value_name = "INDEX|NAME")]
+    pub(crate) disk: Option<String>,
 }
 
 impl HttpArgs {
@@ -151,6 +152,7 @@ impl HttpArgs {
             imageio_transport: self.imageio_transport.parse()?,
             vddk: vddk.options(uri, self.thumbprint.as_deref())?,
             format: self.format.parse()?,
+            disk: self.disk.as_deref().map(str::parse).transpose()?,
             ..SourceOptions::default()
         })
     }
@@ -187,57 +189,6 @@ impl HttpArgs {
             checksum,
         })
     }
-}
-
-#[derive(Args)]
-struct CopyArgs {
-    /// Source URI.
-    source: String,
-    /// Target path (or file:///path).
-    target: String,
-    #[command(flatten)]
-    tuning: Tuning,
-    #[command(flatten)]
-    http: HttpArgs,
-    #[command(flatten)]
-    vddk: VddkArgs,
-    #[command(flatten)]
-    delta: DeltaArgs,
-    /// In-flight byte budget (all request buffers together).
-    #[arg(long, default_value = "16M", value_parser = size_arg)]
-    memory: u64,
-    /// Allocate the whole target file.
-    #[arg(long)]
-    preallocate: bool,
-    /// Write with O_DIRECT.
-    #[arg(long)]
-    direct: bool,
-    /// The target already reads as zeros: never zero it.
-    #[arg(long)]
-    target_is_zero: bool,
-    /// I/O engine for target writes.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "pwrite", "uring"])]
-    io_engine: String,
-    /// Writer threads of the pwrite engine.
-    #[arg(long, default_value_t = 2)]
-    writer_threads: usize,
-    /// Show progress (a bar on a terminal, log lines otherwise).
-    #[arg(long)]
-    progress: bool,
-    /// Keep a journal of the finished work ranges (TARGET.ferry-journal, or next to
-    /// --state-file), so that a copy run again after an interruption skips what is on the
-    /// target already. The journal is removed when the copy completes.
-    #[arg(long)]
-    resume: bool,
-    /// After the copy, read source and target again and compare them (zero-aware, in
-    /// parallel); a difference fails the copy.
-    #[arg(long)]
-    verify: bool,
-    /// Read zero runs shorter than SIZE together with the data around them (default 0: zero
-    /// ranges are never read). Fewer, larger requests help sources with a high cost per
-    /// request, such as imageio tickets of fragmented disks.
-    #[arg(long, default_value = "0", value_parser = size_arg)]
-    read_gaps: u64,
 }
 
 #[derive(Args)]
@@ -299,7 +250,7 @@ fn cdi_pod() -> bool {
         && !std::env::args().skip(1).any(|a| {
             matches!(
                 a.as_str(),
-                "copy" | "verify" | "extents" | "help" | "--help" | "-h"
+                "copy" | "copy-ova" | "verify" | "extents" | "checksum" | "help" | "--help" | "-h"
             )
         })
 }
@@ -315,7 +266,7 @@ fn main() -> ExitCode {
     let Some(cmd) = cli.cmd else {
         if std::env::var_os("IMPORTER_SOURCE").is_none() {
             eprintln!(
-                "importer: a subcommand is required (copy, verify, extents), or CDI's IMPORTER_* environment; see --help"
+                "importer: a subcommand is required (copy, copy-ova, verify, extents, checksum), or CDI's IMPORTER_* environment; see --help"
             );
             return ExitCode::from(2);
         }
@@ -338,7 +289,8 @@ fn main() -> ExitCode {
         };
     };
     let (source, vddk) = match &cmd {
-        Cmd::Copy(a) => (&a.source, &a.vddk),
+        Cmd::Copy(a) => (a.source(), &a.o.vddk),
+        Cmd::CopyOva(a) => (a.source(), &a.o.vddk),
         Cmd::Verify(a) => (&a.source, &a.vddk),
         Cmd::Extents(a) => (&a.source, &a.vddk),
         Cmd::Checksum(a) => (&a.source, &a.vddk),
@@ -359,7 +311,8 @@ fn main() -> ExitCode {
     };
     let r = rt.block_on(async {
         match cmd {
-            Cmd::Copy(a) => run_copy(a).await,
+            Cmd::Copy(a) => copy_cmd::run(a).await,
+            Cmd::CopyOva(a) => copy_cmd::run_ova(a).await,
             Cmd::Verify(a) => run_verify(a).await,
             Cmd::Extents(a) => run_extents(a).await,
             Cmd::Checksum(a) => checksum_cmd::run(a).await,
@@ -373,143 +326,6 @@ fn main() -> ExitCode {
             eprintln!("importer: error: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-async fn run_copy(a: CopyArgs) -> transfer_core::Result<ExitCode> {
-    let io_engine = a.io_engine.parse::<IoEngineKind>()?;
-    let mut sopts = a
-        .http
-        .source_options(&a.source, &a.vddk, a.tuning.connections)?;
-    sopts.retry = a.tuning.retry();
-    let retries = sopts.retry_stats.clone();
-    sopts.nbd_dirty_bitmap = a.delta.dirty_bitmap();
-    let source = open_source(&a.source, &sopts).await?;
-    let path = target_path(&a.target)?;
-    let mut plan = a
-        .delta
-        .plan(&a.source, source.size(), &path, &sopts)
-        .await?;
-    // A file this run creates is removed again if the copy fails, so a failed import never
-    // leaves a full-size file behind that looks like a finished disk (unless a resume journal
-    // records what is on it).
-    let created = std::fs::symlink_metadata(&path).is_err();
-    let journal = if a.resume {
-        let jpath = a.delta.journal_path(&path)?;
-        if created {
-            // A journal without its target describes nothing.
-            let _ = std::fs::remove_file(&jpath);
-        }
-        let id = identity(&*source, None, plan.delta.as_ref());
-        let (j, resuming) = Journal::open(&jpath, &id)?;
-        Some((Arc::new(j), resuming))
-    } else {
-        None
-    };
-    let resuming = journal.as_ref().is_some_and(|(_, r)| *r);
-    let topts = TargetOptions {
-        preallocate: a.preallocate,
-        direct: a.direct,
-        target_is_zero: a.target_is_zero,
-        in_place: plan.delta.is_some() || resuming,
-    };
-    let delta_bytes = plan.delta.as_ref().map(|d| d.bytes());
-    let target = open_target(&path, source.size(), &topts)?;
-    let progress = a.progress.then(|| Arc::new(Progress::new()));
-    let started = std::time::Instant::now();
-    let terminal = std::io::stderr().is_terminal();
-    let reporter = progress
-        .clone()
-        .map(|p| tokio::spawn(progress::report(p, terminal, started)));
-    let opts = CopyOptions {
-        connections: a.tuning.connections,
-        requests: a.tuning.requests,
-        request_size: a
-            .tuning
-            .request_size
-            .map_or(source.caps().preferred_request, |r| r as usize),
-        memory: a.memory as usize,
-        io_engine,
-        writer_threads: a.writer_threads,
-        direct: a.direct,
-        progress,
-        read_gaps: a.read_gaps,
-        delta: plan.delta.take().map(Arc::new),
-        journal: journal.as_ref().map(|(j, _)| j.clone()),
-        ..CopyOptions::default()
-    };
-    let stats = copy(source, target, &opts).await;
-    if let (Some(r), Some(p)) = (reporter, &opts.progress) {
-        r.abort();
-        if stats.is_ok() {
-            progress::finish(p, terminal, started);
-        } else if terminal {
-            eprintln!();
-        }
-    }
-    let stats = match stats {
-        Ok(s) => s,
-        Err(e) => {
-            if journal::after_failure(&path, created, journal.as_ref().map(|(j, _)| &**j)) {
-                tracing::info!("what was copied is kept: run the copy again with --resume");
-            }
-            return Err(e);
-        }
-    };
-    if a.verify {
-        check_copy(&a, &sopts, &path).await?;
-    }
-    plan.record(stats.bytes_total)?;
-    let mut line = serde_json::json!({
-        "bytes_total": stats.bytes_total,
-        "bytes_data": stats.bytes_data,
-        "bytes_zero": stats.bytes_zero,
-        "bytes_resumed": stats.bytes_resumed,
-        "seconds": (stats.seconds * 1000.0).round() / 1000.0,
-        "mib_per_s": (stats.mib_per_s() * 10.0).round() / 10.0,
-        "connections": stats.connections,
-        "io_engine": stats.io_engine,
-        "retries": retries.retries.load(Ordering::Relaxed),
-        "bytes_reread": retries.bytes_reread.load(Ordering::Relaxed),
-    });
-    if let Some(n) = delta_bytes {
-        line["delta_bytes"] = n.into();
-    }
-    if a.verify {
-        line["verified"] = true.into();
-    }
-    println!("{line}");
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `copy --verify`: the target read back equals the source read again (of a delta, only the
-/// changed ranges are the copy's doing, but the whole disk must still match the source).
-async fn check_copy(
-    a: &CopyArgs,
-    sopts: &SourceOptions,
-    target: &std::path::Path,
-) -> transfer_core::Result<()> {
-    let x = open_source(&a.source, sopts).await?;
-    let y = open_source(&target.display().to_string(), &SourceOptions::default()).await?;
-    let vopts = VerifyOptions {
-        connections: a.tuning.connections,
-        requests: a.tuning.requests.min(8),
-        ..VerifyOptions::default()
-    };
-    let mismatch = |what: String| {
-        transfer_core::Error::new(
-            transfer_core::ErrorKind::Mismatch,
-            format!("verify: {what}"),
-        )
-    };
-    match verify(x, y, &vopts).await? {
-        VerifyResult::Equal => Ok(()),
-        VerifyResult::SizeDiffers(p, q) => Err(mismatch(format!(
-            "the source has {p} bytes but the target {q}"
-        ))),
-        VerifyResult::DiffersAt(off) => Err(mismatch(format!(
-            "the target differs from the source at offset {off}"
-        ))),
     }
 }
 

@@ -44,6 +44,15 @@ impl Extent {
         Extent { offset, len, kind }
     }
 
+    /// Appends `[offset, offset+len)` of `kind` to `out`, merging it into the last extent when
+    /// that one is of the same kind.
+    pub fn push_merged(out: &mut Vec<Extent>, offset: u64, len: u64, kind: ExtentKind) {
+        match out.last_mut() {
+            Some(last) if last.kind == kind && last.end() == offset => last.len += len,
+            _ => out.push(Extent::new(offset, len, kind)),
+        }
+    }
+
     /// One past the last byte.
     pub fn end(&self) -> u64 {
         self.offset + self.len

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::{open_format, Format};
+use crate::format::{open_format, sibling_name, DiskChoice, Format, FormatContext, Siblings};
 use crate::http::HttpOptions;
 use crate::source::file::FileSource;
 use crate::source::glance::{GlanceAuth, GlanceSource};
@@ -46,6 +46,8 @@ pub struct SourceOptions {
     pub retry_stats: Arc<RetryStats>,
     /// How the source's bytes are read: an image format, detected or forced.
     pub format: Format,
+    /// Which disk of an OVA to read.
+    pub disk: Option<DiskChoice>,
 }
 
 /// What a `vddk://` source takes besides its URL.
@@ -110,6 +112,7 @@ impl Default for SourceOptions {
             retry: RetryPolicy::default(),
             retry_stats: Arc::default(),
             format: Format::Auto,
+            disk: None,
         }
     }
 }
@@ -188,10 +191,91 @@ pub async fn open_source(uri: &str, opts: &SourceOptions) -> Result<Arc<dyn Bloc
         || (matches!(scheme.as_str(), "file" | "http" | "https")
             && imageio_url(uri, opts).is_none());
     let format = match opts.format {
-        Format::Auto if !file_like => Format::Raw,
+        Format::Auto if !file_like && opts.disk.is_none() => Format::Raw,
+        Format::Auto if !file_like => Format::Ova,
         f => f,
     };
-    open_format(src, format).await
+    let ctx = FormatContext {
+        siblings: siblings_of(uri, opts),
+        disk: opts.disk.clone(),
+    };
+    open_format(src, format, &ctx).await
+}
+
+/// The disks of the OVA at `uri` (only its descriptor is read).
+pub async fn ova_listing(uri: &str, opts: &SourceOptions) -> Result<crate::format::ova::Listing> {
+    let src = open_plain(uri, opts).await?;
+    let src = RetrySource::wrap(src, opts.retry, opts.retry_stats.clone());
+    crate::format::ova::list(&src).await
+}
+
+/// Where the extent files of a VMDK descriptor at `uri` are: next to a file, or at URLs
+/// relative to an HTTP one.
+fn siblings_of(uri: &str, opts: &SourceOptions) -> Option<Arc<dyn Siblings>> {
+    let scheme = uri.split("://").next().unwrap_or("").to_ascii_lowercase();
+    let dir = if !uri.contains("://") {
+        Path::new(uri).parent().map(Path::to_path_buf)
+    } else if scheme == "file" {
+        url::Url::parse(uri)
+            .ok()?
+            .to_file_path()
+            .ok()?
+            .parent()
+            .map(Path::to_path_buf)
+    } else if matches!(scheme.as_str(), "http" | "https") && imageio_url(uri, opts).is_none() {
+        return Some(Arc::new(NextTo {
+            at: At::Url(url::Url::parse(uri).ok()?),
+            opts: opts.clone(),
+        }));
+    } else {
+        None
+    };
+    Some(Arc::new(NextTo {
+        at: At::Dir(dir?),
+        opts: opts.clone(),
+    }))
+}
+
+enum At {
+    Dir(std::path::PathBuf),
+    Url(url::Url),
+}
+
+/// Files next to a VMDK descriptor, opened with the descriptor's options and retries.
+struct NextTo {
+    at: At,
+    opts: SourceOptions,
+}
+
+#[async_trait::async_trait]
+impl Siblings for NextTo {
+    async fn open(&self, name: &str) -> Result<Arc<dyn BlockSource>> {
+        let name = sibling_name(name)?;
+        let src: Arc<dyn BlockSource> = match &self.at {
+            At::Dir(d) => {
+                let p = if d.as_os_str().is_empty() {
+                    Path::new(name).to_path_buf()
+                } else {
+                    d.join(name)
+                };
+                Arc::new(FileSource::open(&p)?)
+            }
+            At::Url(u) => {
+                let url = u.join(name).map_err(|e| {
+                    Error::new(
+                        ErrorKind::InvalidInput,
+                        format!("extent file '{name}': {e}"),
+                    )
+                })?;
+                Arc::new(HttpSource::open(url, &self.opts.http, self.opts.connections).await?)
+            }
+        };
+        Ok(RetrySource::wrap(
+            src,
+            self.opts.retry,
+            self.opts.retry_stats.clone(),
+        ))
+    }
 }
 
 /// Opens the source named by `uri`, without retries.

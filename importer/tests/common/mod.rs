@@ -667,3 +667,6 @@ pub mod metrics;
 
 /// govmomi's vCenter simulator with changed-block tracking (`.peers/bin/vcsim-ferry`).
 pub mod vcsim;
+
+/// Reference disk images made by the real tools (qemu-img, VMDKstream.py, tar, gzip).
+pub mod images;

@@ -1,24 +1,40 @@
-//! Disk image formats read as raw disks on top of any source: detected by their magic or
-//! forced (`--format`).
+//! Disk image formats read as raw disks on top of any source, with no scratch space: qcow2,
+//! VMDK (sparse, stream-optimized, flat and split descriptors) and OVA archives. Detected by
+//! their magic or forced (`--format`). Positional sources are read with random access (and in
+//! parallel); a source that can only be read front to back (a stream) is decoded in order where
+//! the format allows it (a stream-optimized VMDK, an OVA of them, gzip members).
 
+pub mod compose;
+pub mod ova;
+pub mod ovf;
 pub mod qcow2;
+pub mod seq;
+pub mod vmdk;
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
+
 use crate::buffer::Buffer;
 use crate::error::{Error, ErrorKind, Result};
-use crate::source::BlockSource;
+use crate::extent::Extent;
+use crate::source::{BlockSource, SourceCaps};
+pub use ova::DiskChoice;
 
 /// How a source's bytes are to be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Format {
-    /// By the magic at its start (positional sources; a stream is read as it is).
+    /// By the magic at its start.
     #[default]
     Auto,
     /// As they are.
     Raw,
     /// As a qcow2 image.
     Qcow2,
+    /// As a VMDK (a sparse extent or a descriptor).
+    Vmdk,
+    /// As an OVA archive, one of whose disks is read.
+    Ova,
 }
 
 impl std::str::FromStr for Format {
@@ -28,26 +44,83 @@ impl std::str::FromStr for Format {
             "auto" => Ok(Format::Auto),
             "raw" => Ok(Format::Raw),
             "qcow2" => Ok(Format::Qcow2),
+            "vmdk" => Ok(Format::Vmdk),
+            "ova" => Ok(Format::Ova),
             _ => Err(Error::new(
                 ErrorKind::InvalidInput,
-                format!("unknown format '{s}' (auto, raw, qcow2)"),
+                format!("unknown format '{s}' (auto, raw, qcow2, vmdk, ova)"),
             )),
         }
     }
 }
 
-/// The format whose magic starts `head`, if one this crate reads.
+/// The format whose magic starts `head`, if one this module reads.
 pub fn detect(head: &[u8]) -> Option<Format> {
-    head.starts_with(&qcow2::MAGIC).then_some(Format::Qcow2)
+    if head.starts_with(&qcow2::MAGIC) {
+        Some(Format::Qcow2)
+    } else if vmdk::detect(head) {
+        Some(Format::Vmdk)
+    } else if head.len() >= 263 && &head[257..262] == b"ustar" {
+        Some(Format::Ova)
+    } else {
+        None
+    }
+}
+
+/// Opens the files a VMDK descriptor names, next to it.
+#[async_trait]
+pub trait Siblings: Send + Sync {
+    /// The file `name` (relative to the descriptor).
+    async fn open(&self, name: &str) -> Result<Arc<dyn BlockSource>>;
+}
+
+/// Checks a name a descriptor gives for a file next to it: relative, within its directory.
+pub fn sibling_name(name: &str) -> Result<&str> {
+    let ok = !name.is_empty()
+        && !name.starts_with('/')
+        && !name.contains('\\')
+        && !name.contains("://")
+        && !name.contains(['?', '#', '\0'])
+        && name.split('/').all(|p| p != "..");
+    if ok {
+        Ok(name)
+    } else {
+        Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("vmdk: the extent file '{name}' is not a name next to the descriptor"),
+        ))
+    }
+}
+
+/// What opening a format may need besides the source.
+#[derive(Default, Clone)]
+pub struct FormatContext {
+    /// Opens a VMDK descriptor's extent files.
+    pub siblings: Option<Arc<dyn Siblings>>,
+    /// Which disk of an OVA.
+    pub disk: Option<DiskChoice>,
 }
 
 /// `src` read as `format` (detected from its first bytes for [`Format::Auto`]).
 pub async fn open_format(
     src: Arc<dyn BlockSource>,
     format: Format,
+    ctx: &FormatContext,
 ) -> Result<Arc<dyn BlockSource>> {
+    let mut src = src;
     let format = match format {
-        Format::Auto if src.caps().sequential || src.size() < 4 => Format::Raw,
+        Format::Auto if src.caps().size_known && src.size() < 4 => Format::Raw,
+        Format::Raw => Format::Raw,
+        // A stream's first bytes are kept, to be read again by the format's reader.
+        f if src.caps().sequential => {
+            let peeked = Arc::new(PeekedSource::new(src).await?);
+            let f = match f {
+                Format::Auto => detect(peeked.head()).unwrap_or(Format::Raw),
+                f => f,
+            };
+            src = peeked;
+            f
+        }
         Format::Auto => {
             let n = src.size().min(512) as usize;
             let head = src.read_at(0, Buffer::new(n)).await?;
@@ -55,8 +128,156 @@ pub async fn open_format(
         }
         f => f,
     };
+    if ctx.disk.is_some() && format != Format::Ova {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "--disk picks a disk of an OVA, and {} is not one",
+                src.describe()
+            ),
+        ));
+    }
     match format {
         Format::Qcow2 => Ok(Arc::new(qcow2::Qcow2Source::open(src).await?)),
+        Format::Vmdk => vmdk::open(src, ctx.siblings.as_deref()).await,
+        Format::Ova => ova::open(src, ctx.disk.as_ref()).await,
+        Format::Raw | Format::Auto => Ok(src),
+    }
+}
+
+/// Reads `len` bytes at `offset` of `src`, which must hold them: a table or grain past the end
+/// of an image file means a truncated image.
+pub(crate) async fn read_exact(src: &dyn BlockSource, offset: u64, len: usize) -> Result<Buffer> {
+    if offset
+        .checked_add(len as u64)
+        .is_none_or(|end| end > src.size())
+    {
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            format!(
+                "{len} bytes at {offset} lie past the end of {} ({} bytes): truncated?",
+                src.describe(),
+                src.size()
+            ),
+        ));
+    }
+    src.read_at(offset, Buffer::new(len)).await
+}
+
+/// The extents of `[offset, offset+len)` of an image of `size` bytes whose allocation is kept
+/// per `unit` bytes (a cluster, a grain): `kind_of(u)` says what unit `u` is; like units merge.
+pub(crate) async fn unit_extents<F, Fut>(
+    offset: u64,
+    len: u64,
+    size: u64,
+    unit: u64,
+    mut kind_of: F,
+) -> Result<Vec<Extent>>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<crate::extent::ExtentKind>>,
+{
+    let end = offset.saturating_add(len).min(size);
+    let mut out: Vec<Extent> = Vec::new();
+    let mut pos = offset;
+    while pos < end {
+        let n = (unit - pos % unit).min(end - pos);
+        Extent::push_merged(&mut out, pos, n, kind_of(pos / unit).await?);
+        pos += n;
+    }
+    Ok(out)
+}
+
+/// A member of an archive, read as the image its magic says (files next to it cannot be named).
+pub(crate) async fn open_member(src: Arc<dyn BlockSource>) -> Result<Arc<dyn BlockSource>> {
+    let n = src.size().min(512) as usize;
+    let head = src.read_at(0, Buffer::new(n)).await?;
+    match detect(head.as_slice()) {
+        Some(Format::Qcow2) => Ok(Arc::new(qcow2::Qcow2Source::open(src).await?)),
+        Some(Format::Vmdk) => vmdk::open(src, None).await,
+        Some(Format::Ova) => Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("{}: an archive inside an archive", src.describe()),
+        )),
         _ => Ok(src),
+    }
+}
+
+/// A stream whose first bytes were read to detect its format, and are given again.
+struct PeekedSource {
+    inner: Arc<dyn BlockSource>,
+    head: Vec<u8>,
+    /// Whether the stream ended within the head.
+    short: bool,
+}
+
+impl PeekedSource {
+    const LEN: usize = 64 << 10;
+
+    async fn new(inner: Arc<dyn BlockSource>) -> Result<Self> {
+        let n = if inner.caps().size_known {
+            inner.size().min(Self::LEN as u64) as usize
+        } else {
+            Self::LEN
+        };
+        let head = inner.read_at(0, Buffer::new(n)).await?;
+        Ok(PeekedSource {
+            short: head.len() < n,
+            head: head.as_slice().to_vec(),
+            inner,
+        })
+    }
+
+    fn head(&self) -> &[u8] {
+        &self.head
+    }
+}
+
+#[async_trait]
+impl BlockSource for PeekedSource {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    fn caps(&self) -> SourceCaps {
+        self.inner.caps()
+    }
+
+    async fn read_at(&self, offset: u64, mut buf: Buffer) -> Result<Buffer> {
+        let h = self.head.len() as u64;
+        if offset >= h {
+            return self.inner.read_at(offset, buf).await;
+        }
+        // A read that runs past the head continues the stream at `h`; the stream itself
+        // refuses a second one.
+        let want = buf.len();
+        let from = offset as usize;
+        let n = (self.head.len() - from).min(want);
+        buf.as_mut_slice()[..n].copy_from_slice(&self.head[from..from + n]);
+        if n == want || self.short {
+            buf.set_len(n);
+            return Ok(buf);
+        }
+        let rest = self.inner.read_at(h, Buffer::new(want - n)).await?;
+        let m = rest.len();
+        buf.as_mut_slice()[n..n + m].copy_from_slice(rest.as_slice());
+        buf.set_len(n + m);
+        Ok(buf)
+    }
+
+    async fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        self.inner.extents(offset, len).await
+    }
+
+    async fn open_another(&self) -> Result<Arc<dyn BlockSource>> {
+        self.inner.open_another().await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
     }
 }

@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use crate::buffer::Buffer;
 use crate::error::{Error, ErrorKind, Result};
 use crate::extent::{Extent, ExtentKind};
+use crate::format::{read_exact, unit_extents};
 use crate::source::{BlockSource, SourceCaps};
 
 /// The magic at offset 0: `QFI\xfb`.
@@ -222,20 +223,6 @@ pub struct Qcow2Source {
     image: Arc<Image>,
 }
 
-/// Reads `len` bytes at `offset` of `src` (short only at its end).
-async fn read_exact(src: &dyn BlockSource, offset: u64, len: usize) -> Result<Buffer> {
-    if offset
-        .checked_add(len as u64)
-        .is_none_or(|end| end > src.size())
-    {
-        return Err(corrupt(format!(
-            "{len} bytes at {offset} lie past the end of the image file ({} bytes): truncated?",
-            src.size()
-        )));
-    }
-    src.read_at(offset, Buffer::new(len)).await
-}
-
 impl Qcow2Source {
     /// Opens the image on `inner` (a positional source).
     pub async fn open(inner: Arc<dyn BlockSource>) -> Result<Qcow2Source> {
@@ -396,23 +383,14 @@ impl BlockSource for Qcow2Source {
 
     async fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         let cs = self.image.header.cluster_size();
-        let end = offset.saturating_add(len).min(self.size());
-        let mut out: Vec<Extent> = Vec::new();
-        let mut pos = offset;
-        while pos < end {
-            let n = (cs - pos % cs).min(end - pos);
-            let kind = match self.entry(pos / cs).await? {
+        unit_extents(offset, len, self.size(), cs, |c| async move {
+            Ok(match self.entry(c).await? {
                 L2Entry::Unallocated => ExtentKind::Hole,
                 L2Entry::Zero => ExtentKind::Zero,
                 L2Entry::Data(_) | L2Entry::Compressed { .. } => ExtentKind::Data,
-            };
-            match out.last_mut() {
-                Some(last) if last.kind == kind => last.len += n,
-                _ => out.push(Extent::new(pos, n, kind)),
-            }
-            pos += n;
-        }
-        Ok(out)
+            })
+        })
+        .await
     }
 
     async fn open_another(&self) -> Result<Arc<dyn BlockSource>> {

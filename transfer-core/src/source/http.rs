@@ -160,9 +160,9 @@ impl HttpSource {
             }
             let n = src.size.min(512) as usize;
             let head = src.read_at(0, Buffer::new(n)).await?;
-            // A qcow2 image with Range support is read through the format layer
+            // An image with Range support is read through the format layer
             // (crate::format), which sees these bytes again.
-            if sniff_format(&head) == Some("qcow2") {
+            if matches!(sniff_format(&head), Some("qcow2" | "vmdk")) {
                 return Ok(src);
             }
             match codec_of(&head, &src.url)? {
@@ -340,14 +340,9 @@ fn codec_of(head: &[u8], url: &Url) -> Result<Codec> {
                 redact(url)
             ),
         )),
-        Some(f) => Err(Error::new(
-            ErrorKind::Unsupported,
-            format!(
-                "{}: the image is {f} and needs format conversion, which is not supported yet",
-                redact(url)
-            ),
-        )),
-        None => Ok(Codec::Raw),
+        // Other images (a stream-optimized VMDK, an OVA) are decoded front to back by the
+        // format layer (crate::format).
+        _ => Ok(Codec::Raw),
     }
 }
 
@@ -363,15 +358,7 @@ impl BlockSource for HttpSource {
 
     fn caps(&self) -> SourceCaps {
         match self.stream {
-            Some(_) => SourceCaps {
-                preferred_request: 1 << 20,
-                max_request: 4 << 20,
-                can_extents: false,
-                max_connections: 1,
-                max_requests: 1,
-                sequential: true,
-                size_known: self.size_known,
-            },
+            Some(_) => SourceCaps::stream(self.size_known),
             None => SourceCaps {
                 preferred_request: 4 << 20,
                 max_request: 32 << 20,

@@ -53,6 +53,21 @@ impl Default for SourceCaps {
     }
 }
 
+impl SourceCaps {
+    /// What a stream read front to back can do: one reader, one request at a time.
+    pub fn stream(size_known: bool) -> SourceCaps {
+        SourceCaps {
+            preferred_request: 1 << 20,
+            max_request: 4 << 20,
+            can_extents: false,
+            max_connections: 1,
+            max_requests: 1,
+            sequential: true,
+            size_known,
+        }
+    }
+}
+
 /// A readable virtual disk.
 ///
 /// Reads take an owned [`Buffer`] and give it back filled: the buffer may be filled by another

@@ -1,0 +1,457 @@
+//! A hosted sparse extent (monolithicSparse, a twoGbMaxExtentSparse part, streamOptimized)
+//! read with random access: the grain directory (from the header, or from the footer of a
+//! stream-optimized extent), grain tables cached, plain or compressed grains. Runs of grains that
+//! lie next to each other in the file are read with one request, and compressed grains are
+//! inflated on the blocking pool, so a large read decodes in parallel with the others.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use super::header::{corrupt, parse_footer, Marker, SparseHeader, GD_AT_END, SECTOR};
+use crate::buffer::Buffer;
+use crate::error::{Error, ErrorKind, Result};
+use crate::extent::{Extent, ExtentKind};
+use crate::format::{read_exact, unit_extents};
+use crate::source::{BlockSource, SourceCaps};
+
+/// Cached grain tables, in bytes.
+const GT_CACHE_BYTES: usize = 8 << 20;
+/// The largest span of adjacent compressed grains fetched with one read.
+const MAX_SPAN: u64 = 16 << 20;
+
+/// Where one grain's bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grain {
+    /// Not allocated: zeros (a parent is refused when opening).
+    Unallocated,
+    /// Reads as zeros.
+    Zero,
+    /// At this sector of the extent file.
+    At(u64),
+}
+
+impl Grain {
+    /// Decodes a grain table entry.
+    pub fn decode(gte: u32) -> Grain {
+        match gte {
+            0 => Grain::Unallocated,
+            1 => Grain::Zero,
+            s => Grain::At(s as u64),
+        }
+    }
+}
+
+/// Inflates one compressed grain from `data` (which starts at the grain's sector) into `out`;
+/// `need` bytes of it must come out (less than a grain only at the end of the disk).
+pub fn inflate_grain(data: &[u8], markers: bool, out: &mut [u8], need: usize) -> Result<()> {
+    let body = if markers {
+        let Marker::Grain { size, .. } = Marker::parse(data)? else {
+            return Err(corrupt("a grain table points at a metadata marker"));
+        };
+        let end = Marker::GRAIN_HEADER + size as usize;
+        if end > data.len() {
+            return Err(corrupt(format!(
+                "a compressed grain of {size} bytes runs past the end of the file or the grain's bound"
+            )));
+        }
+        &data[Marker::GRAIN_HEADER..end]
+    } else {
+        data
+    };
+    // zlib (RFC 1950) as VMware and qemu write it; raw deflate is taken too.
+    let zlib = body.len() >= 2
+        && body[0] & 0x0f == 8
+        && (u16::from(body[0]) << 8 | u16::from(body[1])) % 31 == 0;
+    let mut dec: Box<dyn Read> = if zlib {
+        Box::new(flate2::read::ZlibDecoder::new(body))
+    } else {
+        Box::new(flate2::read::DeflateDecoder::new(body))
+    };
+    let mut filled = 0;
+    while filled < out.len() {
+        match dec.read(&mut out[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) => return Err(corrupt(format!("a compressed grain does not inflate: {e}"))),
+        }
+    }
+    if filled < need {
+        return Err(corrupt(format!(
+            "a compressed grain inflates to {filled} bytes, not {need}"
+        )));
+    }
+    // Read on to the end of the compressed stream, so that its checksum is checked.
+    match dec.read(&mut [0u8; 1]) {
+        Ok(0) => Ok(()),
+        Ok(_) => Err(corrupt("a compressed grain inflates to more than a grain")),
+        Err(e) => Err(corrupt(format!("a compressed grain does not inflate: {e}"))),
+    }
+}
+
+/// What the handles of one extent share.
+struct Shared {
+    header: SparseHeader,
+    gd: Vec<u32>,
+    gts: Mutex<HashMap<u64, Arc<Vec<u32>>>>,
+    max_gts: usize,
+    desc: String,
+}
+
+/// A sparse extent on `inner`, read as a raw disk.
+pub struct SparseSource {
+    inner: Arc<dyn BlockSource>,
+    x: Arc<Shared>,
+}
+
+/// One grain's part of a read.
+struct Piece {
+    /// Where in the caller's buffer.
+    at: usize,
+    /// Where in the grain.
+    within: u64,
+    len: usize,
+    /// Bytes of the grain that must inflate.
+    need: usize,
+    grain: Grain,
+}
+
+impl SparseSource {
+    /// Opens the sparse extent on `inner` (a positional source).
+    pub async fn open(inner: Arc<dyn BlockSource>) -> Result<SparseSource> {
+        if inner.caps().sequential {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "{} can only be read front to back, and this VMDK needs random access",
+                    inner.describe()
+                ),
+            ));
+        }
+        let head = read_exact(&*inner, 0, SparseHeader::LEN.min(inner.size() as usize)).await?;
+        let mut header = SparseHeader::parse(head.as_slice())?;
+        if header.gd_offset == GD_AT_END {
+            let size = inner.size();
+            if size < 1536 + 512 {
+                return Err(corrupt("the extent is too short for a footer: truncated?"));
+            }
+            let tail = read_exact(&*inner, size - 1536, 1536).await?;
+            let footer = parse_footer(tail.as_slice())?;
+            if (footer.capacity, footer.grain_sectors, footer.gtes_per_gt)
+                != (header.capacity, header.grain_sectors, header.gtes_per_gt)
+            {
+                return Err(corrupt("the footer and the header disagree on the layout"));
+            }
+            header = footer;
+        }
+        let n = header.gd_entries() as usize;
+        let gd: Vec<u32> = if n == 0 {
+            Vec::new()
+        } else {
+            if header.gd_offset == 0 {
+                return Err(corrupt("no grain directory"));
+            }
+            let at = header
+                .gd_offset
+                .checked_mul(SECTOR)
+                .ok_or_else(|| corrupt("grain directory offset out of range"))?;
+            let raw = read_exact(&*inner, at, n * 4).await?;
+            raw.as_slice()
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect()
+        };
+        let gt_bytes = header.gtes_per_gt as usize * 4;
+        let desc = format!(
+            "vmdk sparse extent{} on {}",
+            if header.markers() {
+                " (stream-optimized)"
+            } else {
+                ""
+            },
+            inner.describe()
+        );
+        Ok(SparseSource {
+            inner,
+            x: Arc::new(Shared {
+                max_gts: (GT_CACHE_BYTES / gt_bytes).max(2),
+                header,
+                gd,
+                gts: Mutex::new(HashMap::new()),
+                desc,
+            }),
+        })
+    }
+
+    /// The header in use (the footer's for a stream-optimized extent).
+    pub fn header(&self) -> &SparseHeader {
+        &self.x.header
+    }
+
+    /// Where grain `g` is.
+    async fn grain(&self, g: u64) -> Result<Grain> {
+        let h = &self.x.header;
+        let per = h.gtes_per_gt as u64;
+        let gd_index = g / per;
+        let gt_sector = self.x.gd[gd_index as usize];
+        if gt_sector == 0 {
+            return Ok(Grain::Unallocated);
+        }
+        let cached = self
+            .x
+            .gts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&gd_index)
+            .cloned();
+        let table = match cached {
+            Some(t) => t,
+            None => {
+                let raw =
+                    read_exact(&*self.inner, gt_sector as u64 * SECTOR, per as usize * 4).await?;
+                let t: Arc<Vec<u32>> = Arc::new(
+                    raw.as_slice()
+                        .chunks_exact(4)
+                        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+                        .collect(),
+                );
+                let mut cache = self.x.gts.lock().unwrap_or_else(|e| e.into_inner());
+                if cache.len() >= self.x.max_gts {
+                    cache.clear();
+                }
+                cache.insert(gd_index, t.clone());
+                t
+            }
+        };
+        let grain = Grain::decode(table[(g % per) as usize]);
+        if let Grain::At(s) = grain {
+            if s.checked_mul(SECTOR).is_none_or(|b| b >= self.inner.size()) {
+                return Err(corrupt(format!(
+                    "grain {g} at sector {s}, past the end of {}: truncated?",
+                    self.inner.describe()
+                )));
+            }
+        }
+        Ok(grain)
+    }
+
+    /// Reads the plain grains of `pieces` (all `Grain::At`), one request per run that is
+    /// contiguous in the file.
+    async fn read_plain(&self, pieces: &[Piece], buf: &mut Buffer) -> Result<()> {
+        let host = |p: &Piece| match p.grain {
+            Grain::At(s) => s * SECTOR + p.within,
+            _ => unreachable!("plain pieces are allocated"),
+        };
+        let mut i = 0;
+        while i < pieces.len() {
+            let start = host(&pieces[i]);
+            let mut j = i + 1;
+            let mut end = start + pieces[i].len as u64;
+            while j < pieces.len()
+                && host(&pieces[j]) == end
+                && pieces[j].at == pieces[j - 1].at + pieces[j - 1].len
+                && end - start < MAX_SPAN
+            {
+                end += pieces[j].len as u64;
+                j += 1;
+            }
+            let at = pieces[i].at;
+            let got = read_exact(&*self.inner, start, (end - start) as usize).await?;
+            buf.as_mut_slice()[at..at + got.len()].copy_from_slice(got.as_slice());
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Reads and inflates the compressed grains of `pieces`; grains stored one after the other
+    /// are fetched together.
+    async fn read_compressed(&self, pieces: Vec<Piece>, buf: Buffer) -> Result<Buffer> {
+        let h = &self.x.header;
+        let gb = h.grain_bytes();
+        // A compressed grain takes at most a grain, its marker and deflate's few bytes of
+        // overhead, rounded to sectors.
+        let bound = gb + 4096;
+        let file_size = self.inner.size();
+        let mut spans: Vec<(u64, Buffer, Vec<Piece>)> = Vec::new();
+        let mut run: Vec<Piece> = Vec::new();
+        let mut run_start = 0u64;
+        let mut last = 0u64;
+        for p in pieces {
+            let Grain::At(s) = p.grain else {
+                unreachable!("compressed pieces are allocated")
+            };
+            let at = s * SECTOR;
+            if !run.is_empty() && (at <= last || at + bound - run_start > MAX_SPAN) {
+                let end = (last + bound).min(file_size);
+                let data = read_exact(&*self.inner, run_start, (end - run_start) as usize).await?;
+                spans.push((run_start, data, std::mem::take(&mut run)));
+            }
+            if run.is_empty() {
+                run_start = at;
+            }
+            last = at;
+            run.push(p);
+        }
+        if !run.is_empty() {
+            let end = (last + bound).min(file_size);
+            let data = read_exact(&*self.inner, run_start, (end - run_start) as usize).await?;
+            spans.push((run_start, data, run));
+        }
+        let markers = h.markers();
+        let desc = self.x.desc.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut buf = buf;
+            let mut grain = vec![0u8; gb as usize];
+            for (start, data, pieces) in spans {
+                for p in pieces {
+                    let Grain::At(s) = p.grain else { continue };
+                    let from = (s * SECTOR - start) as usize;
+                    let to = (from as u64 + bound).min(data.len() as u64) as usize;
+                    inflate_grain(&data.as_slice()[from..to], markers, &mut grain, p.need)
+                        .map_err(|e| e.context_prefix(format!("{desc}, sector {s}")))?;
+                    let w = p.within as usize;
+                    buf.as_mut_slice()[p.at..p.at + p.len].copy_from_slice(&grain[w..w + p.len]);
+                }
+            }
+            Ok(buf)
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Io, format!("inflating grains: {e}")))?
+    }
+}
+
+#[async_trait]
+impl BlockSource for SparseSource {
+    fn describe(&self) -> String {
+        self.x.desc.clone()
+    }
+
+    fn size(&self) -> u64 {
+        self.x.header.size()
+    }
+
+    fn caps(&self) -> SourceCaps {
+        let inner = self.inner.caps();
+        let preferred = if self.x.header.compressed() {
+            4 << 20
+        } else {
+            1 << 20
+        };
+        SourceCaps {
+            can_extents: true,
+            preferred_request: preferred
+                .max(inner.preferred_request)
+                .min(inner.max_request),
+            ..inner
+        }
+    }
+
+    async fn read_at(&self, offset: u64, mut buf: Buffer) -> Result<Buffer> {
+        let len = buf.len() as u64;
+        if offset.checked_add(len).is_none_or(|e| e > self.size()) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{}: read of {len} bytes at {offset} past the end",
+                    self.x.desc
+                ),
+            ));
+        }
+        let gb = self.x.header.grain_bytes();
+        let compressed = self.x.header.compressed();
+        let (mut plain, mut packed) = (Vec::new(), Vec::new());
+        let mut pos = offset;
+        while pos < offset + len {
+            let g = pos / gb;
+            let within = pos % gb;
+            let n = (gb - within).min(offset + len - pos) as usize;
+            let at = (pos - offset) as usize;
+            let need = (self.size() - g * gb).min(gb) as usize;
+            match self.grain(g).await? {
+                Grain::Unallocated | Grain::Zero => buf.as_mut_slice()[at..at + n].fill(0),
+                grain => {
+                    let p = Piece {
+                        at,
+                        within,
+                        len: n,
+                        need,
+                        grain,
+                    };
+                    if compressed {
+                        packed.push(p)
+                    } else {
+                        plain.push(p)
+                    }
+                }
+            }
+            pos += n as u64;
+        }
+        self.read_plain(&plain, &mut buf).await?;
+        if packed.is_empty() {
+            return Ok(buf);
+        }
+        self.read_compressed(packed, buf).await
+    }
+
+    async fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let gb = self.x.header.grain_bytes();
+        unit_extents(offset, len, self.size(), gb, |g| async move {
+            Ok(match self.grain(g).await? {
+                Grain::Unallocated => ExtentKind::Hole,
+                Grain::Zero => ExtentKind::Zero,
+                Grain::At(_) => ExtentKind::Data,
+            })
+        })
+        .await
+    }
+
+    async fn open_another(&self) -> Result<Arc<dyn BlockSource>> {
+        Ok(Arc::new(SparseSource {
+            inner: self.inner.open_another().await?,
+            x: self.x.clone(),
+        }))
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn zlib(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn grains_inflate_and_bad_ones_are_refused() {
+        let grain: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+        let z = zlib(&grain);
+        let mut data = vec![0u8; 12];
+        data[..8].copy_from_slice(&128u64.to_le_bytes());
+        data[8..12].copy_from_slice(&(z.len() as u32).to_le_bytes());
+        data.extend_from_slice(&z);
+        let mut out = vec![0u8; 65536];
+        inflate_grain(&data, true, &mut out, 65536).unwrap();
+        assert_eq!(out, grain);
+        inflate_grain(&z, false, &mut out, 65536).unwrap();
+        assert!(inflate_grain(&data[..data.len() - 10], true, &mut out, 65536).is_err());
+        let mut flipped = data.clone();
+        flipped[40] ^= 0xff;
+        assert!(inflate_grain(&flipped, true, &mut out, 65536).is_err());
+        let mut meta = data.clone();
+        meta[8..12].copy_from_slice(&0u32.to_le_bytes());
+        meta[12..16].copy_from_slice(&1u32.to_le_bytes());
+        assert!(inflate_grain(&meta, true, &mut out, 65536).is_err());
+        assert_eq!(Grain::decode(0), Grain::Unallocated);
+        assert_eq!(Grain::decode(1), Grain::Zero);
+        assert_eq!(Grain::decode(300), Grain::At(300));
+    }
+}

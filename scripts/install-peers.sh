@@ -6,9 +6,10 @@ set -euo pipefail
 # libclang-dev: vddk-sys's test that the committed bindgen bindings still match its header.
 # golang-go, golang-github-vmware-govmomi-dev: the vSphere tests' vCenter simulator (built below).
 # python3-vmdkstream: VMDKstream.py, which writes streamOptimized VMDKs the way VMware's exports
-# do (grain directory in a footer at the end); qemu-img writes it at the start. tar: the OVAs.
+# do (grain directory in a footer at the end); qemu-img writes it at the start. tar: the OVAs;
+# gzip, xz-utils: compressed images.
 pkgs=(nbdkit libnbd-bin nbd-server qemu-utils util-linux time nginx openssl libclang-dev
-  golang-go golang-github-vmware-govmomi-dev python3-vmdkstream tar)
+  golang-go golang-github-vmware-govmomi-dev python3-vmdkstream tar gzip xz-utils)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -32,7 +33,7 @@ fi
 if [ -s /run/nginx.pid ]; then
   service nginx stop >/dev/null 2>&1 || true
 fi
-for b in nbdkit nbdcopy nbdinfo nbd-server qemu-nbd qemu-img qemu-io tar losetup /usr/bin/time nginx openssl; do
+for b in nbdkit nbdcopy nbdinfo nbd-server qemu-nbd qemu-img qemu-io tar gzip xz losetup /usr/bin/time nginx openssl; do
   command -v "$b" >/dev/null || { echo "test peer missing after install: $b" >&2; exit 1; }
 done
 [ -f /usr/lib/python3/dist-packages/VMDKstream.py ] ||

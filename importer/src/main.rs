@@ -339,6 +339,8 @@ async fn run_verify(a: VerifyArgs) -> transfer_core::Result<ExitCode> {
         .http
         .source_options(&a.target, &a.vddk, a.tuning.connections)?;
     topts.retry = a.tuning.retry();
+    // --disk picks a disk of the first (an OVA); the second is compared with it.
+    topts.disk = None;
     let y = open_source(&a.target, &topts).await?;
     let vopts = VerifyOptions {
         connections: a.tuning.connections,

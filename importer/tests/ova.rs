@@ -262,3 +262,41 @@ fn broken_ovas_fail_with_one_clear_line() {
     std::fs::write(&junk_path, &junk).unwrap();
     fails(&[s(&junk_path), "--format", "ova"], &["ova"]);
 }
+
+#[test]
+fn images_behind_nbd_are_read_when_their_format_is_named() {
+    if !require_image_tools() || !require_peers(&["nbdkit", "qemu-nbd"]) {
+        return;
+    }
+    let dir = tempdir();
+    let (ova, raws) = three_disk_ova(dir.path());
+    let out = dir.path().join("out.img");
+    // NBD serves disks: without --format the archive is copied as it is.
+    let peer = Peer::nbdkit(&["file", s(&ova)]);
+    let stats = importer(&["copy", &peer.uri(), s(&out)]).copy_stats();
+    assert_eq!(stats.bytes_total, std::fs::metadata(&ova).unwrap().len());
+    for disk in ["0", "vmdisk2", "2"] {
+        let _ = std::fs::remove_file(&out);
+        importer(&[
+            "copy",
+            &peer.uri(),
+            s(&out),
+            "--format",
+            "ova",
+            "--disk",
+            disk,
+        ])
+        .copy_stats();
+        let i: usize = match disk {
+            "vmdisk2" => 1,
+            d => d.parse().unwrap(),
+        };
+        assert_same_files(&out, &raws[i]);
+    }
+    // A VMDK file exported raw by qemu-nbd, read as a VMDK.
+    let image = dir.path().join("vm-disk2.vmdk");
+    let qemu = Peer::qemu_nbd(&["-f", "raw", "-r", s(&image)]);
+    let _ = std::fs::remove_file(&out);
+    importer(&["copy", &qemu.uri(), s(&out), "--format", "vmdk"]).copy_stats();
+    assert_same_files(&out, &raws[1]);
+}

@@ -61,6 +61,16 @@ fn every_vmdk_subformat_copies_like_qemu_img_convert() {
     importer(&["copy", s(&sparse), s(&out2), "--format", "vmdk"]).copy_stats();
     assert_same_files(&out2, &raw);
 
+    // Compressed files are decompressed front to back, and what they hold detected in turn.
+    let stream = dir.path().join("vmware-stream.vmdk");
+    let xz = dir.path().join("vmware-stream.vmdk.xz");
+    std::fs::write(&xz, run_ok("xz", &["-c", "-1", s(&stream)]).stdout).unwrap();
+    for compressed in [xz, gzip(&stream), gzip(&raw)] {
+        let stats = copy_ok(s(&compressed), &out2);
+        assert_eq!(stats.connections, 1);
+        assert_same_files(&out2, &raw);
+    }
+
     // Extents come from the grain tables: unallocated grains are holes, never read.
     for name in ["monolithicSparse", "vmware-stream"] {
         let image = dir.path().join(format!("{name}.vmdk"));

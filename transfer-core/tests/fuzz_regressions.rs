@@ -191,3 +191,42 @@ fn ovirt_inactivity_timeout_near_2_64_ms_gives_a_quarter_of_it() {
 
     assert_eq!(every, Duration::from_secs(18446744073709552) / 4);
 }
+
+/// A stream-optimized VMDK header (as the first 512 bytes of a stream) with the given
+/// descriptor offset, 64 sectors of capacity, 8-sector grains.
+fn vmdk_stream_header(descriptor_offset: u64) -> Vec<u8> {
+    let mut h = vec![0u8; 512];
+    h[..4].copy_from_slice(b"KDMV");
+    h[4..8].copy_from_slice(&3u32.to_le_bytes());
+    h[8..12].copy_from_slice(&(1u32 | 1 << 16 | 1 << 17).to_le_bytes());
+    h[12..20].copy_from_slice(&64u64.to_le_bytes());
+    h[20..28].copy_from_slice(&8u64.to_le_bytes());
+    h[28..36].copy_from_slice(&descriptor_offset.to_le_bytes());
+    h[36..44].copy_from_slice(&1u64.to_le_bytes());
+    h[44..48].copy_from_slice(&512u32.to_le_bytes());
+    h[56..64].copy_from_slice(&u64::MAX.to_le_bytes());
+    h[64..72].copy_from_slice(&2u64.to_le_bytes());
+    h[77..79].copy_from_slice(&1u16.to_le_bytes());
+    h
+}
+
+/// vmdk: a descriptor offset near 2^64 sectors overflowed while the stream decoder computed
+/// where to skip to (a panic in debug builds); now the stream simply ends before it.
+#[test]
+fn vmdk_stream_with_a_huge_descriptor_offset_is_an_error() {
+    use transfer_core::format::vmdk::stream::StreamReader;
+    let input = vmdk_stream_header(1 << 62);
+    let e = StreamReader::new(&input[..]).err().expect("an error");
+    assert!(e.to_string().contains("truncated"), "{e}");
+}
+
+/// vmdk_descriptor: a descriptor that parsed (it ends at a NUL, as embedded ones do) was not
+/// detected as one, because bytes after the NUL were not UTF-8.
+#[test]
+fn a_descriptor_with_junk_after_its_nul_is_detected() {
+    use transfer_core::format::vmdk::descriptor::{looks_like_descriptor, Descriptor};
+    let mut d = b"# Disk DescriptorFile\nversion=1\ncreateType=\"x\"\n\0".to_vec();
+    d.extend_from_slice(&[0xb5, 0xff, b'\n']);
+    assert!(Descriptor::parse(&d).is_ok());
+    assert!(looks_like_descriptor(&d));
+}

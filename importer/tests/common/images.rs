@@ -12,9 +12,9 @@ const VMDKSTREAM: &str = "/usr/lib/python3/dist-packages/VMDKstream.py";
 /// The raw disk's size: not a multiple of 64 KiB grains, so the last grain is partial.
 pub const RAW_SIZE: usize = (64 << 20) + (36 << 10);
 
-/// True when qemu-img, tar, gzip and VMDKstream.py are installed (see [`require_peers`]).
+/// True when qemu-img, tar, gzip, xz and VMDKstream.py are installed (see [`require_peers`]).
 pub fn require_image_tools() -> bool {
-    if !require_peers(&["qemu-img", "qemu-io", "tar", "gzip", "python3"]) {
+    if !require_peers(&["qemu-img", "qemu-io", "tar", "gzip", "xz", "python3"]) {
         return false;
     }
     Path::new(VMDKSTREAM).exists() || peer_missing("VMDKstream.py (python3-vmdkstream)")

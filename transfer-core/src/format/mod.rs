@@ -101,13 +101,53 @@ pub struct FormatContext {
     pub disk: Option<DiskChoice>,
 }
 
-/// `src` read as `format` (detected from its first bytes for [`Format::Auto`]).
+/// The compression whose magic starts `head`: gzip or xz.
+fn compression(head: &[u8]) -> Option<&'static str> {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Some("gzip")
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Some("xz")
+    } else {
+        None
+    }
+}
+
+/// `src` (a positional source holding a gzip or xz file) decompressed front to back, as a
+/// stream whose size shows at its end.
+async fn decompressed(
+    src: Arc<dyn BlockSource>,
+    codec: &'static str,
+) -> Result<Arc<dyn BlockSource>> {
+    let rt = tokio::runtime::Handle::current();
+    let desc = format!("{} ({codec})", src.describe());
+    let s = seq::ReadSource::start(desc, move |serve| {
+        let input = seq::SourceReader::new(src, rt, 1 << 20);
+        let mut r: Box<dyn std::io::Read> = if codec == "gzip" {
+            Box::new(flate2::read::MultiGzDecoder::new(input))
+        } else {
+            Box::new(liblzma::read::XzDecoder::new_multi_decoder(input))
+        };
+        serve.serve(&mut r, None);
+        Ok(())
+    })
+    .await?;
+    Ok(Arc::new(s))
+}
+
+/// `src` read as `format` (detected from its first bytes for [`Format::Auto`]). A gzip or xz
+/// file is decompressed on the fly and what it holds is detected in turn.
 pub async fn open_format(
     src: Arc<dyn BlockSource>,
     format: Format,
     ctx: &FormatContext,
 ) -> Result<Arc<dyn BlockSource>> {
     let mut src = src;
+    if format == Format::Auto && !src.caps().sequential && src.size() >= 6 {
+        let head = src.read_at(0, Buffer::new(6)).await?;
+        if let Some(codec) = compression(head.as_slice()) {
+            src = decompressed(src, codec).await?;
+        }
+    }
     let format = match format {
         Format::Auto if src.caps().size_known && src.size() < 4 => Format::Raw,
         Format::Raw => Format::Raw,

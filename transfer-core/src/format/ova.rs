@@ -4,7 +4,7 @@
 //! VMDK through its grain directory, qcow2, raw). A gzip-compressed member, or an archive on a
 //! source that can only be read front to back, is decoded front to back on a thread.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Seek};
 use std::sync::Arc;
 
 use super::compose::{ConcatSource, SliceSource};
@@ -169,41 +169,52 @@ fn is_ovf(name: &str) -> bool {
     name.to_ascii_lowercase().ends_with(".ovf")
 }
 
-/// The members of an archive on a positional source (headers only).
+/// The members of the archive `r` reads (headers only: member data is sought past).
+pub fn members_of<R: Read + Seek>(r: R, what: &str) -> Result<Vec<Member>> {
+    let mut archive = tar::Archive::new(r);
+    let mut out = Vec::new();
+    let entries = archive
+        .entries_with_seek()
+        .map_err(|e| from_io(e, &format!("ova: {what}")))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| tar_err(e, what))?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        if out.len() == MAX_MEMBERS {
+            return Err(bad(format!("{what}: more than {MAX_MEMBERS} members")));
+        }
+        let name = entry
+            .path()
+            .map_err(|e| bad(format!("{what}: a member name: {e}")))?
+            .to_string_lossy()
+            .into_owned();
+        out.push(Member {
+            name,
+            offset: entry.raw_file_position(),
+            size: entry.size(),
+        });
+    }
+    Ok(out)
+}
+
+/// The members of an archive on a positional source.
 async fn members(src: &Arc<dyn BlockSource>) -> Result<Vec<Member>> {
     let src = src.clone();
     let rt = tokio::runtime::Handle::current();
     let what = src.describe();
-    tokio::task::spawn_blocking(move || {
-        let reader = SourceReader::new(src, rt, 64 << 10);
-        let mut archive = tar::Archive::new(reader);
-        let mut out = Vec::new();
-        let entries = archive
-            .entries_with_seek()
-            .map_err(|e| from_io(e, &format!("ova: {what}")))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| tar_err(e, &what))?;
-            if !entry.header().entry_type().is_file() {
-                continue;
-            }
-            if out.len() == MAX_MEMBERS {
-                return Err(bad(format!("{what}: more than {MAX_MEMBERS} members")));
-            }
-            let name = entry
-                .path()
-                .map_err(|e| bad(format!("{what}: a member name: {e}")))?
-                .to_string_lossy()
-                .into_owned();
-            out.push(Member {
-                name,
-                offset: entry.raw_file_position(),
-                size: entry.size(),
-            });
-        }
-        Ok(out)
-    })
-    .await
-    .map_err(|e| Error::new(ErrorKind::Io, format!("listing the archive: {e}")))?
+    tokio::task::spawn_blocking(move || members_of(SourceReader::new(src, rt, 64 << 10), &what))
+        .await
+        .map_err(|e| Error::new(ErrorKind::Io, format!("listing the archive: {e}")))?
+}
+
+/// The OVF descriptor of the archive `r` reads front to back: its first member.
+pub fn ovf_of_stream<R: Read>(r: R, what: &str) -> Result<Ovf> {
+    let mut archive = tar::Archive::new(r);
+    let mut entries = archive
+        .entries()
+        .map_err(|e| from_io(e, &format!("ova: {what}")))?;
+    first_ovf(&mut entries, what)
 }
 
 /// The descriptor and disks of the OVA on `src` (a positional source, or the start of a stream).
@@ -213,11 +224,7 @@ pub async fn list(src: &Arc<dyn BlockSource>) -> Result<Listing> {
         let rt = tokio::runtime::Handle::current();
         return tokio::task::spawn_blocking(move || {
             let what = src.describe();
-            let mut archive = tar::Archive::new(SourceReader::new(src, rt, 1 << 20));
-            let mut entries = archive
-                .entries()
-                .map_err(|e| from_io(e, &format!("ova: {what}")))?;
-            let ovf = first_ovf(&mut entries, &what)?;
+            let ovf = ovf_of_stream(SourceReader::new(src, rt, 1 << 20), &what)?;
             Ok(Listing::new(ovf))
         })
         .await
@@ -376,7 +383,7 @@ fn decode_stream(input: impl Read, name: &str, capacity: u64, serve: Serve) -> R
     if head.starts_with(&vmdk::header::MAGIC) {
         let mut r = vmdk::stream::StreamReader::new(input)?;
         let size = r.size();
-        serve.serve(&mut r, size);
+        serve.serve(&mut r, Some(size));
         return Ok(());
     }
     if super::detect(head).is_some() {
@@ -385,7 +392,7 @@ fn decode_stream(input: impl Read, name: &str, capacity: u64, serve: Serve) -> R
             format!("{name}: this image format needs random access, which a compressed or streamed member does not give"),
         ));
     }
-    serve.serve(&mut input, capacity);
+    serve.serve(&mut input, Some(capacity));
     Ok(())
 }
 

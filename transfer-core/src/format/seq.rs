@@ -157,18 +157,21 @@ impl Seek for SourceReader {
 }
 
 type FillRequest = (Buffer, oneshot::Sender<Result<Buffer>>);
+/// Where the decoder thread says the disk's size (or why it has none).
+type Ready = Arc<Mutex<Option<oneshot::Sender<Result<Option<u64>>>>>>;
 
 /// The thread side of a [`ReadSource`]: what the setup closure calls once its reader is ready.
 pub struct Serve {
-    ready: Arc<Mutex<Option<oneshot::Sender<Result<u64>>>>>,
+    ready: Ready,
     requests: std::sync::mpsc::Receiver<FillRequest>,
     what: String,
 }
 
 impl Serve {
-    /// Announces a disk of `size` bytes and fills the engine's buffers from `r` until the
-    /// engine stops asking. A read error is handed to the request that met it.
-    pub fn serve(self, r: &mut dyn Read, size: u64) {
+    /// Announces a disk of `size` bytes (`None`: known at its end, as for a decompressed
+    /// stream) and fills the engine's buffers from `r` until the engine stops asking. A read
+    /// error is handed to the request that met it.
+    pub fn serve(self, r: &mut dyn Read, size: Option<u64>) {
         if let Some(tx) = self.ready.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = tx.send(Ok(size));
         }
@@ -199,7 +202,7 @@ impl Serve {
 /// A disk decoded front to back by a chain of `Read`s on a thread of its own.
 pub struct ReadSource {
     desc: String,
-    size: u64,
+    size: Option<u64>,
     requests: Mutex<std::sync::mpsc::Sender<FillRequest>>,
     pos: tokio::sync::Mutex<u64>,
 }
@@ -213,7 +216,7 @@ impl ReadSource {
     {
         let (ready_tx, ready_rx) = oneshot::channel();
         let (req_tx, req_rx) = std::sync::mpsc::channel::<FillRequest>();
-        let ready = Arc::new(Mutex::new(Some(ready_tx)));
+        let ready: Ready = Arc::new(Mutex::new(Some(ready_tx)));
         let serve = Serve {
             ready: ready.clone(),
             requests: req_rx,
@@ -253,11 +256,11 @@ impl BlockSource for ReadSource {
     }
 
     fn size(&self) -> u64 {
-        self.size
+        self.size.unwrap_or(0)
     }
 
     fn caps(&self) -> SourceCaps {
-        SourceCaps::stream(true)
+        SourceCaps::stream(self.size.is_some())
     }
 
     async fn read_at(&self, offset: u64, buf: Buffer) -> Result<Buffer> {
@@ -281,18 +284,18 @@ impl BlockSource for ReadSource {
         let buf = rx.await.map_err(|_| {
             Error::new(ErrorKind::Io, format!("{}: decoder thread died", self.desc))
         })??;
-        if buf.len() < want {
+        if let (true, Some(size)) = (buf.len() < want, self.size) {
             return Err(Error::new(
                 ErrorKind::Protocol,
                 format!(
                     "{}: the image ends at {} of {} bytes: truncated?",
                     self.desc,
                     offset + buf.len() as u64,
-                    self.size
+                    size
                 ),
             ));
         }
-        *pos += want as u64;
+        *pos += buf.len() as u64;
         Ok(buf)
     }
 

@@ -207,14 +207,10 @@ fn parse_extent(line: &str) -> Result<Option<ExtentLine>> {
 
 /// Whether `head` (an image's first bytes) looks like a text descriptor.
 pub fn looks_like_descriptor(head: &[u8]) -> bool {
-    let text = match std::str::from_utf8(&head[..head.len().min(1024)]) {
-        Ok(t) => t,
-        // A multi-byte character cut at the end.
-        Err(e) => match std::str::from_utf8(&head[..e.valid_up_to()]) {
-            Ok(t) if e.valid_up_to() + 4 >= head.len().min(1024) => t,
-            _ => return false,
-        },
-    };
+    let head = &head[..head.len().min(1024)];
+    // Embedded descriptors end at a NUL, as [`Descriptor::parse`] reads them.
+    let end = head.iter().position(|&b| b == 0).unwrap_or(head.len());
+    let text = String::from_utf8_lossy(&head[..end]);
     text.trim_start().starts_with("# Disk DescriptorFile")
         || text
             .lines()

@@ -184,7 +184,7 @@ async fn open_stream(src: Arc<dyn BlockSource>) -> Result<Arc<dyn BlockSource>> 
         let input = SourceReader::new(src, rt, 1 << 20);
         let mut r = stream::StreamReader::new(input)?;
         let size = r.size();
-        serve.serve(&mut r, size);
+        serve.serve(&mut r, Some(size));
         Ok(())
     })
     .await?;

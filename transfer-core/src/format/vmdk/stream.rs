@@ -68,7 +68,7 @@ impl<R: Read> StreamReader<R> {
         };
         let h = r.header.clone();
         if h.descriptor_sectors > 0 && h.descriptor_offset >= 1 {
-            r.skip_to(h.descriptor_offset * SECTOR)?;
+            r.skip_to(h.descriptor_offset.saturating_mul(SECTOR))?;
             let mut text = vec![0u8; (h.descriptor_sectors * SECTOR) as usize];
             let got = read_full(&mut r.input, &mut text)
                 .map_err(|e| io_err(e, "reading the descriptor"))?;

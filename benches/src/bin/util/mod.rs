@@ -1,6 +1,7 @@
 //! Helpers shared by the side-by-side benchmark binaries (`http-bench`, `imageio-bench`,
-//! `vddk-bench`): arguments, running and timing peers, free ports, medians, a self-signed
-//! certificate. Each binary uses a subset.
+//! `vddk-bench`, `resume-bench`, `delta-bench`, `format-bench`): arguments, running and timing
+//! peers (with their peak RSS), free ports, medians, a self-signed certificate. Each binary uses
+//! a subset.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,11 @@ pub fn arg(name: &str, default: &str) -> String {
         .position(|x| x == name)
         .and_then(|i| a.get(i + 1).cloned())
         .unwrap_or_else(|| default.to_owned())
+}
+
+/// Whether the flag `name` is on the command line.
+pub fn flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
 }
 
 /// Runs `cmd args` quietly; an error unless it exits 0.
@@ -64,12 +70,17 @@ impl Drop for Guard {
     }
 }
 
+/// The importer binary next to this one (`cargo build --release -p importer -p benches`).
+pub fn importer() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    Ok(exe.parent().ok_or("no binary directory")?.join("importer"))
+}
+
 /// A fresh bench directory `dir`, the importer next to this binary, and
 /// `nbdkit sparse-random size=SIZE percent=50 seed=7` on a Unix socket in `dir`, ready: returns
 /// the importer's path, the server (stopped when dropped) and its NBD URI.
 pub fn sparse_random_nbd(dir: &Path, size: u64) -> Result<(PathBuf, Guard, String), String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let importer = exe.parent().ok_or("no binary directory")?.join("importer");
+    let importer = importer()?;
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let sock = dir.join("nbdkit.sock");
@@ -117,6 +128,59 @@ pub fn timed(cmd: &str, args: &[String], out: &Path) -> Result<(f64, f64), Strin
     }
     run("sync", &[])?;
     Ok((secs, t.elapsed().as_secs_f64()))
+}
+
+/// GNU time, which reports a run's peak RSS (`-f %M`, in KiB).
+pub const GNU_TIME: &str = "/usr/bin/time";
+
+/// One run measured by [`timed_rss`].
+#[derive(Clone, Copy, Debug)]
+pub struct Measured {
+    /// Wall seconds of the run.
+    pub secs: f64,
+    /// Wall seconds including the `sync` after it.
+    pub synced: f64,
+    /// Peak resident set size in KiB.
+    pub rss_kib: u64,
+}
+
+/// [`timed`] under GNU time, which also gives the peak RSS: deletes `out`, syncs, runs
+/// `cmd args` with its stderr written to `log` (GNU time's report next to it, `.time`), syncs.
+/// When the run fails, the error quotes the last lines of its stderr.
+pub fn timed_rss(cmd: &str, args: &[String], out: &Path, log: &Path) -> Result<Measured, String> {
+    let _ = std::fs::remove_file(out);
+    run("sync", &[])?;
+    let report = log.with_extension("time");
+    let stderr = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let t = Instant::now();
+    let st = Command::new(GNU_TIME)
+        .arg("-o")
+        .arg(&report)
+        .args(["-f", "%M", cmd])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .status()
+        .map_err(|e| format!("starting {GNU_TIME} {cmd}: {e}"))?;
+    let secs = t.elapsed().as_secs_f64();
+    if !st.success() {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+        return Err(format!("`{cmd} {}` failed ({st}): {tail}", args.join(" ")));
+    }
+    run("sync", &[])?;
+    let synced = t.elapsed().as_secs_f64();
+    let rss_kib = std::fs::read_to_string(&report)
+        .ok()
+        .and_then(|s| s.lines().last()?.trim().parse().ok())
+        .ok_or_else(|| format!("no peak RSS in GNU time's report {}", report.display()))?;
+    Ok(Measured {
+        secs,
+        synced,
+        rss_kib,
+    })
 }
 
 /// The median of `v` (not empty).

@@ -254,6 +254,9 @@ fn broken_ovas_fail_with_one_clear_line() {
         &[&nginx.http(Location::NoRange, "late.ova"), "--disk", "0"],
         &["first member", "descriptor"],
     );
+    // A tar without a descriptor is not an OVA.
+    let plain = common::images::ova(dir.path(), "plain", &["vm-disk1.vmdk"]);
+    fails(&[s(&plain)], &["without an .ovf descriptor", "not an OVA"]);
     // A file that is only tar garbage after a valid header.
     let mut junk = bytes[..512].to_vec();
     junk[148..156].copy_from_slice(b"9999999\0");

@@ -233,7 +233,7 @@ pub async fn list(src: &Arc<dyn BlockSource>) -> Result<Listing> {
     let members = members(src).await?;
     let m = members.iter().find(|m| is_ovf(&m.name)).ok_or_else(|| {
         bad(format!(
-            "{}: no .ovf descriptor in the archive",
+            "{}: a tar archive without an .ovf descriptor, so not an OVA (--format raw copies the file as it is)",
             src.describe()
         ))
     })?;

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use crate::buffer::Buffer;
 use crate::error::{Error, ErrorKind, Result};
 use crate::extent::{Extent, ExtentKind};
-use crate::format::{read_exact, unit_extents};
+use crate::format::{on_blocking_pool, read_exact, unit_extents};
 use crate::source::{BlockSource, SourceCaps};
 
 /// The magic at offset 0: `QFI\xfb`.
@@ -294,32 +294,87 @@ impl Qcow2Source {
         L2Entry::decode(table[l2i as usize], h.cluster_bits, h.version)
     }
 
-    /// Inflates the compressed cluster at `offset`/`len` into `out` (one cluster).
-    async fn inflate(&self, offset: u64, len: u64, out: &mut [u8]) -> Result<()> {
-        let avail = self.inner.size().saturating_sub(offset);
-        let len = len.min(avail).min(2 * self.image.header.cluster_size());
-        let raw = read_exact(&*self.inner, offset, len as usize).await?;
-        let mut d = flate2::read::DeflateDecoder::new(raw.as_slice());
-        let mut filled = 0;
-        while filled < out.len() {
-            match d.read(&mut out[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) => {
-                    return Err(corrupt(format!(
-                        "compressed cluster at {offset} does not inflate: {e}"
-                    )))
+    /// Fills the compressed parts of a read: clusters stored one after the other are fetched
+    /// with one request, then inflated on the blocking pool, so that large reads decode in
+    /// parallel with each other.
+    async fn read_compressed(&self, parts: Vec<Packed>, buf: Buffer) -> Result<Buffer> {
+        let cs = self.image.header.cluster_size();
+        let file_size = self.inner.size();
+        let mut spans: Vec<(u64, Buffer, Vec<Packed>)> = Vec::new();
+        let mut run: Vec<Packed> = Vec::new();
+        let (mut start, mut end) = (0u64, 0u64);
+        for p in parts {
+            let p_end = p.host.saturating_add(p.len.min(2 * cs)).min(file_size);
+            let joins = !run.is_empty() && p.host >= start && p_end.max(end) - start <= MAX_SPAN;
+            if !run.is_empty() && !joins {
+                let data = read_exact(&*self.inner, start, (end - start) as usize).await?;
+                spans.push((start, data, std::mem::take(&mut run)));
+            }
+            if run.is_empty() {
+                (start, end) = (p.host, p_end);
+            }
+            end = end.max(p_end);
+            run.push(p);
+        }
+        if !run.is_empty() {
+            let data = read_exact(&*self.inner, start, (end - start) as usize).await?;
+            spans.push((start, data, run));
+        }
+        on_blocking_pool(move || {
+            let mut buf = buf;
+            let mut cluster = vec![0u8; cs as usize];
+            for (start, data, parts) in spans {
+                for p in parts {
+                    let from = (p.host - start) as usize;
+                    let to = (from as u64 + p.len.min(2 * cs)).min(data.len() as u64) as usize;
+                    inflate_cluster(&data.as_slice()[from..to], &mut cluster)
+                        .map_err(|e| e.context_prefix(format!("cluster at {}", p.host)))?;
+                    let w = p.within as usize;
+                    buf.as_mut_slice()[p.at..p.at + p.n].copy_from_slice(&cluster[w..w + p.n]);
                 }
             }
-        }
-        if filled < out.len() {
-            return Err(corrupt(format!(
-                "compressed cluster at {offset} inflates to {filled} bytes, not {}",
-                out.len()
-            )));
-        }
-        Ok(())
+            Ok(buf)
+        })
+        .await
     }
+}
+
+/// The largest span of compressed clusters fetched with one read.
+const MAX_SPAN: u64 = 16 << 20;
+
+/// A compressed cluster's part of a read.
+struct Packed {
+    /// Where in the caller's buffer, where in the cluster, how many bytes.
+    at: usize,
+    within: u64,
+    n: usize,
+    /// Where its compressed bytes are, and at most how many.
+    host: u64,
+    len: u64,
+}
+
+/// Inflates one compressed cluster (raw deflate) from `raw` into `out`, which it must fill.
+pub fn inflate_cluster(raw: &[u8], out: &mut [u8]) -> Result<()> {
+    let mut d = flate2::read::DeflateDecoder::new(raw);
+    let mut filled = 0;
+    while filled < out.len() {
+        match d.read(&mut out[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) => {
+                return Err(corrupt(format!(
+                    "a compressed cluster does not inflate: {e}"
+                )))
+            }
+        }
+    }
+    if filled < out.len() {
+        return Err(corrupt(format!(
+            "a compressed cluster inflates to {filled} bytes, not {}",
+            out.len()
+        )));
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -354,31 +409,45 @@ impl BlockSource for Qcow2Source {
             ));
         }
         let cs = self.image.header.cluster_size();
+        // Plain clusters: runs contiguous in the file and in the buffer, read with one request.
+        let mut runs: Vec<(usize, u64, usize)> = Vec::new();
+        let mut packed = Vec::new();
         let mut pos = offset;
-        let mut cluster = Vec::new();
         while pos < offset + len {
             let c = pos / cs;
             let within = pos % cs;
-            let n = (cs - within).min(offset + len - pos);
+            let n = (cs - within).min(offset + len - pos) as usize;
             let at = (pos - offset) as usize;
             match self.entry(c).await? {
-                L2Entry::Unallocated | L2Entry::Zero => {
-                    buf.as_mut_slice()[at..at + n as usize].fill(0);
-                }
-                L2Entry::Data(host) => {
-                    let part = read_exact(&*self.inner, host + within, n as usize).await?;
-                    buf.as_mut_slice()[at..at + n as usize].copy_from_slice(part.as_slice());
-                }
-                L2Entry::Compressed { offset: host, len } => {
-                    cluster.resize(cs as usize, 0);
-                    self.inflate(host, len, &mut cluster).await?;
-                    buf.as_mut_slice()[at..at + n as usize]
-                        .copy_from_slice(&cluster[within as usize..(within + n) as usize]);
-                }
+                L2Entry::Unallocated | L2Entry::Zero => buf.as_mut_slice()[at..at + n].fill(0),
+                L2Entry::Data(host) => match runs.last_mut() {
+                    Some((a, h, m))
+                        if *h + *m as u64 == host + within
+                            && *a + *m == at
+                            && (*m as u64) < MAX_SPAN =>
+                    {
+                        *m += n
+                    }
+                    _ => runs.push((at, host + within, n)),
+                },
+                L2Entry::Compressed { offset: host, len } => packed.push(Packed {
+                    at,
+                    within,
+                    n,
+                    host,
+                    len,
+                }),
             }
-            pos += n;
+            pos += n as u64;
         }
-        Ok(buf)
+        for (at, host, n) in runs {
+            let part = read_exact(&*self.inner, host, n).await?;
+            buf.as_mut_slice()[at..at + n].copy_from_slice(part.as_slice());
+        }
+        if packed.is_empty() {
+            return Ok(buf);
+        }
+        self.read_compressed(packed, buf).await
     }
 
     async fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {

@@ -14,7 +14,7 @@ use super::header::{corrupt, parse_footer, Marker, SparseHeader, GD_AT_END, SECT
 use crate::buffer::Buffer;
 use crate::error::{Error, ErrorKind, Result};
 use crate::extent::{Extent, ExtentKind};
-use crate::format::{read_exact, unit_extents};
+use crate::format::{on_blocking_pool, read_exact, unit_extents};
 use crate::source::{BlockSource, SourceCaps};
 
 /// Cached grain tables, in bytes.
@@ -301,7 +301,7 @@ impl SparseSource {
         }
         let markers = h.markers();
         let desc = self.x.desc.clone();
-        tokio::task::spawn_blocking(move || {
+        on_blocking_pool(move || {
             let mut buf = buf;
             let mut grain = vec![0u8; gb as usize];
             for (start, data, pieces) in spans {
@@ -318,7 +318,6 @@ impl SparseSource {
             Ok(buf)
         })
         .await
-        .map_err(|e| Error::new(ErrorKind::Io, format!("inflating grains: {e}")))?
     }
 }
 

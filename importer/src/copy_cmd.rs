@@ -10,7 +10,7 @@ use clap::Args;
 use transfer_core::engine::journal::{self, identity};
 use transfer_core::engine::verify::{verify, VerifyOptions, VerifyResult};
 use transfer_core::engine::{copy, CopyOptions, Journal, Progress};
-use transfer_core::format::DiskChoice;
+use transfer_core::format::{DiskChoice, Format};
 use transfer_core::io::IoEngineKind;
 use transfer_core::open::{open_source, ova_listing, SourceOptions};
 use transfer_core::target::{open_target, target_path, TargetOptions};
@@ -126,6 +126,17 @@ async fn copy_one(
         .source_options(source, &a.vddk, a.tuning.connections)?;
     if disk.is_some() {
         sopts.disk = disk;
+    }
+    if a.delta.is_delta() {
+        // Changed ranges are offsets of the bytes the source serves, not of a disk inside an
+        // image file.
+        if !matches!(sopts.format, Format::Auto | Format::Raw) || sopts.disk.is_some() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "a delta applies to a raw disk: --format and --disk cannot be combined with it",
+            ));
+        }
+        sopts.format = Format::Raw;
     }
     sopts.retry = a.tuning.retry();
     let retries = sopts.retry_stats.clone();

@@ -254,6 +254,11 @@ fn broken_ovas_fail_with_one_clear_line() {
         &[&nginx.http(Location::NoRange, "late.ova"), "--disk", "0"],
         &["first member", "descriptor"],
     );
+    // Changed ranges are offsets of the served bytes: no delta into a disk inside an archive.
+    fails(
+        &[s(&ova), "--disk", "0", "--dirty-bitmap", "b0"],
+        &["delta applies to a raw disk"],
+    );
     // A tar without a descriptor is not an OVA.
     let plain = common::images::ova(dir.path(), "plain", &["vm-disk1.vmdk"]);
     fails(&[s(&plain)], &["without an .ovf descriptor", "not an OVA"]);
@@ -302,4 +307,81 @@ fn images_behind_nbd_are_read_when_their_format_is_named() {
     let _ = std::fs::remove_file(&out);
     importer(&["copy", &qemu.uri(), s(&out), "--format", "vmdk"]).copy_stats();
     assert_same_files(&out, &raws[1]);
+}
+
+#[test]
+fn streamed_checksums_chunks_and_raw_sizes_are_checked_to_the_end() {
+    if !require_image_tools() || !require_nginx() {
+        return;
+    }
+    let dir = tempdir();
+    let (ova, raws) = three_disk_ova(dir.path());
+    let nginx = Nginx::start();
+    nginx.put("vm.ova", &std::fs::read(&ova).unwrap());
+    let out = dir.path().join("out.img");
+    // The checksum covers the whole archive, even when the chosen disk ends early in it.
+    let sum = run_ok("sha256sum", &[s(&ova)]).stdout;
+    let sum = String::from_utf8_lossy(&sum[..64]).to_string();
+    let url = nginx.http(Location::NoRange, "vm.ova");
+    let good = format!("sha256:{sum}");
+    importer(&["copy", &url, s(&out), "--disk", "0", "--checksum", &good]).copy_stats();
+    assert_same_files(&out, &raws[0]);
+    let _ = std::fs::remove_file(&out);
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    importer(&["copy", &url, s(&out), "--disk", "0", "--checksum", &wrong])
+        .assert_clean_failure(&["checksum mismatch"]);
+
+    // A raw disk in chunks: whole it copies; a chunk missing, or a raw size that is not the
+    // OVF's capacity, is an error (from a file and from a stream).
+    let raw = std::fs::read(&raws[1]).unwrap();
+    let chunk = 16 << 20;
+    let mut names = vec!["chunks.ovf".to_string()];
+    for (i, c) in raw.chunks(chunk).enumerate() {
+        let n = format!("disk.raw.{i:09}");
+        write_file(&dir.path().join(&n), c);
+        names.push(n);
+    }
+    let ovf_text = ovf(&[("disk.raw", RAW_SIZE as u64, false)]).replace(
+        "ovf:id=\"file1\"",
+        &format!(
+            "ovf:id=\"file1\" ovf:chunkSize=\"{chunk}\" ovf:size=\"{}\"",
+            raw.len()
+        ),
+    );
+    write_file(&dir.path().join("chunks.ovf"), ovf_text.as_bytes());
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let chunked = common::images::ova(dir.path(), "chunked", &refs);
+    let _ = std::fs::remove_file(&out);
+    importer(&["copy", s(&chunked), s(&out)]).copy_stats();
+    assert_same_files(&out, &raws[1]);
+    let mut gap = refs.clone();
+    gap.remove(2);
+    let gapped = common::images::ova(dir.path(), "gapped", &gap);
+    let _ = std::fs::remove_file(&out);
+    importer(&["copy", s(&gapped), s(&out)]).assert_clean_failure(&["chunk 1 is missing"]);
+
+    write_file(&dir.path().join("whole.raw"), &raw);
+    let small = ovf(&[("whole.raw", RAW_SIZE as u64 - 512, false)]);
+    write_file(&dir.path().join("small.ovf"), small.as_bytes());
+    let mismatch = common::images::ova(dir.path(), "mismatch", &["small.ovf", "whole.raw"]);
+    nginx.put("mismatch.ova", &std::fs::read(&mismatch).unwrap());
+    for src in [
+        s(&mismatch).to_string(),
+        nginx.http(Location::NoRange, "mismatch.ova"),
+    ] {
+        let _ = std::fs::remove_file(&out);
+        importer(&["copy", &src, s(&out)]).assert_clean_failure(&["raw disk", "capacity"]);
+    }
+
+    // A gzipped OVA: copy-ova reads it; verify compares a compressed raw file to the end.
+    let gz = gzip(&ova);
+    let to = dir.path().join("from-gz");
+    let o = importer(&["copy-ova", s(&gz), s(&to)]);
+    assert!(o.status.success(), "{}", o.stderr);
+    assert_same_files(&to.join("vm-disk3.img"), &raws[2]);
+    let rawgz = gzip(&raws[0]);
+    let _ = std::fs::remove_file(&out);
+    let stats = importer(&["copy", s(&rawgz), s(&out), "--verify"]).copy_stats();
+    assert_eq!(stats.bytes_total, RAW_SIZE as u64);
+    importer(&["copy-ova", s(&raws[0]), s(&to)]).assert_clean_failure(&["not an OVA"]);
 }

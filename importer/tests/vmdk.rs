@@ -170,6 +170,22 @@ fn damaged_vmdks_fail_with_one_clear_line() {
     importer(&["copy", &nginx.http(Location::NoRange, "cut.vmdk"), s(&out)])
         .assert_clean_failure(&["truncated"]);
 
+    // Cut exactly before a grain marker of qemu's layout (no end-of-stream marker), then read
+    // front to back: the grains its tables list are missing, not zeros.
+    let qemu = qemu_vmdk(&raw, dir.path(), "qstream", "streamOptimized");
+    let qb = std::fs::read(&qemu).unwrap();
+    let cut_at = last_grain_marker(&qb);
+    let qcut = dir.path().join("qcut.vmdk");
+    std::fs::write(&qcut, &qb[..cut_at]).unwrap();
+    let _ = std::fs::remove_file(&out);
+    importer(&["copy", s(&gzip(&qcut)), s(&out)])
+        .assert_clean_failure(&["grains its tables list", "truncated?"]);
+    // VMware's layout cut before its footer, over HTTP without Range.
+    nginx.put("vcut.vmdk", &stream_bytes[..stream_bytes.len() - 2048]);
+    let _ = std::fs::remove_file(&out);
+    importer(&["copy", &nginx.http(Location::NoRange, "vcut.vmdk"), s(&out)])
+        .assert_clean_failure(&["truncated?"]);
+
     // Flipped header fields: a grain size that is not a power of two, a capacity whose grain
     // directory would be huge (refused, not allocated), a grain directory past the end.
     fails(
@@ -219,4 +235,27 @@ fn damaged_vmdks_fail_with_one_clear_line() {
         .unwrap();
     f.set_len(1 << 20).unwrap();
     fails(&flat, &["past the end", "truncated?"]);
+}
+
+/// Where the last grain marker of a stream-optimized VMDK starts (markers from the header's
+/// overhead on, each padded to a sector).
+fn last_grain_marker(b: &[u8]) -> usize {
+    let le = |at: usize, n: usize| {
+        let mut v = 0u64;
+        for (i, x) in b[at..at + n].iter().enumerate() {
+            v |= (*x as u64) << (8 * i);
+        }
+        v
+    };
+    let mut pos = le(64, 8) as usize * 512;
+    let mut last = pos;
+    while pos + 512 <= b.len() {
+        let size = le(pos + 8, 4) as usize;
+        if size == 0 {
+            break;
+        }
+        last = pos;
+        pos += (12 + size).div_ceil(512) * 512;
+    }
+    last
 }

@@ -206,6 +206,7 @@ pub async fn open_source(uri: &str, opts: &SourceOptions) -> Result<Arc<dyn Bloc
 pub async fn ova_listing(uri: &str, opts: &SourceOptions) -> Result<crate::format::ova::Listing> {
     let src = open_plain(uri, opts).await?;
     let src = RetrySource::wrap(src, opts.retry, opts.retry_stats.clone());
+    let src = crate::format::decompress(src).await?;
     crate::format::ova::list(&src).await
 }
 
@@ -261,12 +262,25 @@ impl Siblings for NextTo {
                 Arc::new(FileSource::open(&p)?)
             }
             At::Url(u) => {
-                let url = u.join(name).map_err(|e| {
+                let bad = |why: String| {
                     Error::new(
                         ErrorKind::InvalidInput,
-                        format!("extent file '{name}': {e}"),
+                        format!("extent file '{name}': {why}"),
                     )
-                })?;
+                };
+                let url = u.join(name).map_err(|e| bad(e.to_string()))?;
+                // Escapes such as %2e%2e/ are resolved by the join: what it gives must still
+                // lie in the descriptor's directory.
+                let dir = u.join(".").map_err(|e| bad(e.to_string()))?;
+                if !url.as_str().starts_with(dir.as_str()) {
+                    return Err(bad("not a name next to the descriptor".into()));
+                }
+                if self.opts.http.checksum.is_some() {
+                    return Err(bad(
+                        "--checksum checks one file, and this VMDK's extents are other files"
+                            .into(),
+                    ));
+                }
                 Arc::new(HttpSource::open(url, &self.opts.http, self.opts.connections).await?)
             }
         };

@@ -63,12 +63,60 @@ fn all_zero(ex: &[Extent], start: u64, end: u64) -> bool {
         .all(|e| e.kind.is_zero())
 }
 
+/// Compares `a` and `b` front to back with one read at a time, for streams (whose size may
+/// show only at their end: a short read).
+async fn in_order(a: &dyn BlockSource, b: &dyn BlockSource, chunk: usize) -> Result<VerifyResult> {
+    let known = |s: &dyn BlockSource| s.caps().size_known.then(|| s.size());
+    let (ka, kb) = (known(a), known(b));
+    if let (Some(x), Some(y)) = (ka, kb) {
+        if x != y {
+            return Ok(VerifyResult::SizeDiffers(x, y));
+        }
+    }
+    let limit = ka.or(kb);
+    let mut pos = 0u64;
+    loop {
+        let n = limit.map_or(chunk as u64, |l| (l - pos).min(chunk as u64)) as usize;
+        if n == 0 {
+            break;
+        }
+        let x = a.read_at(pos, Buffer::new(n)).await?;
+        let y = b.read_at(pos, Buffer::new(n)).await?;
+        if let Some(i) = x.iter().zip(y.iter()).position(|(p, q)| p != q) {
+            return Ok(VerifyResult::DiffersAt(pos + i as u64));
+        }
+        if x.len() != y.len() {
+            let m = x.len().min(y.len()) as u64;
+            return Ok(VerifyResult::SizeDiffers(
+                ka.unwrap_or(pos + x.len() as u64).max(pos + m),
+                kb.unwrap_or(pos + y.len() as u64).max(pos + m),
+            ));
+        }
+        pos += x.len() as u64;
+        if x.len() < n {
+            return Ok(VerifyResult::Equal);
+        }
+    }
+    // The known size is reached: a stream of unknown size must end here too.
+    for (s, k) in [(a, ka), (b, kb)] {
+        if k.is_none() && !s.read_at(pos, Buffer::new(1)).await?.is_empty() {
+            let other = ka.or(kb).unwrap_or(pos);
+            return Ok(VerifyResult::SizeDiffers(pos + 1, other));
+        }
+    }
+    Ok(VerifyResult::Equal)
+}
+
 /// Compares `a` and `b`.
 pub async fn verify(
     a: Arc<dyn BlockSource>,
     b: Arc<dyn BlockSource>,
     opts: &VerifyOptions,
 ) -> Result<VerifyResult> {
+    let (ca, cb) = (a.caps(), b.caps());
+    if ca.sequential || cb.sequential || !ca.size_known || !cb.size_known {
+        return in_order(&*a, &*b, opts.request_size.max(4096)).await;
+    }
     if a.size() != b.size() {
         return Ok(VerifyResult::SizeDiffers(a.size(), b.size()));
     }

@@ -127,11 +127,24 @@ async fn decompressed(
         } else {
             Box::new(liblzma::read::XzDecoder::new_multi_decoder(input))
         };
-        serve.serve(&mut r, None);
+        serve.serve(&mut r, None, None);
         Ok(())
     })
     .await?;
     Ok(Arc::new(s))
+}
+
+/// `src` decompressed on the fly when it is a positional source holding a gzip or xz file;
+/// otherwise `src` as it is.
+pub async fn decompress(src: Arc<dyn BlockSource>) -> Result<Arc<dyn BlockSource>> {
+    if src.caps().sequential || src.size() < 6 {
+        return Ok(src);
+    }
+    let head = src.read_at(0, Buffer::new(6)).await?;
+    match compression(head.as_slice()) {
+        Some(codec) => decompressed(src, codec).await,
+        None => Ok(src),
+    }
 }
 
 /// `src` read as `format` (detected from its first bytes for [`Format::Auto`]). A gzip or xz
@@ -142,11 +155,8 @@ pub async fn open_format(
     ctx: &FormatContext,
 ) -> Result<Arc<dyn BlockSource>> {
     let mut src = src;
-    if format == Format::Auto && !src.caps().sequential && src.size() >= 6 {
-        let head = src.read_at(0, Buffer::new(6)).await?;
-        if let Some(codec) = compression(head.as_slice()) {
-            src = decompressed(src, codec).await?;
-        }
+    if format == Format::Auto {
+        src = decompress(src).await?;
     }
     let format = match format {
         Format::Auto if src.caps().size_known && src.size() < 4 => Format::Raw,

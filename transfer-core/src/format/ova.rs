@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::compose::{ConcatSource, SliceSource};
 use super::ovf::{Ovf, OvfDisk, MAX_LEN};
-use super::seq::{from_io, ReadSource, Serve, SourceReader};
+use super::seq::{from_io, Drain, ReadSource, Serve, SourceReader};
 use super::vmdk;
 use crate::error::{Error, ErrorKind, Result};
 use crate::source::BlockSource;
@@ -33,7 +33,11 @@ fn tar_err(e: std::io::Error, what: &str) -> Error {
             "{what}: the archive ends inside a member: truncated?"
         ));
     }
-    from_io(e, &format!("ova: {what}: a broken tar header"))
+    match e.into_inner().map(|inner| inner.downcast::<Error>()) {
+        Some(Ok(ours)) => *ours,
+        // The tar crate's words may quote the damaged header's bytes.
+        _ => bad(format!("{what}: not a tar archive, or a damaged one")),
+    }
 }
 
 /// Which disk of an OVA to read.
@@ -230,6 +234,13 @@ pub async fn list(src: &Arc<dyn BlockSource>) -> Result<Listing> {
         .await
         .map_err(|e| Error::new(ErrorKind::Io, format!("reading the archive: {e}")))?;
     }
+    let head = super::read_exact(&**src, 0, src.size().min(512) as usize).await?;
+    if super::detect(head.as_slice()) != Some(super::Format::Ova) {
+        return Err(bad(format!(
+            "{}: not an OVA (no tar header)",
+            src.describe()
+        )));
+    }
     let members = members(src).await?;
     let m = members.iter().find(|m| is_ovf(&m.name)).ok_or_else(|| {
         bad(format!(
@@ -322,6 +333,7 @@ pub async fn open(
             file.href
         )));
     }
+    check_parts(&parts, &file)?;
     let name = format!("{} in {}", file.href, src.describe());
     let mut slices: Vec<Arc<dyn BlockSource>> = Vec::with_capacity(parts.len());
     for m in parts {
@@ -355,14 +367,18 @@ pub async fn open(
             ReadSource::start(format!("{name} (gzip)"), move |serve| {
                 let input = SourceReader::new(member, rt, 1 << 20);
                 let gz = flate2::read::MultiGzDecoder::new(input);
-                decode_stream(gz, &name, capacity, serve)
+                decode_stream(gz, &name, None, capacity, serve, None)
             })
             .await?,
         )
     } else {
+        let head = super::read_exact(&*member, 0, member.size().min(512) as usize).await?;
+        if super::detect(head.as_slice()).is_none() {
+            check_raw(&name, member.size(), disk.capacity)?;
+        }
         super::open_member(member).await?
     };
-    if out.size() != disk.capacity {
+    if out.caps().size_known && out.size() != disk.capacity {
         tracing::warn!(
             disk = %disk.disk_id,
             image = out.size(),
@@ -373,9 +389,56 @@ pub async fn open(
     Ok(out)
 }
 
+/// Checks the members holding `file`: chunks numbered from 0 without a gap, all but the last
+/// of `ovf:chunkSize` bytes, and together of `ovf:size` bytes when the OVF gives it.
+fn check_parts(parts: &[&Member], file: &super::ovf::OvfFile) -> Result<()> {
+    if let Some(chunk) = file.chunk_size {
+        for (i, m) in parts.iter().enumerate() {
+            if !m.name.ends_with(&format!(".{i:09}")) {
+                return Err(bad(format!(
+                    "{}: chunk {i} is missing (found {})",
+                    file.href, m.name
+                )));
+            }
+            if i + 1 < parts.len() && m.size != chunk {
+                return Err(bad(format!(
+                    "{}: chunk {} holds {} bytes, not the chunk size {chunk}",
+                    file.href, m.name, m.size
+                )));
+            }
+        }
+    }
+    let total: u64 = parts.iter().map(|m| m.size).sum();
+    match file.size {
+        Some(size) if size != total => Err(bad(format!(
+            "{}: the OVF says {size} bytes, the archive holds {total}: truncated or damaged",
+            file.href
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A raw member must hold exactly the disk the OVF describes (no header says otherwise).
+fn check_raw(name: &str, size: u64, capacity: u64) -> Result<()> {
+    if size == capacity {
+        return Ok(());
+    }
+    Err(bad(format!(
+        "{name}: a raw disk of {size} bytes, but the OVF gives a capacity of {capacity}"
+    )))
+}
+
 /// Serves the disk image that `input` decodes to, front to back: a stream-optimized VMDK, or
-/// raw bytes of `capacity`.
-fn decode_stream(input: impl Read, name: &str, capacity: u64, serve: Serve) -> Result<()> {
+/// raw bytes (`raw_size` of them when known, checked against `capacity`). `rest` reads what
+/// follows in the underlying stream once the disk is complete.
+fn decode_stream(
+    input: impl Read,
+    name: &str,
+    raw_size: Option<u64>,
+    capacity: u64,
+    serve: Serve,
+    rest: Option<Drain>,
+) -> Result<()> {
     let mut input = BufReader::with_capacity(1 << 20, input);
     let head = input
         .fill_buf()
@@ -383,7 +446,7 @@ fn decode_stream(input: impl Read, name: &str, capacity: u64, serve: Serve) -> R
     if head.starts_with(&vmdk::header::MAGIC) {
         let mut r = vmdk::stream::StreamReader::new(input)?;
         let size = r.size();
-        serve.serve(&mut r, Some(size));
+        serve.serve(&mut r, Some(size), rest);
         return Ok(());
     }
     if super::detect(head).is_some() {
@@ -392,7 +455,10 @@ fn decode_stream(input: impl Read, name: &str, capacity: u64, serve: Serve) -> R
             format!("{name}: this image format needs random access, which a compressed or streamed member does not give"),
         ));
     }
-    serve.serve(&mut input, Some(capacity));
+    if let Some(size) = raw_size {
+        check_raw(name, size, capacity)?;
+    }
+    serve.serve(&mut input, raw_size, rest);
     Ok(())
 }
 
@@ -404,7 +470,9 @@ async fn open_streamed(
     let rt = tokio::runtime::Handle::current();
     let what = src.describe();
     let s = ReadSource::start(format!("ova {what} (streamed)"), move |serve| {
-        let mut archive = tar::Archive::new(SourceReader::new(src, rt, 1 << 20));
+        let reader = SourceReader::new(src, rt, 1 << 20);
+        let rest = reader.drain();
+        let mut archive = tar::Archive::new(reader);
         let mut entries = archive
             .entries()
             .map_err(|e| from_io(e, &format!("ova: {what}")))?;
@@ -435,6 +503,7 @@ async fn open_streamed(
                 continue;
             }
             let name = format!("{name} in {what}");
+            let size = entry.size();
             let mut entry = BufReader::with_capacity(1 << 16, entry);
             let gzip = entry
                 .fill_buf()
@@ -444,11 +513,13 @@ async fn open_streamed(
                 decode_stream(
                     flate2::read::MultiGzDecoder::new(entry),
                     &name,
+                    None,
                     disk.capacity,
                     serve,
+                    Some(rest),
                 )
             } else {
-                decode_stream(entry, &name, disk.capacity, serve)
+                decode_stream(entry, &name, Some(size), disk.capacity, serve, Some(rest))
             };
         }
         Err(bad(format!("{what}: {} is not in the archive", file.href)))

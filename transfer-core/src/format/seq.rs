@@ -7,6 +7,7 @@
 //! `io::Error::other`, and come out as they went in ([`from_io`]).
 
 use std::io::{Read, Seek, SeekFrom};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
@@ -43,8 +44,46 @@ pub struct SourceReader {
     chunk: usize,
     buf: Vec<u8>,
     buf_at: u64,
-    /// Where the next read of a sequential source must start.
+    /// Where the next read of a sequential source must start (shared with [`Drain`]).
     next_read: u64,
+    shared_next: Arc<AtomicU64>,
+}
+
+/// The rest of a stream that a [`SourceReader`] stopped reading: read to its end when the disk
+/// was found in front of it, so that the stream's own checks at its end (its length, a
+/// `--checksum`) still run before the copy is declared done.
+pub struct Drain {
+    src: Arc<dyn BlockSource>,
+    rt: Handle,
+    next: Arc<AtomicU64>,
+}
+
+impl Drain {
+    /// Reads the stream from where its reader stopped to its end (nothing for a positional
+    /// source). Blocking: for the decoder thread.
+    pub fn run(&self) -> Result<()> {
+        let caps = self.src.caps();
+        if !caps.sequential {
+            return Ok(());
+        }
+        let mut at = self.next.load(Ordering::Relaxed);
+        loop {
+            let n = if caps.size_known {
+                (self.src.size().saturating_sub(at)).min(1 << 20) as usize
+            } else {
+                1 << 20
+            };
+            if n == 0 {
+                return Ok(());
+            }
+            let got = self.rt.block_on(self.src.read_at(at, Buffer::new(n)))?;
+            at += got.len() as u64;
+            self.next.store(at, Ordering::Relaxed);
+            if got.len() < n {
+                return Ok(());
+            }
+        }
+    }
 }
 
 impl SourceReader {
@@ -65,6 +104,16 @@ impl SourceReader {
             buf: Vec::new(),
             buf_at: 0,
             next_read: 0,
+            shared_next: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// What reads the rest of the stream after this reader is done with it.
+    pub fn drain(&self) -> Drain {
+        Drain {
+            src: self.src.clone(),
+            rt: self.rt.clone(),
+            next: self.shared_next.clone(),
         }
     }
 
@@ -96,6 +145,7 @@ impl SourceReader {
         self.buf.extend_from_slice(got.as_slice());
         self.buf_at = at;
         self.next_read = at + self.buf.len() as u64;
+        self.shared_next.store(self.next_read, Ordering::Relaxed);
         if self.buf.len() < n {
             // A stream of unknown size ended.
             self.end = self.next_read;
@@ -170,8 +220,10 @@ pub struct Serve {
 impl Serve {
     /// Announces a disk of `size` bytes (`None`: known at its end, as for a decompressed
     /// stream) and fills the engine's buffers from `r` until the engine stops asking. A read
-    /// error is handed to the request that met it.
-    pub fn serve(self, r: &mut dyn Read, size: Option<u64>) {
+    /// error is handed to the request that met it. Before the request that completes the disk
+    /// is answered, `rest` reads what follows it in the underlying stream.
+    pub fn serve(self, r: &mut dyn Read, size: Option<u64>, rest: Option<Drain>) {
+        let mut delivered = 0u64;
         if let Some(tx) = self.ready.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = tx.send(Ok(size));
         }
@@ -190,6 +242,11 @@ impl Serve {
                 }
             };
             buf.set_len(filled);
+            delivered += filled as u64;
+            let result = match (&result, size, &rest) {
+                (Ok(()), Some(s), Some(d)) if delivered >= s => d.run(),
+                _ => result,
+            };
             let failed = result.is_err();
             let _ = reply.send(result.map(|()| buf));
             if failed {

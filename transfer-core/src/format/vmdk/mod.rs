@@ -182,9 +182,10 @@ async fn open_stream(src: Arc<dyn BlockSource>) -> Result<Arc<dyn BlockSource>> 
     let rt = tokio::runtime::Handle::current();
     let s = ReadSource::start(desc, move |serve| {
         let input = SourceReader::new(src, rt, 1 << 20);
+        let rest = input.drain();
         let mut r = stream::StreamReader::new(input)?;
         let size = r.size();
-        serve.serve(&mut r, Some(size));
+        serve.serve(&mut r, Some(size), Some(rest));
         Ok(())
     })
     .await?;

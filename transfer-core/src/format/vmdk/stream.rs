@@ -8,7 +8,7 @@
 use std::io::Read;
 
 use super::descriptor::Descriptor;
-use super::header::{corrupt, unsupported, Marker, MarkerKind, SparseHeader, SECTOR};
+use super::header::{corrupt, unsupported, Marker, MarkerKind, SparseHeader, GD_AT_END, SECTOR};
 use super::sparse::inflate_grain;
 use crate::error::{Error, Result};
 use crate::format::seq::to_io;
@@ -28,7 +28,16 @@ pub struct StreamReader<R> {
     /// No grains follow: the rest reads as zeros.
     ended: bool,
     packed: Vec<u8>,
+    /// Grains the tables before the first grain list (qemu's layout), when they were read.
+    expected: Option<u64>,
+    /// Grains read so far.
+    seen: u64,
+    /// The markers after the disk's last byte were checked.
+    finished: bool,
 }
+
+/// The most metadata before the first grain kept to count the allocated grains.
+const MAX_LEADING_METADATA: u64 = 64 << 20;
 
 fn read_full(r: &mut impl Read, out: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
@@ -65,6 +74,9 @@ impl<R: Read> StreamReader<R> {
             held: None,
             ended: false,
             packed: Vec::new(),
+            expected: None,
+            seen: 0,
+            finished: false,
         };
         let h = r.header.clone();
         if h.descriptor_sectors > 0 && h.descriptor_offset >= 1 {
@@ -75,7 +87,25 @@ impl<R: Read> StreamReader<R> {
             r.consumed += got as u64;
             Descriptor::parse(&text[..got])?;
         }
-        r.skip_to(h.overhead.saturating_mul(SECTOR))?;
+        let first_grain = h.overhead.saturating_mul(SECTOR);
+        let gd_at = h.gd_offset.saturating_mul(SECTOR);
+        if h.gd_offset != GD_AT_END
+            && gd_at >= r.consumed
+            && first_grain > r.consumed
+            && first_grain - r.consumed <= MAX_LEADING_METADATA
+        {
+            // qemu puts the grain directory and tables before the grains, and writes no
+            // end-of-stream marker: counting the grains they list tells a complete stream
+            // from a truncated one.
+            let base = r.consumed;
+            let mut meta = vec![0u8; (first_grain - base) as usize];
+            let got = read_full(&mut r.input, &mut meta)
+                .map_err(|e| io_err(e, "reading the grain tables"))?;
+            r.consumed += got as u64;
+            meta.truncate(got);
+            r.expected = count_grains(&h, &meta, base);
+        }
+        r.skip_to(first_grain)?;
         Ok(r)
     }
 
@@ -101,6 +131,24 @@ impl<R: Read> StreamReader<R> {
         Ok(())
     }
 
+    /// After the disk's last byte: the markers that follow must end the stream properly (an
+    /// end-of-stream marker, or the end of a stream whose tables were all delivered), so that
+    /// a stream cut in its trailing metadata is not taken for a whole one.
+    fn finish(&mut self) -> Result<()> {
+        if self.finished {
+            return Ok(());
+        }
+        self.finished = true;
+        while !self.ended {
+            self.held = None;
+            self.next_grain()?;
+            if self.held.is_some() {
+                return Err(corrupt("a grain after the disk's last grain, out of order"));
+            }
+        }
+        Ok(())
+    }
+
     /// Reads the next grain into `grain`, or finds the end.
     fn next_grain(&mut self) -> Result<()> {
         loop {
@@ -110,9 +158,21 @@ impl<R: Read> StreamReader<R> {
             let at = self.consumed;
             self.consumed += got as u64;
             if got == 0 {
-                // qemu ends its streams without an end-of-stream marker.
-                self.ended = true;
-                return Ok(());
+                // qemu ends its streams without an end-of-stream marker: complete when every
+                // grain its tables list has come. Anything else ended early.
+                return match self.expected {
+                    Some(n) if self.seen >= n => {
+                        self.ended = true;
+                        Ok(())
+                    }
+                    Some(n) => Err(corrupt(format!(
+                        "the stream ends at byte {at} after {} of the {n} grains its tables list: truncated?",
+                        self.seen
+                    ))),
+                    None => Err(corrupt(format!(
+                        "the stream ends at byte {at} without an end-of-stream marker: truncated?"
+                    ))),
+                };
             }
             if got < sector.len() {
                 return Err(corrupt(format!(
@@ -154,7 +214,7 @@ impl<R: Read> StreamReader<R> {
             .checked_mul(SECTOR)
             .filter(|s| *s < self.size && lba.is_multiple_of(self.header.grain_sectors))
             .ok_or_else(|| corrupt(format!("a grain for sector {lba} at byte {at}, outside the disk or not on a grain boundary")))?;
-        if start < self.pos || self.held.is_some_and(|(h, _)| start <= h) {
+        if start < self.pos {
             return Err(corrupt(format!(
                 "grains out of order at byte {at} (sector {lba} after {}): this VMDK needs random access (a server with Range support, or a file)",
                 self.pos / SECTOR
@@ -179,8 +239,32 @@ impl<R: Read> StreamReader<R> {
         inflate_grain(&self.packed, true, &mut self.grain, need as usize)
             .map_err(|e| e.context_prefix(format!("grain at byte {at}")))?;
         self.held = Some((start, need));
+        self.seen += 1;
         Ok(())
     }
+}
+
+/// The allocated grains (entries above 1) the grain directory and tables in `meta` (the bytes
+/// from offset `base`) list; `None` when a table lies outside them.
+fn count_grains(h: &SparseHeader, meta: &[u8], base: u64) -> Option<u64> {
+    let slice = |at: u64, len: u64| -> Option<&[u8]> {
+        let from = usize::try_from(at.checked_sub(base)?).ok()?;
+        meta.get(from..from.checked_add(usize::try_from(len).ok()?)?)
+    };
+    let gd = slice(h.gd_offset.checked_mul(SECTOR)?, h.gd_entries() * 4)?;
+    let mut n = 0u64;
+    for e in gd.chunks_exact(4) {
+        let gt = u32::from_le_bytes(e.try_into().expect("4 bytes")) as u64;
+        if gt == 0 {
+            continue;
+        }
+        let table = slice(gt * SECTOR, h.gtes_per_gt as u64 * 4)?;
+        n += table
+            .chunks_exact(4)
+            .filter(|g| u32::from_le_bytes((*g).try_into().expect("4 bytes")) > 1)
+            .count() as u64;
+    }
+    Some(n)
 }
 
 fn io_err(e: std::io::Error, doing: &str) -> Error {
@@ -189,6 +273,16 @@ fn io_err(e: std::io::Error, doing: &str) -> Error {
 
 impl<R: Read> Read for StreamReader<R> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.fill(out)?;
+        if n > 0 && self.pos >= self.size {
+            self.finish().map_err(to_io)?;
+        }
+        Ok(n)
+    }
+}
+
+impl<R: Read> StreamReader<R> {
+    fn fill(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         loop {
             if self.pos >= self.size || out.is_empty() {
                 return Ok(0);

@@ -56,6 +56,14 @@ fn three_disk_ova(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
     (ova, raws)
 }
 
+/// [`three_disk_ova`], also served by nginx as `vm.ova`.
+fn served_ova(dir: &Path) -> (PathBuf, Vec<PathBuf>, Nginx) {
+    let (ova, raws) = three_disk_ova(dir);
+    let nginx = Nginx::start();
+    nginx.put("vm.ova", &std::fs::read(&ova).unwrap());
+    (ova, raws, nginx)
+}
+
 /// What the peers do: extract the member with tar, then `qemu-img convert -O raw`.
 fn peer_reference(ova: &Path, member: &str, dir: &Path) -> PathBuf {
     let x = dir.join("extracted");
@@ -179,9 +187,7 @@ fn an_ova_over_http_with_and_without_range() {
         return;
     }
     let dir = tempdir();
-    let (ova, raws) = three_disk_ova(dir.path());
-    let nginx = Nginx::start();
-    nginx.put("vm.ova", &std::fs::read(&ova).unwrap());
+    let (ova, raws, nginx) = served_ova(dir.path());
     let out = dir.path().join("out.img");
     for location in [Location::Range, Location::NoRange] {
         for (i, raw) in raws.iter().enumerate() {
@@ -315,9 +321,7 @@ fn streamed_checksums_chunks_and_raw_sizes_are_checked_to_the_end() {
         return;
     }
     let dir = tempdir();
-    let (ova, raws) = three_disk_ova(dir.path());
-    let nginx = Nginx::start();
-    nginx.put("vm.ova", &std::fs::read(&ova).unwrap());
+    let (ova, raws, nginx) = served_ova(dir.path());
     let out = dir.path().join("out.img");
     // The checksum covers the whole archive, even when the chosen disk ends early in it.
     let sum = run_ok("sha256sum", &[s(&ova)]).stdout;

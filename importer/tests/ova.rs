@@ -187,7 +187,7 @@ fn an_ova_over_http_with_and_without_range() {
         return;
     }
     let dir = tempdir();
-    let (ova, raws, nginx) = served_ova(dir.path());
+    let (_, raws, nginx) = served_ova(dir.path());
     let out = dir.path().join("out.img");
     for location in [Location::Range, Location::NoRange] {
         for (i, raw) in raws.iter().enumerate() {

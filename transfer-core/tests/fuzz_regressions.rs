@@ -230,3 +230,11 @@ fn a_descriptor_with_junk_after_its_nul_is_detected() {
     assert!(Descriptor::parse(&d).is_ok());
     assert!(looks_like_descriptor(&d));
 }
+
+/// ovf: `byte * 0^10` made a unit of zero bytes, so a disk of 8 units had a capacity of 0.
+#[test]
+fn ovf_capacity_units_of_zero_bytes_are_refused() {
+    use transfer_core::format::ovf::capacity;
+    assert!(capacity("8", Some("byte*0^10")).is_err());
+    assert_eq!(capacity("8", Some("byte * 2^10")), Ok(8192));
+}

@@ -190,7 +190,8 @@ fn unit_multiplier(u: &str) -> Option<u64> {
     let rest = u.strip_prefix("byte*")?;
     let (base, exp) = rest.split_once('^')?;
     let (base, exp): (u64, u32) = (base.parse().ok()?, exp.parse().ok()?);
-    base.checked_pow(exp)
+    // A unit of zero bytes (byte*0^N) means nothing.
+    base.checked_pow(exp).filter(|&m| m > 0)
 }
 
 #[cfg(test)]
@@ -225,6 +226,8 @@ mod tests {
         assert_eq!(capacity("2", Some("byte * 1024^3")), Ok(2 << 30));
         assert_eq!(capacity("3", Some("MB")), Ok(3 << 20));
         assert!(capacity("3", Some("furlongs")).is_err());
+        // Found by the ovf fuzz target: a unit of zero bytes.
+        assert!(capacity("8", Some("byte*0^10")).is_err());
         assert!(capacity("99999999999", Some("byte * 2^40")).is_err());
         assert!(Ovf::parse(b"<Envelope><DiskSection><Disk ovf:diskId='a' ovf:capacity='1' ovf:fileRef='nope'/></DiskSection></Envelope>").is_err());
         assert!(Ovf::parse(b"<html/>").is_err());

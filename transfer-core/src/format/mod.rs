@@ -4,6 +4,7 @@
 //! parallel); a source that can only be read front to back (a stream) is decoded in order where
 //! the format allows it (a stream-optimized VMDK, an OVA of them, gzip members).
 
+pub mod batch;
 pub mod compose;
 pub mod ova;
 pub mod ovf;
@@ -103,13 +104,7 @@ pub struct FormatContext {
 
 /// The compression whose magic starts `head`: gzip or xz.
 fn compression(head: &[u8]) -> Option<&'static str> {
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Some("gzip")
-    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        Some("xz")
-    } else {
-        None
-    }
+    crate::source::http::sniff_format(head).filter(|f| matches!(*f, "gzip" | "xz"))
 }
 
 /// `src` (a positional source holding a gzip or xz file) decompressed front to back, as a
@@ -155,8 +150,16 @@ pub async fn open_format(
     ctx: &FormatContext,
 ) -> Result<Arc<dyn BlockSource>> {
     let mut src = src;
-    if format == Format::Auto {
-        src = decompress(src).await?;
+    let mut format = format;
+    if format == Format::Auto && !src.caps().sequential {
+        // One look at the first bytes: a compressed file is decompressed and its contents
+        // detected as a stream below; anything else is detected here.
+        let n = src.size().min(512) as usize;
+        let head = src.read_at(0, Buffer::new(n)).await?;
+        match compression(head.as_slice()) {
+            Some(codec) => src = decompressed(src, codec).await?,
+            None => format = detect(head.as_slice()).unwrap_or(Format::Raw),
+        }
     }
     let format = match format {
         Format::Auto if src.caps().size_known && src.size() < 4 => Format::Raw,
@@ -170,11 +173,6 @@ pub async fn open_format(
             };
             src = peeked;
             f
-        }
-        Format::Auto => {
-            let n = src.size().min(512) as usize;
-            let head = src.read_at(0, Buffer::new(n)).await?;
-            detect(head.as_slice()).unwrap_or(Format::Raw)
         }
         f => f,
     };

@@ -17,7 +17,8 @@ use async_trait::async_trait;
 use crate::buffer::Buffer;
 use crate::error::{Error, ErrorKind, Result};
 use crate::extent::{Extent, ExtentKind};
-use crate::format::{on_blocking_pool, read_exact, unit_extents};
+use crate::format::batch::{push_run, read_packed, read_runs, Packed};
+use crate::format::{read_exact, unit_extents};
 use crate::source::{BlockSource, SourceCaps};
 
 /// The magic at offset 0: `QFI\xfb`.
@@ -293,64 +294,6 @@ impl Qcow2Source {
         };
         L2Entry::decode(table[l2i as usize], h.cluster_bits, h.version)
     }
-
-    /// Fills the compressed parts of a read: clusters stored one after the other are fetched
-    /// with one request, then inflated on the blocking pool, so that large reads decode in
-    /// parallel with each other.
-    async fn read_compressed(&self, parts: Vec<Packed>, buf: Buffer) -> Result<Buffer> {
-        let cs = self.image.header.cluster_size();
-        let file_size = self.inner.size();
-        let mut spans: Vec<(u64, Buffer, Vec<Packed>)> = Vec::new();
-        let mut run: Vec<Packed> = Vec::new();
-        let (mut start, mut end) = (0u64, 0u64);
-        for p in parts {
-            let p_end = p.host.saturating_add(p.len.min(2 * cs)).min(file_size);
-            let joins = !run.is_empty() && p.host >= start && p_end.max(end) - start <= MAX_SPAN;
-            if !run.is_empty() && !joins {
-                let data = read_exact(&*self.inner, start, (end - start) as usize).await?;
-                spans.push((start, data, std::mem::take(&mut run)));
-            }
-            if run.is_empty() {
-                (start, end) = (p.host, p_end);
-            }
-            end = end.max(p_end);
-            run.push(p);
-        }
-        if !run.is_empty() {
-            let data = read_exact(&*self.inner, start, (end - start) as usize).await?;
-            spans.push((start, data, run));
-        }
-        on_blocking_pool(move || {
-            let mut buf = buf;
-            let mut cluster = vec![0u8; cs as usize];
-            for (start, data, parts) in spans {
-                for p in parts {
-                    let from = (p.host - start) as usize;
-                    let to = (from as u64 + p.len.min(2 * cs)).min(data.len() as u64) as usize;
-                    inflate_cluster(&data.as_slice()[from..to], &mut cluster)
-                        .map_err(|e| e.context_prefix(format!("cluster at {}", p.host)))?;
-                    let w = p.within as usize;
-                    buf.as_mut_slice()[p.at..p.at + p.n].copy_from_slice(&cluster[w..w + p.n]);
-                }
-            }
-            Ok(buf)
-        })
-        .await
-    }
-}
-
-/// The largest span of compressed clusters fetched with one read.
-const MAX_SPAN: u64 = 16 << 20;
-
-/// A compressed cluster's part of a read.
-struct Packed {
-    /// Where in the caller's buffer, where in the cluster, how many bytes.
-    at: usize,
-    within: u64,
-    n: usize,
-    /// Where its compressed bytes are, and at most how many.
-    host: u64,
-    len: u64,
 }
 
 /// Inflates one compressed cluster (raw deflate) from `raw` into `out`, which it must fill.
@@ -409,8 +352,7 @@ impl BlockSource for Qcow2Source {
             ));
         }
         let cs = self.image.header.cluster_size();
-        // Plain clusters: runs contiguous in the file and in the buffer, read with one request.
-        let mut runs: Vec<(usize, u64, usize)> = Vec::new();
+        let mut runs = Vec::new();
         let mut packed = Vec::new();
         let mut pos = offset;
         while pos < offset + len {
@@ -420,34 +362,27 @@ impl BlockSource for Qcow2Source {
             let at = (pos - offset) as usize;
             match self.entry(c).await? {
                 L2Entry::Unallocated | L2Entry::Zero => buf.as_mut_slice()[at..at + n].fill(0),
-                L2Entry::Data(host) => match runs.last_mut() {
-                    Some((a, h, m))
-                        if *h + *m as u64 == host + within
-                            && *a + *m == at
-                            && (*m as u64) < MAX_SPAN =>
-                    {
-                        *m += n
-                    }
-                    _ => runs.push((at, host + within, n)),
-                },
+                L2Entry::Data(host) => push_run(&mut runs, at, host + within, n),
                 L2Entry::Compressed { offset: host, len } => packed.push(Packed {
                     at,
                     within,
-                    n,
+                    len: n,
                     host,
-                    len,
+                    max: len.min(2 * cs),
+                    need: cs as usize,
                 }),
             }
             pos += n as u64;
         }
-        for (at, host, n) in runs {
-            let part = read_exact(&*self.inner, host, n).await?;
-            buf.as_mut_slice()[at..at + n].copy_from_slice(part.as_slice());
-        }
+        read_runs(&*self.inner, &runs, &mut buf).await?;
         if packed.is_empty() {
             return Ok(buf);
         }
-        self.read_compressed(packed, buf).await
+        read_packed(&*self.inner, cs as usize, packed, buf, |raw, out, p| {
+            inflate_cluster(raw, out)
+                .map_err(|e| e.context_prefix(format!("cluster at {}", p.host)))
+        })
+        .await
     }
 
     async fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {

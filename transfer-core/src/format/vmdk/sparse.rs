@@ -14,13 +14,12 @@ use super::header::{corrupt, parse_footer, Marker, SparseHeader, GD_AT_END, SECT
 use crate::buffer::Buffer;
 use crate::error::{Error, ErrorKind, Result};
 use crate::extent::{Extent, ExtentKind};
-use crate::format::{on_blocking_pool, read_exact, unit_extents};
+use crate::format::batch::{push_run, read_packed, read_runs, Packed};
+use crate::format::{read_exact, unit_extents};
 use crate::source::{BlockSource, SourceCaps};
 
 /// Cached grain tables, in bytes.
 const GT_CACHE_BYTES: usize = 8 << 20;
-/// The largest span of adjacent compressed grains fetched with one read.
-const MAX_SPAN: u64 = 16 << 20;
 
 /// Where one grain's bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,18 +103,6 @@ struct Shared {
 pub struct SparseSource {
     inner: Arc<dyn BlockSource>,
     x: Arc<Shared>,
-}
-
-/// One grain's part of a read.
-struct Piece {
-    /// Where in the caller's buffer.
-    at: usize,
-    /// Where in the grain.
-    within: u64,
-    len: usize,
-    /// Bytes of the grain that must inflate.
-    need: usize,
-    grain: Grain,
 }
 
 impl SparseSource {
@@ -236,89 +223,6 @@ impl SparseSource {
         }
         Ok(grain)
     }
-
-    /// Reads the plain grains of `pieces` (all `Grain::At`), one request per run that is
-    /// contiguous in the file.
-    async fn read_plain(&self, pieces: &[Piece], buf: &mut Buffer) -> Result<()> {
-        let host = |p: &Piece| match p.grain {
-            Grain::At(s) => s * SECTOR + p.within,
-            _ => unreachable!("plain pieces are allocated"),
-        };
-        let mut i = 0;
-        while i < pieces.len() {
-            let start = host(&pieces[i]);
-            let mut j = i + 1;
-            let mut end = start + pieces[i].len as u64;
-            while j < pieces.len()
-                && host(&pieces[j]) == end
-                && pieces[j].at == pieces[j - 1].at + pieces[j - 1].len
-                && end - start < MAX_SPAN
-            {
-                end += pieces[j].len as u64;
-                j += 1;
-            }
-            let at = pieces[i].at;
-            let got = read_exact(&*self.inner, start, (end - start) as usize).await?;
-            buf.as_mut_slice()[at..at + got.len()].copy_from_slice(got.as_slice());
-            i = j;
-        }
-        Ok(())
-    }
-
-    /// Reads and inflates the compressed grains of `pieces`; grains stored one after the other
-    /// are fetched together.
-    async fn read_compressed(&self, pieces: Vec<Piece>, buf: Buffer) -> Result<Buffer> {
-        let h = &self.x.header;
-        let gb = h.grain_bytes();
-        // A compressed grain takes at most a grain, its marker and deflate's few bytes of
-        // overhead, rounded to sectors.
-        let bound = gb + 4096;
-        let file_size = self.inner.size();
-        let mut spans: Vec<(u64, Buffer, Vec<Piece>)> = Vec::new();
-        let mut run: Vec<Piece> = Vec::new();
-        let mut run_start = 0u64;
-        let mut last = 0u64;
-        for p in pieces {
-            let Grain::At(s) = p.grain else {
-                unreachable!("compressed pieces are allocated")
-            };
-            let at = s * SECTOR;
-            if !run.is_empty() && (at <= last || at + bound - run_start > MAX_SPAN) {
-                let end = (last + bound).min(file_size);
-                let data = read_exact(&*self.inner, run_start, (end - run_start) as usize).await?;
-                spans.push((run_start, data, std::mem::take(&mut run)));
-            }
-            if run.is_empty() {
-                run_start = at;
-            }
-            last = at;
-            run.push(p);
-        }
-        if !run.is_empty() {
-            let end = (last + bound).min(file_size);
-            let data = read_exact(&*self.inner, run_start, (end - run_start) as usize).await?;
-            spans.push((run_start, data, run));
-        }
-        let markers = h.markers();
-        let desc = self.x.desc.clone();
-        on_blocking_pool(move || {
-            let mut buf = buf;
-            let mut grain = vec![0u8; gb as usize];
-            for (start, data, pieces) in spans {
-                for p in pieces {
-                    let Grain::At(s) = p.grain else { continue };
-                    let from = (s * SECTOR - start) as usize;
-                    let to = (from as u64 + bound).min(data.len() as u64) as usize;
-                    inflate_grain(&data.as_slice()[from..to], markers, &mut grain, p.need)
-                        .map_err(|e| e.context_prefix(format!("{desc}, sector {s}")))?;
-                    let w = p.within as usize;
-                    buf.as_mut_slice()[p.at..p.at + p.len].copy_from_slice(&grain[w..w + p.len]);
-                }
-            }
-            Ok(buf)
-        })
-        .await
-    }
 }
 
 #[async_trait]
@@ -360,38 +264,47 @@ impl BlockSource for SparseSource {
         }
         let gb = self.x.header.grain_bytes();
         let compressed = self.x.header.compressed();
-        let (mut plain, mut packed) = (Vec::new(), Vec::new());
+        // A compressed grain takes at most a grain, its marker and deflate's few bytes of
+        // overhead, rounded to sectors.
+        let bound = gb + 4096;
+        let (mut runs, mut packed) = (Vec::new(), Vec::new());
         let mut pos = offset;
         while pos < offset + len {
             let g = pos / gb;
             let within = pos % gb;
             let n = (gb - within).min(offset + len - pos) as usize;
             let at = (pos - offset) as usize;
-            let need = (self.size() - g * gb).min(gb) as usize;
             match self.grain(g).await? {
                 Grain::Unallocated | Grain::Zero => buf.as_mut_slice()[at..at + n].fill(0),
-                grain => {
-                    let p = Piece {
-                        at,
-                        within,
-                        len: n,
-                        need,
-                        grain,
-                    };
-                    if compressed {
-                        packed.push(p)
-                    } else {
-                        plain.push(p)
-                    }
-                }
+                Grain::At(s) if compressed => packed.push(Packed {
+                    at,
+                    within,
+                    len: n,
+                    host: s * SECTOR,
+                    max: bound,
+                    need: (self.size() - g * gb).min(gb) as usize,
+                }),
+                Grain::At(s) => push_run(&mut runs, at, s * SECTOR + within, n),
             }
             pos += n as u64;
         }
-        self.read_plain(&plain, &mut buf).await?;
+        read_runs(&*self.inner, &runs, &mut buf).await?;
         if packed.is_empty() {
             return Ok(buf);
         }
-        self.read_compressed(packed, buf).await
+        let markers = self.x.header.markers();
+        let desc = self.x.desc.clone();
+        read_packed(
+            &*self.inner,
+            gb as usize,
+            packed,
+            buf,
+            move |raw, out, p| {
+                inflate_grain(raw, markers, out, p.need)
+                    .map_err(|e| e.context_prefix(format!("{desc}, sector {}", p.host / SECTOR)))
+            },
+        )
+        .await
     }
 
     async fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {

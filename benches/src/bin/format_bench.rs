@@ -390,7 +390,11 @@ fn differs(a: &Path, b: &Path, size: u64) -> Result<Option<String>, String> {
 /// Prints `img`'s rows of the median table.
 fn summary(img: &Image, runs: &Runs, size: u64, scratch: u64) {
     let mib = size as f64 / MIB;
-    let row = |tool: &str, s: f64, synced: f64, rss: u64, scratch: Option<u64>| {
+    // One table row: the medians and peak RSS of `runs`.
+    let row = |tool: &str, runs: &[Measured], scratch: Option<u64>| {
+        let s = median(runs.iter().map(|m| m.secs).collect());
+        let synced = median(runs.iter().map(|m| m.synced).collect());
+        let rss = peak(runs);
         let rate = if scratch.is_some() {
             format!("{:.0}", mib / synced)
         } else {
@@ -407,43 +411,19 @@ fn summary(img: &Image, runs: &Runs, size: u64, scratch: u64) {
         Some(e) if runs.ferry.is_empty() => {
             println!("{:<6} {:<26} failed: {e}", img.name, "ferry importer copy")
         }
-        _ => row(
-            "ferry importer copy",
-            median(runs.ferry.iter().map(|m| m.secs).collect()),
-            median(runs.ferry.iter().map(|m| m.synced).collect()),
-            peak(&runs.ferry),
-            Some(0),
-        ),
+        _ => row("ferry importer copy", &runs.ferry, Some(0)),
     }
     let peer = peer_sums(runs);
     if img.in_ova {
-        row(
-            "qemu-img tar + convert",
-            median(peer.iter().map(|m| m.secs).collect()),
-            median(peer.iter().map(|m| m.synced).collect()),
-            peak(&peer),
-            Some(scratch),
-        );
+        row("qemu-img tar + convert", &peer, Some(scratch));
         for (tool, steps) in [
             ("  tar -x", &runs.tar),
             ("  qemu-img convert", &runs.convert),
         ] {
-            row(
-                tool,
-                median(steps.iter().map(|m| m.secs).collect()),
-                median(steps.iter().map(|m| m.synced).collect()),
-                peak(steps),
-                None,
-            );
+            row(tool, steps, None);
         }
     } else {
-        row(
-            "qemu-img convert",
-            median(peer.iter().map(|m| m.secs).collect()),
-            median(peer.iter().map(|m| m.synced).collect()),
-            peak(&peer),
-            Some(scratch),
-        );
+        row("qemu-img convert", &peer, Some(scratch));
     }
 }
 

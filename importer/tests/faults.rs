@@ -150,8 +150,8 @@ fn an_nbd_server_killed_and_restarted_mid_copy_is_reconnected() {
     }
     let dir = tempdir();
     let sock = dir.path().join("server.sock");
-    // 128 MiB of data in 1 MiB reads, 4 at a time, each held 80 ms: about 2.5 s, so the
-    // restart lands mid-copy.
+    // 128 MiB of data in 1 MiB reads, 4 at a time (one connection: nbdkit's --threads is per
+    // connection), each held 80 ms: about 2.5 s, so the restart lands mid-copy.
     let slow: Vec<&str> = ["--threads=4", "--filter=delay"]
         .into_iter()
         .chain(SPARSE)
@@ -161,6 +161,8 @@ fn an_nbd_server_killed_and_restarted_mid_copy_is_reconnected() {
     let target = dir.path().join("disk.img");
     let run = spawn_importer(&[
         "copy",
+        "--connections",
+        "1",
         "--retries",
         "8",
         "--retry-delay",

@@ -14,7 +14,7 @@ use std::time::Duration;
 use ferry_fuzz::debug;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use transfer_core::source::ovirt::{keep_alive_period, parse_token, parse_transfer};
+use ferry_pod::ovirt::{keep_alive_period, parse_token, parse_transfer};
 
 fuzz_target!(|data: &[u8]| {
     debug(|| {

@@ -10,25 +10,23 @@
 //! the paths are CDI's own); the metrics then listen on a free loopback port written to
 //! `ROOT/metrics-addr`.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use transfer_core::delta::chain::{default_state_path, forget, Chain};
-use transfer_core::delta::DeltaSet;
-use transfer_core::engine::journal::{self, identity};
-use transfer_core::engine::{copy, CopyOptions, Progress};
+use ferry_pod::ovirt::{Engine, KeepAlive};
+use transfer_core::engine::Progress;
 use transfer_core::http::{HttpOptions, TlsTrust};
-use transfer_core::open::{dirty_ranges, open_source, SourceOptions, VddkOptions};
-use transfer_core::source::ovirt::{Engine, KeepAlive};
+use transfer_core::job::{
+    Changes, Mode, Resume, SourceSpec, TargetSpec, Transfer, TransferSpec, Volume,
+};
+use transfer_core::open::{SourceOptions, VddkOptions};
 use transfer_core::source::stream::Checksum;
 use transfer_core::source::vddk::{connected_host, loaded_version, Secret};
-use transfer_core::target::{open_target, TargetOptions};
 use transfer_core::{Error, ErrorKind, Result};
 
-use transfer_core::metrics::Metrics;
+use ferry_pod::metrics::Metrics;
 
 /// The environment variable that re-roots CDI's fixed paths (tests only).
 pub const ROOT_ENV: &str = "FERRY_CDI_ROOT";
@@ -109,13 +107,6 @@ pub fn parse_quantity(s: &str) -> Result<u64> {
     Ok(bytes)
 }
 
-/// Bytes of a filesystem volume a disk image may use: what is available, less CDI's
-/// filesystem overhead, rounded down to 1 MiB.
-pub fn usable_space(available: u64, overhead: f64) -> u64 {
-    let usable = (available as f64 / (1.0 + overhead)).floor() as u64;
-    usable / (1 << 20) * (1 << 20)
-}
-
 /// What the import did, for the termination message.
 struct Done {
     preallocation: bool,
@@ -141,8 +132,9 @@ pub async fn run() -> ExitCode {
             (ExitCode::SUCCESS, v.to_string())
         }
         Err(e) => {
-            eprintln!("importer: error: {e}");
-            (ExitCode::FAILURE, e.to_string())
+            let line = crate::hints::cdi(e);
+            eprintln!("importer: error: {line}");
+            (ExitCode::FAILURE, line)
         }
     };
     let mut line = message.replace('\n', " ");
@@ -282,7 +274,7 @@ async fn import(paths: &Paths) -> Result<Done> {
         overhead,
         preallocation,
     };
-    let r = copy_from(paths, &job, &mut sopts, &metrics).await;
+    let r = copy_from(paths, &job, &sopts, &metrics).await;
     if let Some((engine, id, keep)) = transfer {
         drop(keep);
         if let Err(e) = engine.end(&id, r.is_ok()).await {
@@ -310,110 +302,63 @@ struct Job {
 async fn copy_from(
     paths: &Paths,
     job: &Job,
-    sopts: &mut SourceOptions,
+    sopts: &SourceOptions,
     metrics: &Arc<Metrics>,
 ) -> Result<Done> {
-    let (uri, source, requested) = (&job.uri, job.source.as_str(), job.requested);
-    let (overhead, preallocation) = (job.overhead, job.preallocation);
-    let src = open_source(uri, sopts).await?;
-    let (current, previous) = job.checkpoints.clone();
-    // A warm migration's later copies are deltas: vSphere's changed areas since the previous
-    // checkpoint, written in place.
-    let delta = match &previous {
-        Some(prev) => {
-            sopts.changed_since = Some(prev.clone());
-            Some(DeltaSet::new(src.size(), dirty_ranges(uri, sopts).await?)?)
-        }
-        None => None,
-    };
-
     let block = paths.at("/dev/cdi-block-volume");
     let is_block = block.exists();
-    let target_path = if is_block {
-        block
-    } else {
-        paths.at("/data/disk.img")
+    let (current, previous) = job.checkpoints.clone();
+    let spec = TransferSpec {
+        source: Some(SourceSpec::Uri {
+            uri: job.uri.clone(),
+            options: sopts.clone(),
+        }),
+        target: TargetSpec {
+            path: if is_block {
+                block
+            } else {
+                paths.at("/data/disk.img")
+            },
+            preallocate: job.preallocation,
+            volume: Some(Volume {
+                overhead: job.overhead,
+                requested: job.requested,
+            }),
+            file_mode: Some(0o660),
+            ..TargetSpec::default()
+        },
+        // A warm migration's later copies are deltas: vSphere's changed areas since the
+        // previous checkpoint, written in place.
+        mode: match previous {
+            Some(_) => Mode::Delta(Changes::FromSource),
+            None => Mode::Full,
+        },
+        checkpoint: current,
+        previous_checkpoint: previous,
+        // Always resumable on a filesystem volume: a pod restarted after an eviction or an OOM
+        // kill carries on where the last one stopped. An oVirt transfer's URL changes each
+        // time, so its copy is named by the disk.
+        resume: Resume::IfPossible,
+        source_name: (job.source == "imageio")
+            .then(|| env("IMPORTER_DISK_ID").map(|d| format!("oVirt disk {d}")))
+            .flatten(),
+        ..TransferSpec::default()
     };
-    let mut size = src.size();
-    if !is_block && delta.is_none() {
-        let usable = usable_bytes(&target_path, overhead)?;
-        if size > usable {
-            return Err(Error::new(
-                ErrorKind::TargetTooSmall,
-                format!(
-                    "Virtual image size {size} is larger than the reported available storage {usable}. A larger PVC is required."
-                ),
-            ));
-        }
-        // CDI sizes the image to what was asked for (the disk grows, never shrinks), within
-        // the volume.
-        if let Some(r) = requested {
-            size = size.max(r.min(usable));
-        }
-    }
-    // The checkpoint chain lives next to disk.img on the volume; a block volume has no room
-    // for it, and there CDI's own checkpoint bookkeeping is what orders the deltas.
-    let mut chain = match (&current, is_block) {
-        (Some(cur), false) => {
-            let state = default_state_path(&target_path);
-            if delta.is_none() {
-                forget(&state)?;
-            }
-            let chain = Chain::load(&state)?;
-            chain.check(cur, previous.as_deref())?;
-            Some(chain)
-        }
-        _ => None,
-    };
-    let created = !target_path.exists();
-    // Always resumable on a filesystem volume: a pod restarted after an eviction or an OOM
-    // kill carries on where the last one stopped. An oVirt transfer's URL changes each time,
-    // so its copy is named by the disk.
-    let name = (source == "imageio")
-        .then(|| env("IMPORTER_DISK_ID").map(|d| format!("oVirt disk {d}")))
-        .flatten();
-    let id = identity(&*src, name.as_deref(), delta.as_ref());
-    let journal = journal::beside(&target_path, &id)?.map(|(j, r)| (Arc::new(j), r));
-    let resuming = journal.as_ref().is_some_and(|(_, r)| *r);
-    let topts = TargetOptions {
-        preallocate: preallocation && !is_block,
-        in_place: delta.is_some() || resuming,
-        ..TargetOptions::default()
-    };
-    let target = open_target(&target_path, size, &topts)?;
-    if !is_block {
-        let _ = std::fs::set_permissions(&target_path, std::fs::Permissions::from_mode(0o660));
-    }
     let progress = Arc::new(Progress::new());
     let follower = tokio::spawn(metrics.clone().follow(progress.clone(), 0));
-    let opts = CopyOptions {
-        request_size: src.caps().preferred_request,
-        progress: Some(progress),
-        delta: delta.map(Arc::new),
-        journal: journal.as_ref().map(|(j, _)| j.clone()),
-        ..CopyOptions::default()
-    };
     // Kubernetes stops a pod with SIGTERM: the copy ends there, a disk this run created is
     // removed and (for imageio) the transfer is cancelled, like any other failure.
-    let r = tokio::select! {
-        r = copy(src, target, &opts) => r,
-        () = transfer_core::pod::sigterm() => Err(Error::new(ErrorKind::Io, "import terminated by SIGTERM")),
-    };
+    let cancel = ferry_pod::cancel_on_sigterm();
+    let r = Transfer::new(spec).run(&cancel, Some(progress)).await;
     follower.abort();
-    let stats = match r {
-        Ok(s) => s,
-        Err(e) => {
-            // What a journal records is kept for the next pod; otherwise a disk this run
-            // created goes.
-            journal::after_failure(&target_path, created, journal.as_ref().map(|(j, _)| &**j));
-            return Err(e);
+    match r {
+        Err(e) if e.kind() == ErrorKind::Cancelled => {
+            return Err(Error::new(ErrorKind::Io, "import terminated by SIGTERM"))
         }
+        r => r?,
     };
-    if let (Some(chain), Some(cur)) = (&mut chain, &current) {
-        chain.record(cur, previous.as_deref(), stats.bytes_total)?;
-    }
     metrics.finish(GRACE).await;
-    let vddk = (source == "vddk").then(|| {
+    let vddk = (job.source == "vddk").then(|| {
         // The ESXi host VDDK read from, as CDI reports it; the vCenter when VDDK never said.
         let host = connected_host().unwrap_or_else(|| {
             sopts
@@ -427,22 +372,9 @@ async fn copy_from(
         (loaded_version().unwrap_or_default(), host)
     });
     Ok(Done {
-        preallocation,
+        preallocation: job.preallocation,
         vddk,
     })
-}
-
-/// The usable bytes of the filesystem volume that holds `target`.
-fn usable_bytes(target: &Path, overhead: f64) -> Result<u64> {
-    let dir = target
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("/"));
-    let d = std::fs::File::open(&dir)
-        .map_err(|e| Error::io(format!("opening the volume {}", dir.display()), e))?;
-    let avail = transfer_core::sys::available_bytes(&d)
-        .map_err(|e| Error::io(format!("reading the free space of {}", dir.display()), e))?;
-    Ok(usable_space(avail, overhead))
 }
 
 /// The vddk:// parameters from CDI's variables: the vCenter at `IMPORTER_ENDPOINT`, the VM by
@@ -485,6 +417,7 @@ fn vddk_options(paths: &Paths, snapshot: Option<&str>) -> Result<VddkOptions> {
     Ok(VddkOptions {
         params,
         password: Some(Secret::new(&need("IMPORTER_SECRET_KEY")?)),
+        changed_since: None,
     })
 }
 
@@ -536,12 +469,5 @@ mod tests {
         for bad in ["", "Gi", "10GB", "1..5Gi", "-1", "99999999999999999999Pi"] {
             assert!(parse_quantity(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn usable_space_leaves_the_overhead_and_rounds_to_a_mebibyte() {
-        assert_eq!(usable_space(106 << 20, 0.06), 100 << 20);
-        assert_eq!(usable_space((100 << 20) + 5, 0.0), 100 << 20);
-        assert_eq!(usable_space(0, 0.06), 0);
     }
 }

@@ -3,17 +3,17 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use clap::Args;
-use transfer_core::engine::journal::{self, identity};
-use transfer_core::engine::verify::{verify, VerifyOptions, VerifyResult};
-use transfer_core::engine::{copy, CopyOptions, Journal, Progress};
+use transfer_core::engine::{Progress, ProgressObserver};
 use transfer_core::format::{DiskChoice, Format};
 use transfer_core::io::IoEngineKind;
-use transfer_core::open::{open_source, ova_listing, SourceOptions};
-use transfer_core::target::{open_target, target_path, TargetOptions};
+use transfer_core::job::{
+    CancelToken, EngineOptions, Resume, SourceSpec, TargetSpec, Transfer, TransferSpec,
+};
+use transfer_core::open::ova_listing;
+use transfer_core::target::target_path;
 use transfer_core::{Error, ErrorKind};
 
 use crate::delta_args::DeltaArgs;
@@ -120,104 +120,25 @@ async fn copy_one(
     disk: Option<DiskChoice>,
     label: Option<(&str, serde_json::Value)>,
 ) -> transfer_core::Result<ExitCode> {
-    let io_engine = a.io_engine.parse::<IoEngineKind>()?;
-    let mut sopts = a
-        .http
-        .source_options(source, &a.vddk, a.tuning.connections)?;
-    if disk.is_some() {
-        sopts.disk = disk;
-    }
-    if a.delta.is_delta() {
-        // Changed ranges are offsets of the bytes the source serves, not of a disk inside an
-        // image file.
-        if !matches!(sopts.format, Format::Auto | Format::Raw) || sopts.disk.is_some() {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                "a delta applies to a raw disk: --format and --disk cannot be combined with it",
-            ));
-        }
-        sopts.format = Format::Raw;
-    }
-    sopts.retry = a.tuning.retry();
-    let retries = sopts.retry_stats.clone();
-    sopts.nbd_dirty_bitmap = a.delta.dirty_bitmap();
-    let source_uri = source;
-    let source = open_source(source, &sopts).await?;
-    let path = target_path(target)?;
-    let mut plan = a
-        .delta
-        .plan(source_uri, source.size(), &path, &sopts)
-        .await?;
-    // A file this run creates is removed again if the copy fails, so a failed import never
-    // leaves a full-size file behind that looks like a finished disk (unless a resume journal
-    // records what is on it).
-    let created = std::fs::symlink_metadata(&path).is_err();
-    let journal = if a.resume {
-        let jpath = a.delta.journal_path(&path)?;
-        if created {
-            // A journal without its target describes nothing.
-            let _ = std::fs::remove_file(&jpath);
-        }
-        let id = identity(&*source, None, plan.delta.as_ref());
-        let (j, resuming) = Journal::open(&jpath, &id)?;
-        Some((Arc::new(j), resuming))
-    } else {
-        None
-    };
-    let resuming = journal.as_ref().is_some_and(|(_, r)| *r);
-    let topts = TargetOptions {
-        preallocate: a.preallocate,
-        direct: a.direct,
-        target_is_zero: a.target_is_zero,
-        in_place: plan.delta.is_some() || resuming,
-    };
-    let delta_bytes = plan.delta.as_ref().map(|d| d.bytes());
-    let target = open_target(&path, source.size(), &topts)?;
+    let spec = a.spec(source, target, disk)?;
     let progress = a.progress.then(|| Arc::new(Progress::new()));
     let started = std::time::Instant::now();
     let terminal = std::io::stderr().is_terminal();
     let reporter = progress
         .clone()
         .map(|p| tokio::spawn(progress::report(p, terminal, started)));
-    let opts = CopyOptions {
-        connections: a.tuning.connections,
-        requests: a.tuning.requests,
-        request_size: a
-            .tuning
-            .request_size
-            .map_or(source.caps().preferred_request, |r| r as usize),
-        memory: a.memory as usize,
-        io_engine,
-        writer_threads: a.writer_threads,
-        direct: a.direct,
-        progress,
-        read_gaps: a.read_gaps,
-        delta: plan.delta.take().map(Arc::new),
-        journal: journal.as_ref().map(|(j, _)| j.clone()),
-        ..CopyOptions::default()
-    };
-    let stats = copy(source, target, &opts).await;
-    if let (Some(r), Some(p)) = (reporter, &opts.progress) {
-        r.abort();
-        if stats.is_ok() {
+    let observer = progress.clone().map(|p| p as Arc<dyn ProgressObserver>);
+    let r = Transfer::new(spec).run(&CancelToken::new(), observer).await;
+    if let (Some(rep), Some(p)) = (reporter, &progress) {
+        rep.abort();
+        if r.is_ok() {
             progress::finish(p, terminal, started);
         } else if terminal {
             eprintln!();
         }
     }
-    let stats = match stats {
-        Ok(s) => s,
-        Err(e) => {
-            if journal::after_failure(&path, created, journal.as_ref().map(|(j, _)| &**j)) {
-                tracing::info!("what was copied is kept: run the copy again with --resume");
-            }
-            return Err(e);
-        }
-    };
-    if a.verify {
-        check_copy(source_uri, a, &sopts, &path).await?;
-    }
-    plan.record(stats.bytes_total)?;
+    let s = r?;
+    let stats = &s.stats;
     let mut line = serde_json::json!({
         "bytes_total": stats.bytes_total,
         "bytes_data": stats.bytes_data,
@@ -227,13 +148,13 @@ async fn copy_one(
         "mib_per_s": (stats.mib_per_s() * 10.0).round() / 10.0,
         "connections": stats.connections,
         "io_engine": stats.io_engine,
-        "retries": retries.retries.load(Ordering::Relaxed),
-        "bytes_reread": retries.bytes_reread.load(Ordering::Relaxed),
+        "retries": s.retries,
+        "bytes_reread": s.bytes_reread,
     });
-    if let Some(n) = delta_bytes {
+    if let Some(n) = s.delta_bytes {
         line["delta_bytes"] = n.into();
     }
-    if a.verify {
+    if s.verified {
         line["verified"] = true.into();
     }
     if let Some((k, v)) = label {
@@ -243,35 +164,61 @@ async fn copy_one(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `copy --verify`: the target read back equals the source read again (of a delta, only the
-/// changed ranges are the copy's doing, but the whole disk must still match the source).
-async fn check_copy(
-    source: &str,
-    a: &CopyOpts,
-    sopts: &SourceOptions,
-    target: &std::path::Path,
-) -> transfer_core::Result<()> {
-    let x = open_source(source, sopts).await?;
-    let y = open_source(&target.display().to_string(), &SourceOptions::default()).await?;
-    let vopts = VerifyOptions {
-        connections: a.tuning.connections,
-        requests: a.tuning.requests.min(8),
-        ..VerifyOptions::default()
-    };
-    let mismatch = |what: String| {
-        transfer_core::Error::new(
-            transfer_core::ErrorKind::Mismatch,
-            format!("verify: {what}"),
-        )
-    };
-    match verify(x, y, &vopts).await? {
-        VerifyResult::Equal => Ok(()),
-        VerifyResult::SizeDiffers(p, q) => Err(mismatch(format!(
-            "the source has {p} bytes but the target {q}"
-        ))),
-        VerifyResult::DiffersAt(off) => Err(mismatch(format!(
-            "the target differs from the source at offset {off}"
-        ))),
+impl CopyOpts {
+    /// The transfer these flags describe.
+    fn spec(
+        &self,
+        source: &str,
+        target: &str,
+        disk: Option<DiskChoice>,
+    ) -> transfer_core::Result<TransferSpec> {
+        let mut sopts = self
+            .http
+            .source_options(source, &self.vddk, self.tuning.connections)?;
+        if disk.is_some() {
+            sopts.disk = disk;
+        }
+        if self.delta.is_delta()
+            && (!matches!(sopts.format, Format::Auto | Format::Raw) || sopts.disk.is_some())
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "a delta applies to a raw disk: --format and --disk cannot be combined with it",
+            ));
+        }
+        sopts.retry = self.tuning.retry();
+        sopts.nbd.dirty_bitmap = self.delta.dirty_bitmap();
+        let mut spec = TransferSpec {
+            source: Some(SourceSpec::Uri {
+                uri: source.to_owned(),
+                options: sopts,
+            }),
+            target: TargetSpec {
+                path: target_path(target)?,
+                preallocate: self.preallocate,
+                direct: self.direct,
+                target_is_zero: self.target_is_zero,
+                ..TargetSpec::default()
+            },
+            resume: if self.resume {
+                Resume::Required
+            } else {
+                Resume::Off
+            },
+            verify: self.verify,
+            engine: EngineOptions {
+                connections: self.tuning.connections,
+                requests: self.tuning.requests,
+                request_size: self.tuning.request_size.map(|r| r as usize),
+                memory: self.memory as usize,
+                io_engine: self.io_engine.parse::<IoEngineKind>()?,
+                writer_threads: self.writer_threads,
+                read_gaps: self.read_gaps,
+            },
+            ..TransferSpec::default()
+        };
+        self.delta.apply(&mut spec)?;
+        Ok(spec)
     }
 }
 

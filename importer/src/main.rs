@@ -5,6 +5,7 @@ mod cdi;
 mod checksum_cmd;
 mod copy_cmd;
 mod delta_args;
+mod hints;
 mod progress;
 mod vddk_args;
 
@@ -277,10 +278,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
-        return match tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-        {
+        return match ferry_pod::runtime() {
             Ok(rt) => rt.block_on(cdi::run()),
             Err(e) => {
                 eprintln!("importer: cannot start the runtime: {e}");
@@ -299,10 +297,7 @@ fn main() -> ExitCode {
         eprintln!("importer: error: {e}");
         return ExitCode::FAILURE;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match ferry_pod::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("importer: cannot start the runtime: {e}");
@@ -323,7 +318,7 @@ fn main() -> ExitCode {
     match r {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("importer: error: {e}");
+            eprintln!("importer: error: {}", hints::cli(&e));
             ExitCode::FAILURE
         }
     }
@@ -386,8 +381,8 @@ async fn run_extents(a: ExtentsArgs) -> transfer_core::Result<ExitCode> {
         ));
     }
     let mut opts = a.http.source_options(&a.source, &a.vddk, 1)?;
-    opts.nbd_dirty_bitmap = a.dirty_bitmap.clone();
-    opts.changed_since = a.previous_checkpoint.clone();
+    opts.nbd.dirty_bitmap = a.dirty_bitmap.clone();
+    opts.vddk.changed_since = a.previous_checkpoint.clone();
     let list: Vec<serde_json::Value> = if a.dirty {
         dirty_ranges(&a.source, &opts)
             .await?

@@ -71,6 +71,7 @@ impl VddkArgs {
         Ok(VddkOptions {
             params: self.pairs(thumbprint)?,
             password,
+            changed_since: None,
         })
     }
 
@@ -83,9 +84,15 @@ impl VddkArgs {
         }
         let opts = VddkOptions {
             params: self.pairs(None)?,
-            password: None,
+            ..VddkOptions::default()
         };
-        let libdir = vddk_params(uri, &opts)?.libdir;
+        let url = url::Url::parse(uri).map_err(|e| {
+            transfer_core::Error::new(
+                transfer_core::ErrorKind::InvalidInput,
+                format!("invalid source URI: {e}"),
+            )
+        })?;
+        let libdir = vddk_params(&url, &opts)?.libdir;
         reexec_with_library_path(&libdir)
     }
 }

@@ -614,7 +614,7 @@ fn the_transfer_keep_alive_keeps_an_idle_ticket_fresh_until_dropped() {
     let url = url::Url::parse(&daemon.url("idle")).unwrap();
 
     let keep =
-        transfer_core::source::ovirt::KeepAlive::start(http, url, Duration::from_millis(300));
+        ferry_pod::ovirt::KeepAlive::start(http, url, Duration::from_millis(300));
     std::thread::sleep(Duration::from_millis(3500));
     let kept = idle();
     drop(keep);

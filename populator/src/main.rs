@@ -17,15 +17,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use transfer_core::engine::journal::{self, identity};
-use transfer_core::engine::{copy, CopyOptions, Progress};
+use ferry_pod::metrics::Metrics;
+use ferry_pod::ovirt::Engine;
+use transfer_core::engine::Progress;
 use transfer_core::http::{HttpOptions, TlsTrust};
-use transfer_core::metrics::Metrics;
-use transfer_core::open::{open_source, SourceOptions};
-use transfer_core::source::glance::{GlanceAuth, GlanceSource};
-use transfer_core::source::ovirt::Engine;
+use transfer_core::job::{Resume, SourceSpec, TargetSpec, Transfer, TransferSpec};
+use transfer_core::open::SourceOptions;
+use transfer_core::source::glance::GlanceSource;
 use transfer_core::source::BlockSource;
-use transfer_core::target::{open_target, TargetOptions};
 use transfer_core::{Error, ErrorKind, Result};
 
 /// Flags Forklift passes that take a value.
@@ -140,10 +139,7 @@ fn main() -> ExitCode {
     } else {
         kind
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match ferry_pod::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("populator: cannot start the runtime: {e}");
@@ -228,10 +224,10 @@ async fn openstack(flags: &Flags) -> Result<()> {
         trust: trust(&dir)?,
         ..HttpOptions::default()
     };
-    let auth = GlanceAuth::from_forklift_env();
+    let auth = ferry_pod::forklift::glance_auth();
     let src: Arc<dyn BlockSource> =
         Arc::new(GlanceSource::open(keystone, image, &auth, &opts).await?);
-    populate(src, None, &volume, pvc_size, &metrics).await
+    populate(SourceSpec::Opened(src), None, &volume, pvc_size, &metrics).await
 }
 
 /// `--pvc-size` in bytes (0 when not given: progress is then against the source's size).
@@ -247,39 +243,43 @@ fn pvc_size(flags: &Flags) -> Result<u64> {
     }
 }
 
-/// Copies `src` into `volume`, with progress against `pvc_size`, and holds 100 for a scrape.
+/// Copies `source` into `volume`, with progress against `pvc_size`, and holds 100 for a
+/// scrape.
 async fn populate(
-    src: Arc<dyn BlockSource>,
-    name: Option<&str>,
+    source: SourceSpec,
+    name: Option<String>,
     volume: &std::path::Path,
     pvc_size: u64,
     metrics: &Arc<Metrics>,
 ) -> Result<()> {
-    // Resumable on a filesystem volume: a restarted pod carries on (not on a block volume,
-    // which has no room beside it). `name` stands for a source whose URL changes per run.
-    let id = identity(&*src, name, None);
-    let journal = journal::beside(volume, &id)?.map(|(j, r)| (Arc::new(j), r));
-    let topts = TargetOptions {
-        in_place: journal.as_ref().is_some_and(|(_, r)| *r),
-        ..TargetOptions::default()
+    let spec = TransferSpec {
+        source: Some(source),
+        target: TargetSpec {
+            path: volume.to_owned(),
+            ..TargetSpec::default()
+        },
+        // Resumable on a filesystem volume: a restarted pod carries on (not on a block volume,
+        // which has no room beside it). `name` stands for a source whose URL changes per run.
+        resume: Resume::IfPossible,
+        source_name: name,
+        ..TransferSpec::default()
     };
-    let target = open_target(volume, src.size(), &topts)?;
     let progress = Arc::new(Progress::new());
     let follower = tokio::spawn(metrics.clone().follow(progress.clone(), pvc_size));
-    let copts = CopyOptions {
-        request_size: src.caps().preferred_request,
-        progress: Some(progress),
-        journal: journal.map(|(j, _)| j),
-        ..CopyOptions::default()
-    };
     // Kubernetes stops a pod with SIGTERM: the copy ends there as a failure (and an oVirt
     // transfer is cancelled); Forklift recreates the pod to start again.
-    let r = tokio::select! {
-        r = copy(src, target, &copts) => r,
-        () = transfer_core::pod::sigterm() => Err(Error::new(ErrorKind::Io, "population terminated by SIGTERM")),
-    };
+    let cancel = ferry_pod::cancel_on_sigterm();
+    let r = Transfer::new(spec).run(&cancel, Some(progress)).await;
     follower.abort();
-    r?;
+    match r {
+        Err(e) if e.kind() == ErrorKind::Cancelled => {
+            return Err(Error::new(
+                ErrorKind::Io,
+                "population terminated by SIGTERM",
+            ))
+        }
+        r => r?,
+    };
     metrics.finish(GRACE).await;
     Ok(())
 }
@@ -323,14 +323,15 @@ async fn ovirt(flags: &Flags) -> Result<()> {
     let t = engine.start_download(disk).await?;
     let keep = engine.keep_alive(&t)?;
     let r = async {
-        let url = format!("imageio+{}", t.url.clone().unwrap_or_default());
-        let sopts = SourceOptions {
-            http: opts.clone(),
-            ..SourceOptions::default()
+        let source = SourceSpec::Uri {
+            uri: format!("imageio+{}", t.url.clone().unwrap_or_default()),
+            options: SourceOptions {
+                http: opts.clone(),
+                ..SourceOptions::default()
+            },
         };
-        let src = open_source(&url, &sopts).await?;
         let name = format!("oVirt disk {disk}");
-        populate(src, Some(&name), &volume, pvc_size, &metrics).await
+        populate(source, Some(name), &volume, pvc_size, &metrics).await
     }
     .await;
     drop(keep);

@@ -39,6 +39,41 @@ pub enum ErrorKind {
     Denied,
     /// The target's filesystem or device has no room for what is written (ENOSPC).
     NoSpace,
+    /// An image file is damaged: its own structures (headers, tables, markers, checksums)
+    /// contradict each other or end early. Reading it again gives the same answer.
+    Damaged,
+    /// The caller cancelled the transfer (its [`crate::job::CancelToken`]).
+    Cancelled,
+}
+
+/// What the caller can do about an error, for each front end to say in its own terms (a
+/// command-line flag, an environment variable, an API field). The library's messages name no
+/// front end's options; a front end adds the hint's words where it prints the error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Hint {
+    /// Name which disk of a multi-disk image (an OVA) to read.
+    ChooseDisk,
+    /// Read the file as it is, without detecting an image format.
+    ReadAsRaw,
+    /// Name the qemu dirty bitmap that holds an NBD export's changed ranges.
+    DirtyBitmap,
+    /// Name the checkpoint a delta starts from.
+    PreviousCheckpoint,
+    /// Name both checkpoints of a delta: the one it starts from and the one it reaches.
+    DeltaCheckpoints,
+    /// Pass the changed ranges in a file, for a source that cannot tell them.
+    ChangedAreasFile,
+    /// Name a state file for what cannot be kept beside a block device.
+    StateFile,
+    /// Give the password in a file or the environment, not in the URI.
+    PasswordFile,
+    /// Say that a plain HTTP(S) URL is an oVirt imageio ticket.
+    ImageioKind,
+    /// A checksum covers one file, and this image spans several.
+    ChecksumOneFile,
+    /// What was copied is kept: the same transfer run again with resume carries on.
+    Resume,
 }
 
 impl ErrorKind {
@@ -62,6 +97,7 @@ impl ErrorKind {
 pub struct Error {
     kind: ErrorKind,
     context: String,
+    hint: Option<Hint>,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
@@ -74,6 +110,7 @@ impl Error {
         Error {
             kind,
             context: context.into(),
+            hint: None,
             source: None,
         }
     }
@@ -87,6 +124,7 @@ impl Error {
         Error {
             kind,
             context: context.into(),
+            hint: None,
             source: Some(Box::new(source)),
         }
     }
@@ -117,6 +155,17 @@ impl Error {
     /// The context line, without the cause.
     pub fn context(&self) -> &str {
         &self.context
+    }
+
+    /// What the caller can do about it, if the library knows.
+    pub fn hint(&self) -> Option<Hint> {
+        self.hint
+    }
+
+    /// The same error with `hint` attached.
+    pub fn with_hint(mut self, hint: Hint) -> Self {
+        self.hint = Some(hint);
+        self
     }
 
     /// Prefix more context ("reading extents: " + existing).
@@ -151,6 +200,14 @@ pub(crate) fn protocol(context: impl Into<String>) -> Error {
 
 pub(crate) fn invalid(context: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidInput, context)
+}
+
+pub(crate) fn unsupported(context: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Unsupported, context)
+}
+
+pub(crate) fn damaged(context: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Damaged, context)
 }
 
 #[cfg(test)]

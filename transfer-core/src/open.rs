@@ -1,10 +1,10 @@
 //! Opening sources by URI: `nbd://`, `nbd+unix://`, `http://`, `https://`, `file://` (or a plain
 //! path), `synth://`, `vddk://`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Hint, Result};
 use crate::format::{open_format, sibling_name, DiskChoice, Format, FormatContext, Siblings};
 use crate::http::HttpOptions;
 use crate::source::file::FileSource;
@@ -17,29 +17,15 @@ use crate::source::synth::SynthSource;
 use crate::source::vddk::{Secret, VddkParams, VddkSource};
 use crate::source::BlockSource;
 
-/// Options that apply while opening a source.
+/// Options that apply while opening a source: what every source shares, then one group per
+/// source family.
 #[derive(Debug, Clone)]
 pub struct SourceOptions {
-    /// Ask NBD servers for structured replies and block status.
-    pub nbd_structured: bool,
-    /// TLS, headers and proxies of HTTP-family sources.
-    pub http: HttpOptions,
-    /// Parallel connections an HTTP source may use.
+    /// Parallel connections a source may use.
     pub connections: usize,
     /// How to read a plain `http(s)://` URL: `auto` (a disk image file) or a named protocol
     /// (`imageio`).
     pub kind: SourceKind,
-    /// Keystone credentials for `glance+` URIs (default: the `OS_*` variables).
-    pub glance_auth: Option<GlanceAuth>,
-    /// How imageio sources reach the daemon (its local socket when it can, by default).
-    pub imageio_transport: Transport,
-    /// `vddk://` parameters given apart from the URL, and the password.
-    pub vddk: VddkOptions,
-    /// The qemu dirty bitmap of an NBD export whose changed ranges [`dirty_ranges`] reports.
-    pub nbd_dirty_bitmap: Option<String>,
-    /// The checkpoint [`dirty_ranges`] counts changes from, for vSphere (`vddk://`): a disk
-    /// change id, or the moref of the snapshot whose change id to start from.
-    pub changed_since: Option<String>,
     /// How failed reads are retried on fresh handles ([`RetrySource`]).
     pub retry: RetryPolicy,
     /// What the retries did, shared by every handle of the source.
@@ -48,6 +34,36 @@ pub struct SourceOptions {
     pub format: Format,
     /// Which disk of an OVA to read.
     pub disk: Option<DiskChoice>,
+    /// TLS, headers, proxies and checksum of HTTP-family sources (HTTP, imageio, Glance,
+    /// vSphere).
+    pub http: HttpOptions,
+    /// NBD sources.
+    pub nbd: NbdOptions,
+    /// How imageio sources reach the daemon (its local socket when it can, by default).
+    pub imageio_transport: Transport,
+    /// Keystone credentials for `glance+` URIs (default: the `OS_*` variables).
+    pub glance_auth: Option<GlanceAuth>,
+    /// `vddk://` sources.
+    pub vddk: VddkOptions,
+}
+
+/// What an NBD source takes besides its URI.
+#[derive(Debug, Clone)]
+pub struct NbdOptions {
+    /// Ask for structured replies and block status.
+    pub structured: bool,
+    /// The qemu dirty bitmap (`qemu-nbd -B NAME`) whose changed ranges the source reports,
+    /// negotiated on the same connection as the data.
+    pub dirty_bitmap: Option<String>,
+}
+
+impl Default for NbdOptions {
+    fn default() -> Self {
+        NbdOptions {
+            structured: true,
+            dirty_bitmap: None,
+        }
+    }
 }
 
 /// What a `vddk://` source takes besides its URL.
@@ -57,13 +73,15 @@ pub struct VddkOptions {
     pub params: Vec<(String, String)>,
     /// The password (from a file or the environment, never the command line).
     pub password: Option<Secret>,
+    /// The checkpoint vSphere counts changes from, for a delta: a disk change id, or the moref
+    /// of the snapshot whose change id to start from. The changed areas are read through the
+    /// login that finds the disk.
+    pub changed_since: Option<String>,
 }
 
-/// The parameters of a `vddk://` URI with `opts`' overrides and password applied.
-pub fn vddk_params(uri: &str, opts: &VddkOptions) -> Result<VddkParams> {
-    let url = url::Url::parse(uri)
-        .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("invalid source URI: {e}")))?;
-    let mut p = VddkParams::from_url(&url)?;
+/// The parameters of a `vddk://` URL with `opts`' overrides and password applied.
+pub fn vddk_params(url: &url::Url, opts: &VddkOptions) -> Result<VddkParams> {
+    let mut p = VddkParams::from_url(url)?;
     for (k, v) in &opts.params {
         p.set(k, v)?;
     }
@@ -100,99 +118,153 @@ impl std::str::FromStr for SourceKind {
 impl Default for SourceOptions {
     fn default() -> Self {
         SourceOptions {
-            nbd_structured: true,
-            http: HttpOptions::default(),
             connections: 4,
             kind: SourceKind::Auto,
-            glance_auth: None,
-            imageio_transport: Transport::Auto,
-            vddk: VddkOptions::default(),
-            nbd_dirty_bitmap: None,
-            changed_since: None,
             retry: RetryPolicy::default(),
             retry_stats: Arc::default(),
             format: Format::Auto,
             disk: None,
+            http: HttpOptions::default(),
+            nbd: NbdOptions::default(),
+            imageio_transport: Transport::Auto,
+            glance_auth: None,
+            vddk: VddkOptions::default(),
         }
     }
 }
 
-/// The ticket URL when `uri` names an oVirt imageio ticket (`imageio+http(s)://`, or
-/// `http(s)://` with [`SourceKind::Imageio`]), `None` for any other source.
-fn imageio_url(uri: &str, opts: &SourceOptions) -> Option<Result<url::Url>> {
-    let scheme = uri.split("://").next().unwrap_or("").to_ascii_lowercase();
-    let plain = match scheme.as_str() {
-        "imageio+http" | "imageio+https" => uri.split_once('+').map_or(uri, |(_, rest)| rest),
-        "http" | "https" if opts.kind == SourceKind::Imageio => uri,
-        _ => return None,
-    };
-    Some(
-        url::Url::parse(plain)
-            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("invalid source URI: {e}"))),
-    )
+/// A source URI, parsed once: which family of source it names, and where.
+#[derive(Debug, Clone)]
+pub enum SourceUri {
+    /// A local file or block device (a plain path or `file://`).
+    File(PathBuf),
+    /// An NBD export (`nbd://`, `nbd+unix://`).
+    Nbd(NbdUri),
+    /// A disk image file over HTTP(S).
+    Http(url::Url),
+    /// An oVirt imageio ticket (`imageio+http(s)://`, or `http(s)://` read as imageio).
+    Imageio(url::Url),
+    /// An OpenStack Glance image: the Keystone URL and the image id
+    /// (`glance+https://KEYSTONE/v3?image=ID`).
+    Glance {
+        /// The Keystone endpoint.
+        keystone: url::Url,
+        /// The image id.
+        image: String,
+    },
+    /// A VMware disk through VDDK (`vddk://`; see [`VddkParams::from_url`]).
+    Vddk(url::Url),
+    /// A built-in synthetic disk (`synth://`).
+    Synth(url::Url),
 }
 
-/// Opens an oVirt imageio ticket URL (`http(s)://host:54322/images/TICKET`).
-async fn open_imageio(
-    url: url::Url,
-    opts: &SourceOptions,
-    connections: usize,
-) -> Result<ImageioSource> {
-    ImageioSource::open_with(url, &opts.http, connections, opts.imageio_transport).await
+fn bad_uri(e: impl std::fmt::Display) -> Error {
+    Error::new(ErrorKind::InvalidInput, format!("invalid source URI: {e}"))
+}
+
+impl SourceUri {
+    /// Parses `uri`; `kind` says whether a plain `http(s)://` URL is an imageio ticket.
+    pub fn parse(uri: &str, kind: SourceKind) -> Result<SourceUri> {
+        let Some((scheme, _)) = uri.split_once("://") else {
+            return Ok(SourceUri::File(PathBuf::from(uri)));
+        };
+        let scheme = scheme.to_ascii_lowercase();
+        let url = || url::Url::parse(uri).map_err(bad_uri);
+        let inner = || {
+            let rest = uri.split_once('+').map_or(uri, |(_, rest)| rest);
+            url::Url::parse(rest).map_err(bad_uri)
+        };
+        Ok(match scheme.as_str() {
+            "nbd" | "nbd+unix" | "nbds" | "nbds+unix" => SourceUri::Nbd(NbdUri::parse(&url()?)?),
+            "file" => SourceUri::File(
+                url()?
+                    .to_file_path()
+                    .map_err(|_| Error::new(ErrorKind::InvalidInput, "invalid file URI"))?,
+            ),
+            "synth" => SourceUri::Synth(url()?),
+            "vddk" => SourceUri::Vddk(url()?),
+            "imageio+http" | "imageio+https" => SourceUri::Imageio(inner()?),
+            "http" | "https" if kind == SourceKind::Imageio => SourceUri::Imageio(url()?),
+            "http" | "https" => SourceUri::Http(url()?),
+            "glance+http" | "glance+https" => {
+                let mut keystone = inner()?;
+                let image = keystone
+                    .query_pairs()
+                    .find(|(k, _)| k == "image")
+                    .map(|(_, v)| v.into_owned())
+                    .ok_or_else(|| {
+                        Error::new(ErrorKind::InvalidInput, "glance URI needs ?image=ID")
+                    })?;
+                keystone.set_query(None);
+                SourceUri::Glance { keystone, image }
+            }
+            other => return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("unknown source scheme '{other}' (nbd, nbd+unix, http, https, imageio+http, imageio+https, glance+http, glance+https, vddk, file, synth)"),
+            )),
+        })
+    }
+
+    /// Whether the URI names a file that may hold an image format (detected unless forced);
+    /// protocols that serve a disk (NBD, imageio, VDDK, Glance, synthetic) present it raw.
+    fn file_like(&self) -> bool {
+        matches!(self, SourceUri::File(_) | SourceUri::Http(_))
+    }
 }
 
 /// The ranges `(offset, length)` changed since the previous checkpoint, for the sources that
-/// can tell: oVirt imageio tickets created with `dirty` (`imageio+http(s)://`, or `http(s)://`
-/// with [`SourceKind::Imageio`]), NBD exports with a qemu dirty bitmap
-/// ([`SourceOptions::nbd_dirty_bitmap`]) and VMware disks (`vddk://`) through vSphere's
-/// QueryChangedDiskAreas since [`SourceOptions::changed_since`].
+/// can tell: oVirt imageio tickets created with `dirty`, NBD exports with a qemu dirty bitmap
+/// ([`NbdOptions::dirty_bitmap`]) and VMware disks (`vddk://`) through vSphere's
+/// QueryChangedDiskAreas since [`VddkOptions::changed_since`] (which needs no VDDK).
 pub async fn dirty_ranges(uri: &str, opts: &SourceOptions) -> Result<Vec<(u64, u64)>> {
-    if let Some(url) = imageio_url(uri, opts) {
-        return open_imageio(url?, opts, 1).await?.dirty_extents().await;
-    }
-    let scheme = uri.split("://").next().unwrap_or("").to_ascii_lowercase();
-    if scheme == "vddk" {
-        let previous = opts.changed_since.as_deref().ok_or_else(|| {
+    let parsed = SourceUri::parse(uri, opts.kind)?;
+    if let SourceUri::Vddk(url) = &parsed {
+        let previous = opts.vddk.changed_since.as_deref().ok_or_else(|| {
             Error::new(
                 ErrorKind::InvalidInput,
-                "vSphere changed areas are counted from a checkpoint: name it (--previous-checkpoint CHANGE_ID or SNAPSHOT)",
+                "vSphere changed areas are counted from a checkpoint: name it",
             )
+            .with_hint(Hint::PreviousCheckpoint)
         })?;
-        let params = vddk_params(uri, &opts.vddk)?;
-        let d = crate::delta::vsphere::vddk_changed_areas(&params, previous).await?;
-        return Ok(d.ranges().to_vec());
+        let mut params = vddk_params(url, &opts.vddk)?;
+        let d = crate::delta::vsphere::prepare(&mut params, Some(previous)).await?;
+        return Ok(d.map(|d| d.ranges().to_vec()).unwrap_or_default());
     }
-    match (&opts.nbd_dirty_bitmap, scheme.as_str()) {
-        (Some(bitmap), "nbd" | "nbd+unix") => {
-            let url = url::Url::parse(uri).map_err(|e| {
-                Error::new(ErrorKind::InvalidInput, format!("invalid source URI: {e}"))
-            })?;
-            crate::source::nbd::dirty_ranges(&NbdUri::parse(&url)?, bitmap).await
-        }
-        (None, "nbd" | "nbd+unix") => Err(Error::new(
+    if matches!(parsed, SourceUri::Nbd(_)) && opts.nbd.dirty_bitmap.is_none() {
+        return Err(Error::new(
             ErrorKind::InvalidInput,
-            "an NBD export's changed ranges come from a qemu dirty bitmap: name it (--dirty-bitmap NAME)",
-        )),
-        _ => Err(Error::new(
-            ErrorKind::Unsupported,
-            "changed ranges come from oVirt imageio tickets (imageio+http(s):// or --source-kind imageio), NBD dirty bitmaps and vSphere (vddk://); otherwise pass them in a file (--changed-areas)",
-        )),
+            "an NBD export's changed ranges come from a qemu dirty bitmap",
+        )
+        .with_hint(Hint::DirtyBitmap));
     }
+    let mut o = opts.clone();
+    o.format = Format::Raw;
+    o.connections = 1;
+    let src = open_parsed(&parsed, &o).await?;
+    let tracker = src.changes().ok_or_else(|| {
+        Error::new(
+            ErrorKind::Unsupported,
+            "changed ranges come from oVirt imageio tickets, NBD dirty bitmaps and vSphere (vddk://)",
+        )
+        .with_hint(Hint::ChangedAreasFile)
+    })?;
+    let d = crate::delta::DeltaSet::new(src.size(), tracker.changed_ranges().await?)?;
+    let _ = src.close().await;
+    Ok(d.ranges().to_vec())
 }
 
 /// Opens the source named by `uri`, its transient read failures retried as `opts.retry` says.
 pub async fn open_source(uri: &str, opts: &SourceOptions) -> Result<Arc<dyn BlockSource>> {
+    open_parsed(&SourceUri::parse(uri, opts.kind)?, opts).await
+}
+
+/// Opens a parsed source URI (see [`open_source`]).
+pub async fn open_parsed(uri: &SourceUri, opts: &SourceOptions) -> Result<Arc<dyn BlockSource>> {
     let src = open_plain(uri, opts).await?;
     let src = RetrySource::wrap(src, opts.retry, opts.retry_stats.clone());
-    // Image files (paths, file://, plain HTTP) are sniffed; protocols that serve a disk (NBD,
-    // imageio, VDDK) present it raw unless a format is forced.
-    let scheme = uri.split("://").next().unwrap_or("").to_ascii_lowercase();
-    let file_like = !uri.contains("://")
-        || (matches!(scheme.as_str(), "file" | "http" | "https")
-            && imageio_url(uri, opts).is_none());
     let format = match opts.format {
-        Format::Auto if !file_like && opts.disk.is_none() => Format::Raw,
-        Format::Auto if !file_like => Format::Ova,
+        Format::Auto if !uri.file_like() && opts.disk.is_none() => Format::Raw,
+        Format::Auto if !uri.file_like() => Format::Ova,
         f => f,
     };
     let ctx = FormatContext {
@@ -204,7 +276,7 @@ pub async fn open_source(uri: &str, opts: &SourceOptions) -> Result<Arc<dyn Bloc
 
 /// The disks of the OVA at `uri` (only its descriptor is read).
 pub async fn ova_listing(uri: &str, opts: &SourceOptions) -> Result<crate::format::ova::Listing> {
-    let src = open_plain(uri, opts).await?;
+    let src = open_plain(&SourceUri::parse(uri, opts.kind)?, opts).await?;
     let src = RetrySource::wrap(src, opts.retry, opts.retry_stats.clone());
     let src = crate::format::decompress(src).await?;
     crate::format::ova::list(&src).await
@@ -212,27 +284,14 @@ pub async fn ova_listing(uri: &str, opts: &SourceOptions) -> Result<crate::forma
 
 /// Where the extent files of a VMDK descriptor at `uri` are: next to a file, or at URLs
 /// relative to an HTTP one.
-fn siblings_of(uri: &str, opts: &SourceOptions) -> Option<Arc<dyn Siblings>> {
-    let scheme = uri.split("://").next().unwrap_or("").to_ascii_lowercase();
-    let dir = if !uri.contains("://") {
-        Path::new(uri).parent().map(Path::to_path_buf)
-    } else if scheme == "file" {
-        url::Url::parse(uri)
-            .ok()?
-            .to_file_path()
-            .ok()?
-            .parent()
-            .map(Path::to_path_buf)
-    } else if matches!(scheme.as_str(), "http" | "https") && imageio_url(uri, opts).is_none() {
-        return Some(Arc::new(NextTo {
-            at: At::Url(url::Url::parse(uri).ok()?),
-            opts: opts.clone(),
-        }));
-    } else {
-        None
+fn siblings_of(uri: &SourceUri, opts: &SourceOptions) -> Option<Arc<dyn Siblings>> {
+    let at = match uri {
+        SourceUri::File(p) => At::Dir(p.parent()?.to_path_buf()),
+        SourceUri::Http(u) => At::Url(u.clone()),
+        _ => return None,
     };
     Some(Arc::new(NextTo {
-        at: At::Dir(dir?),
+        at,
         opts: opts.clone(),
     }))
 }
@@ -277,9 +336,10 @@ impl Siblings for NextTo {
                 }
                 if self.opts.http.checksum.is_some() {
                     return Err(bad(
-                        "--checksum checks one file, and this VMDK's extents are other files"
+                        "a checksum checks one file, and this VMDK's extents are other files"
                             .into(),
-                    ));
+                    )
+                    .with_hint(Hint::ChecksumOneFile));
                 }
                 Arc::new(HttpSource::open(url, &self.opts.http, self.opts.connections).await?)
             }
@@ -292,55 +352,41 @@ impl Siblings for NextTo {
     }
 }
 
-/// Opens the source named by `uri`, without retries.
-async fn open_plain(uri: &str, opts: &SourceOptions) -> Result<Arc<dyn BlockSource>> {
-    if !uri.contains("://") {
-        return Ok(Arc::new(FileSource::open(Path::new(uri))?));
-    }
-    if let Some(url) = imageio_url(uri, opts) {
-        return Ok(Arc::new(open_imageio(url?, opts, opts.connections).await?));
-    }
-    let scheme = uri.split("://").next().unwrap_or("").to_ascii_lowercase();
-    let parsed = || {
-        url::Url::parse(uri)
-            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("invalid source URI: {e}")))
-    };
-    match scheme.as_str() {
-        "nbd" | "nbd+unix" | "nbds" | "nbds+unix" => {
-            let u = NbdUri::parse(&parsed()?)?;
-            Ok(Arc::new(NbdSource::connect(u, opts.nbd_structured).await?))
+/// Opens the source `uri` names, without retries.
+async fn open_plain(uri: &SourceUri, opts: &SourceOptions) -> Result<Arc<dyn BlockSource>> {
+    Ok(match uri {
+        SourceUri::File(p) => Arc::new(FileSource::open(p)?),
+        SourceUri::Nbd(u) => Arc::new(NbdSource::connect(u.clone(), opts.nbd.structured).await?),
+        SourceUri::Synth(u) => Arc::new(SynthSource::from_url(u)?),
+        SourceUri::Imageio(u) => Arc::new(
+            ImageioSource::open_with(
+                u.clone(),
+                &opts.http,
+                opts.connections,
+                opts.imageio_transport,
+            )
+            .await?,
+        ),
+        SourceUri::Vddk(u) => {
+            // One vSphere login finds the disk and, for a delta, its changed areas.
+            let mut params = vddk_params(u, &opts.vddk)?;
+            let since = opts.vddk.changed_since.as_deref();
+            let changes = crate::delta::vsphere::prepare(&mut params, since).await?;
+            let src = VddkSource::open(params).await?;
+            match changes {
+                Some(d) => Arc::new(src.with_changes(d.ranges().to_vec())),
+                None => Arc::new(src),
+            }
         }
-        "file" => {
-            let p = parsed()?
-                .to_file_path()
-                .map_err(|_| Error::new(ErrorKind::InvalidInput, "invalid file URI"))?;
-            Ok(Arc::new(FileSource::open(&p)?))
+        SourceUri::Glance { keystone, image } => {
+            let auth = opts
+                .glance_auth
+                .clone()
+                .unwrap_or_else(GlanceAuth::from_env);
+            Arc::new(GlanceSource::open(keystone.clone(), image, &auth, &opts.http).await?)
         }
-        "synth" => Ok(Arc::new(SynthSource::from_url(&parsed()?)?)),
-        "vddk" => {
-            let mut params = vddk_params(uri, &opts.vddk)?;
-            crate::delta::vsphere::resolve_vm(&mut params).await?;
-            Ok(Arc::new(VddkSource::open(params).await?))
+        SourceUri::Http(u) => {
+            Arc::new(HttpSource::open(u.clone(), &opts.http, opts.connections).await?)
         }
-        "glance+http" | "glance+https" => {
-            let plain = uri.split_once('+').map(|(_, rest)| rest).unwrap_or(uri);
-            let mut keystone = url::Url::parse(plain)
-                .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("invalid source URI: {e}")))?;
-            let image = keystone
-                .query_pairs()
-                .find(|(k, _)| k == "image")
-                .map(|(_, v)| v.into_owned())
-                .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "glance URI needs ?image=ID"))?;
-            keystone.set_query(None);
-            let auth = opts.glance_auth.clone().unwrap_or_else(GlanceAuth::from_env);
-            Ok(Arc::new(GlanceSource::open(keystone, &image, &auth, &opts.http).await?))
-        }
-        "http" | "https" => Ok(Arc::new(
-            HttpSource::open(parsed()?, &opts.http, opts.connections).await?,
-        )),
-        other => Err(Error::new(
-            ErrorKind::Unsupported,
-            format!("unknown source scheme '{other}' (nbd, nbd+unix, http, https, imageio+http, imageio+https, glance+http, glance+https, vddk, file, synth)"),
-        )),
-    }
+    })
 }

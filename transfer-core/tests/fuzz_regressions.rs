@@ -178,20 +178,6 @@ async fn nbd_second_block_status_chunk_for_the_same_context_is_refused() {
     assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
 }
 
-#[test]
-fn ovirt_inactivity_timeout_near_2_64_ms_gives_a_quarter_of_it() {
-    // ovirt_engine: {"id":"a","phase":"transferring","inactivity_timeout":18446744073709552}
-    // overflowed `timeout * 1000` (a panic with overflow checks, a 250 ms period without).
-    let t = transfer_core::source::ovirt::parse_transfer(
-        br#"{"id":"a","phase":"transferring","inactivity_timeout":18446744073709552}"#,
-    )
-    .unwrap();
-
-    let every = transfer_core::source::ovirt::keep_alive_period(t.inactivity_timeout);
-
-    assert_eq!(every, Duration::from_secs(18446744073709552) / 4);
-}
-
 /// A stream-optimized VMDK header (as the first 512 bytes of a stream) with the given
 /// descriptor offset, 64 sectors of capacity, 8-sector grains.
 fn vmdk_stream_header(descriptor_offset: u64) -> Vec<u8> {

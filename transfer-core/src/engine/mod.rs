@@ -27,7 +27,7 @@ pub mod verify;
 pub mod zero;
 
 pub use journal::Journal;
-pub use progress::Progress;
+pub use progress::{Progress, ProgressObserver};
 
 /// Tuning of a copy.
 #[derive(Debug, Clone)]
@@ -49,7 +49,7 @@ pub struct CopyOptions {
     /// Whether the target was opened with O_DIRECT (steers `auto`).
     pub direct: bool,
     /// Progress counter to update.
-    pub progress: Option<Arc<Progress>>,
+    pub progress: Option<Arc<dyn ProgressObserver>>,
     /// Zero runs shorter than this between two data runs are read with them (0: never). For
     /// sources whose every request costs much (imageio), fewer larger requests beat skipping
     /// short gaps; the zeros read are found in the buffers and not written to a zero target.
@@ -138,7 +138,7 @@ struct Shared {
     target_zero: bool,
     bytes_data: AtomicU64,
     bytes_zero: AtomicU64,
-    progress: Option<Arc<Progress>>,
+    progress: Option<Arc<dyn ProgressObserver>>,
     /// Work items the journal has on the target already.
     skip: Vec<bool>,
     /// Bytes of each work item not yet written; an item at zero is complete.

@@ -180,7 +180,7 @@ pub async fn open_format(
         return Err(Error::new(
             ErrorKind::InvalidInput,
             format!(
-                "--disk picks a disk of an OVA, and {} is not one",
+                "a disk choice picks a disk of an OVA, and {} is not one",
                 src.describe()
             ),
         ));

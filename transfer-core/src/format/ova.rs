@@ -11,7 +11,7 @@ use super::compose::{ConcatSource, SliceSource};
 use super::ovf::{Ovf, OvfDisk, MAX_LEN};
 use super::seq::{from_io, Drain, ReadSource, Serve, SourceReader};
 use super::vmdk;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Hint, Result};
 use crate::source::BlockSource;
 
 /// The most archive members looked at.
@@ -53,7 +53,7 @@ impl std::str::FromStr for DiskChoice {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         if s.is_empty() {
-            return Err(invalid("--disk needs an index or a name"));
+            return Err(invalid("a disk choice needs an index or a name"));
         }
         Ok(match s.parse() {
             Ok(i) => DiskChoice::Index(i),
@@ -138,13 +138,14 @@ impl Listing {
             None if self.disks.len() == 1 => Ok(&self.disks[0]),
             None if self.disks.is_empty() => Err(bad("the OVF lists no disk with a file")),
             None => Err(invalid(format!(
-                "the OVA holds {} disks ({}): pick one with --disk INDEX|NAME, or copy them all with copy-ova",
+                "the OVA holds {} disks ({}): pick one",
                 self.disks.len(),
                 self.summary()
-            ))),
+            ))
+            .with_hint(Hint::ChooseDisk)),
             Some(DiskChoice::Index(i)) => self.disks.get(*i).ok_or_else(|| {
                 invalid(format!(
-                    "--disk {i}: the OVA holds {} disks ({})",
+                    "disk {i}: the OVA holds {} disks ({})",
                     self.disks.len(),
                     self.summary()
                 ))
@@ -153,12 +154,13 @@ impl Listing {
                 .disks
                 .iter()
                 .find(|d| {
-                    d.disk_id == *n
-                        || d.file == *n
-                        || d.file.split('.').next() == Some(n.as_str())
+                    d.disk_id == *n || d.file == *n || d.file.split('.').next() == Some(n.as_str())
                 })
                 .ok_or_else(|| {
-                    invalid(format!("--disk {n}: no such disk in the OVA ({})", self.summary()))
+                    invalid(format!(
+                        "disk {n}: no such disk in the OVA ({})",
+                        self.summary()
+                    ))
                 }),
         }
     }
@@ -244,9 +246,10 @@ pub async fn list(src: &Arc<dyn BlockSource>) -> Result<Listing> {
     let members = members(src).await?;
     let m = members.iter().find(|m| is_ovf(&m.name)).ok_or_else(|| {
         bad(format!(
-            "{}: a tar archive without an .ovf descriptor, so not an OVA (--format raw copies the file as it is)",
+            "{}: a tar archive without an .ovf descriptor, so not an OVA",
             src.describe()
         ))
+        .with_hint(Hint::ReadAsRaw)
     })?;
     if m.size > MAX_LEN {
         return Err(bad(format!(

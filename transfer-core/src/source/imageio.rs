@@ -33,7 +33,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::extent::{clip, Extent, ExtentKind};
 use crate::http::{read_bounded, redact, HttpClient, HttpOptions, MAX_ANSWER};
 use crate::source::http::{fill_from_range_reply, parse_content_range, ContentRange};
-use crate::source::{BlockSource, SourceCaps};
+use crate::source::{BlockSource, ChangeTracking, SourceCaps};
 
 /// What `OPTIONS /images/TICKET` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -532,8 +532,18 @@ impl BlockSource for ImageioSource {
     }
 
     async fn open_another(&self) -> Result<Arc<dyn BlockSource>> {
-        // Handles share the client (its connection pool) and the extent list.
-        Ok(Arc::new(ImageioSource {
+        Ok(Arc::new(self.another()))
+    }
+
+    fn changes(&self) -> Option<Arc<dyn ChangeTracking>> {
+        Some(Arc::new(DirtyExtents(self.another())))
+    }
+}
+
+impl ImageioSource {
+    /// Another handle: handles share the client (its connection pool) and the extent list.
+    fn another(&self) -> ImageioSource {
+        ImageioSource {
             client: self.client.clone(),
             url: self.url.clone(),
             public_url: self.public_url.clone(),
@@ -542,7 +552,17 @@ impl BlockSource for ImageioSource {
             options: self.options.clone(),
             connections: self.connections,
             extents: self.extents.clone(),
-        }))
+        }
+    }
+}
+
+/// The ticket's dirty extents (a ticket created with `"dirty": true`) as a delta's changes.
+struct DirtyExtents(ImageioSource);
+
+#[async_trait]
+impl ChangeTracking for DirtyExtents {
+    async fn changed_ranges(&self) -> Result<Vec<(u64, u64)>> {
+        self.0.dirty_extents().await
     }
 }
 

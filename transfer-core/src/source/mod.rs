@@ -13,7 +13,6 @@ pub mod glance;
 pub mod http;
 pub mod imageio;
 pub mod nbd;
-pub mod ovirt;
 pub mod retry;
 pub mod stream;
 pub mod synth;
@@ -99,6 +98,34 @@ pub trait BlockSource: Send + Sync {
     /// Ends the session cleanly (e.g. NBD_CMD_DISC). Dropping without it is allowed.
     async fn close(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// The changed ranges this source can report over the session it already has (an NBD
+    /// dirty bitmap negotiated on this connection, an imageio ticket's dirty extents, vSphere's
+    /// changed areas through the login that opened the disk), or `None` when it cannot.
+    fn changes(&self) -> Option<Arc<dyn ChangeTracking>> {
+        None
+    }
+}
+
+/// A source's knowledge of what changed between two checkpoints: where a warm migration's
+/// delta comes from. What "since" means was fixed when the source was opened (the NBD bitmap
+/// named, the imageio ticket's `dirty` flag, the vSphere checkpoint counted from).
+#[async_trait]
+pub trait ChangeTracking: Send + Sync {
+    /// The changed ranges `(offset, length)`; the caller sorts, merges and bounds-checks them
+    /// (see [`crate::delta::DeltaSet::new`]).
+    async fn changed_ranges(&self) -> Result<Vec<(u64, u64)>>;
+}
+
+/// Changed ranges learnt when the source was opened (vSphere's changed areas, read through
+/// the same login that found the disk).
+pub struct KnownChanges(pub Vec<(u64, u64)>);
+
+#[async_trait]
+impl ChangeTracking for KnownChanges {
+    async fn changed_ranges(&self) -> Result<Vec<(u64, u64)>> {
+        Ok(self.0.clone())
     }
 }
 

@@ -214,6 +214,10 @@ impl BlockSource for RetrySource {
     async fn close(&self) -> Result<()> {
         self.handle().1.close().await
     }
+
+    fn changes(&self) -> Option<Arc<dyn crate::source::ChangeTracking>> {
+        self.handle().1.changes()
+    }
 }
 
 #[cfg(test)]

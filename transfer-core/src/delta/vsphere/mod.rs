@@ -402,10 +402,35 @@ async fn connect_for(params: &VddkParams) -> Result<Client> {
 /// snapshot whose disk change id to start from) up to the params' snapshot, from vSphere CBT.
 pub async fn vddk_changed_areas(params: &VddkParams, previous: &str) -> Result<DeltaSet> {
     let mut params = params.clone();
-    resolve_vm(&mut params).await?;
-    params.check()?;
-    let c = connect_for(&params).await?;
-    let r = changed_areas_with(&c, &params, previous).await;
+    let d = prepare(&mut params, Some(previous)).await?;
+    d.ok_or_else(|| Error::new(ErrorKind::Server, "vSphere: no changed areas were read"))
+}
+
+/// Everything a `vddk://` source needs from the vSphere API before VDDK opens the disk,
+/// through one login: the VM and the disk as it is now (see [`resolve_vm`]) and, for a delta,
+/// the changed areas since `changed_since`. No login when neither is needed.
+pub async fn prepare(
+    params: &mut VddkParams,
+    changed_since: Option<&str>,
+) -> Result<Option<DeltaSet>> {
+    let uuid = params.uuid.clone().filter(|_| params.vm.is_empty());
+    if uuid.is_none() && changed_since.is_none() {
+        return Ok(None);
+    }
+    let c = connect_for(params).await?;
+    let r = async {
+        if let Some(uuid) = &uuid {
+            resolve_with(&c, params, uuid).await?;
+        }
+        match changed_since {
+            None => Ok(None),
+            Some(previous) => {
+                params.check()?;
+                changed_areas_with(&c, params, previous).await.map(Some)
+            }
+        }
+    }
+    .await;
     c.logout().await;
     r
 }

@@ -137,6 +137,8 @@ pub struct VddkSource {
     transport: String,
     /// Whether QueryAllocatedBlocks may still be asked (it is given up after a failure).
     query: Arc<AtomicBool>,
+    /// The changed areas read from vSphere when the disk was opened for a delta.
+    changes: Option<Arc<crate::source::KnownChanges>>,
 }
 
 fn to_error(params: &VddkParams, e: VddkError) -> Error {
@@ -236,7 +238,14 @@ impl VddkSource {
             vddk,
             disk: RwLock::new(Some(disk)),
             query: Arc::new(AtomicBool::new(query)),
+            changes: None,
         })
+    }
+
+    /// The same source, reporting `ranges` as its changes (see [`BlockSource::changes`]).
+    pub fn with_changes(mut self, ranges: Vec<(u64, u64)>) -> Self {
+        self.changes = Some(Arc::new(crate::source::KnownChanges(ranges)));
+        self
     }
 
     /// The transport mode VDDK chose for this handle.
@@ -388,6 +397,12 @@ impl BlockSource for VddkSource {
                 Ok(vec![Extent::new(offset, end - offset, ExtentKind::Data)])
             }
         }
+    }
+
+    fn changes(&self) -> Option<Arc<dyn crate::source::ChangeTracking>> {
+        self.changes
+            .clone()
+            .map(|c| c as Arc<dyn crate::source::ChangeTracking>)
     }
 
     async fn open_another(&self) -> Result<Arc<dyn BlockSource>> {

@@ -13,7 +13,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::error::{invalid, Result};
+use crate::error::{invalid, Hint, Result};
 use crate::size::parse_size;
 use crate::source::percent_decode;
 
@@ -116,9 +116,10 @@ impl VddkParams {
             return Err(invalid(format!("not a vddk:// URL: {}", url.scheme())));
         }
         if url.password().is_some() {
-            return Err(invalid(
-                "vddk: a password in the URL would end up in argv and logs; use --password-file or VDDK_PASSWORD",
-            ));
+            return Err(
+                invalid("vddk: a password in the URL would end up in argv and logs")
+                    .with_hint(Hint::PasswordFile),
+            );
         }
         let mut p = VddkParams::default();
         if let Some(host) = url.host_str() {
@@ -186,9 +187,8 @@ impl VddkParams {
                     })?
             }
             "password" | "passwd" => {
-                return Err(invalid(
-                    "vddk: the password is not a parameter; use --password-file or VDDK_PASSWORD",
-                ))
+                return Err(invalid("vddk: the password is not a parameter")
+                    .with_hint(Hint::PasswordFile))
             }
             other => {
                 return Err(invalid(format!(
@@ -218,7 +218,7 @@ impl VddkParams {
             return missing("thumbprint= (the SHA-1 fingerprint of the server's certificate)");
         }
         if self.password.is_none() {
-            return missing("a password (--password-file or VDDK_PASSWORD)");
+            return missing("a password").map_err(|e| e.with_hint(Hint::PasswordFile));
         }
         if !self.file.starts_with('[') || !self.file.contains("] ") {
             return Err(invalid(format!(

@@ -17,8 +17,8 @@ use reqwest::Method;
 use serde_json::Value;
 use url::Url;
 
-use crate::error::{Error, ErrorKind, Result};
-use crate::http::{read_bounded, redact, HttpClient, HttpOptions, MAX_ANSWER};
+use transfer_core::http::{read_bounded, redact, HttpClient, HttpOptions, MAX_ANSWER};
+use transfer_core::{Error, ErrorKind, Result};
 
 /// How long a transfer may take to reach `transferring`.
 const READY_TIMEOUT: Duration = Duration::from_secs(300);

@@ -8,8 +8,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::engine::Progress;
-use crate::error::{Error, ErrorKind, Result};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
@@ -20,6 +18,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use transfer_core::engine::Progress;
+use transfer_core::{Error, ErrorKind, Result};
 
 type Labels = Vec<(String, String)>;
 

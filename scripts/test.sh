@@ -6,6 +6,9 @@ bash scripts/install-peers.sh
 cargo fmt --all -- --check
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
+# The library's minimal feature set (no HTTP family, VDDK or io_uring), as an embedder that
+# copies NBD exports or files builds it.
+cargo clippy -p transfer-core --all-targets --release --no-default-features -- -D warnings
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

@@ -16,13 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_pod::ovirt::{Engine, KeepAlive};
+use transfer_core::digest::Checksum;
 use transfer_core::engine::Progress;
 use transfer_core::http::{HttpOptions, TlsTrust};
 use transfer_core::job::{
     Changes, Mode, Resume, SourceSpec, TargetSpec, Transfer, TransferSpec, Volume,
 };
 use transfer_core::open::{SourceOptions, VddkOptions};
-use transfer_core::source::stream::Checksum;
 use transfer_core::source::vddk::{connected_host, loaded_version, Secret};
 use transfer_core::{Error, ErrorKind, Result};
 
@@ -199,6 +199,9 @@ async fn import(paths: &Paths) -> Result<Done> {
     };
     let mut sopts = SourceOptions {
         http: http_options(paths)?,
+        checksum: env("IMPORTER_CHECKSUM")
+            .map(|c| Checksum::parse(&c))
+            .transpose()?,
         ..SourceOptions::default()
     };
     let mut checkpoints = (None, None);
@@ -430,7 +433,7 @@ pub fn vddk_libdir() -> Option<PathBuf> {
     (env("IMPORTER_SOURCE").as_deref() == Some("vddk")).then(|| Paths::from_env().at(VDDK_DIR))
 }
 
-/// TLS trust, extra headers and checksum from CDI's variables.
+/// TLS trust and extra headers from CDI's variables.
 fn http_options(paths: &Paths) -> Result<HttpOptions> {
     let trust = if env("INSECURE_TLS").as_deref() == Some("true") {
         TlsTrust::Insecure
@@ -446,14 +449,7 @@ fn http_options(paths: &Paths) -> Result<HttpOptions> {
         };
         headers.push(HttpOptions::parse_header(&h)?);
     }
-    let checksum = env("IMPORTER_CHECKSUM")
-        .map(|c| Checksum::parse(&c))
-        .transpose()?;
-    Ok(HttpOptions {
-        trust,
-        headers,
-        checksum,
-    })
+    Ok(HttpOptions { trust, headers })
 }
 
 #[cfg(test)]

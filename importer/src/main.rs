@@ -14,12 +14,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use transfer_core::digest::Checksum;
 use transfer_core::engine::verify::{verify, VerifyOptions, VerifyResult};
 use transfer_core::http::{HttpOptions, Thumbprint, TlsTrust};
 use transfer_core::open::{dirty_ranges, open_source, SourceOptions};
 use transfer_core::size::parse_size;
 use transfer_core::source::retry::RetryPolicy;
-use transfer_core::source::stream::Checksum;
 use vddk_args::VddkArgs;
 
 #[derive(Parser)]
@@ -148,6 +148,7 @@ impl HttpArgs {
     ) -> transfer_core::Result<SourceOptions> {
         Ok(SourceOptions {
             http: self.options()?,
+            checksum: self.checksum.as_deref().map(Checksum::parse).transpose()?,
             connections,
             kind: self.source_kind.parse()?,
             imageio_transport: self.imageio_transport.parse()?,
@@ -183,12 +184,7 @@ impl HttpArgs {
                 token.trim()
             ))?);
         }
-        let checksum = self.checksum.as_deref().map(Checksum::parse).transpose()?;
-        Ok(HttpOptions {
-            trust,
-            headers,
-            checksum,
-        })
+        Ok(HttpOptions { trust, headers })
     }
 }
 

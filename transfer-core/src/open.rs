@@ -4,16 +4,23 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::error::{Error, ErrorKind, Hint, Result};
+#[cfg(feature = "http")]
+use crate::digest::Checksum;
+use crate::error::{unsupported, Error, ErrorKind, Hint, Result};
 use crate::format::{open_format, sibling_name, DiskChoice, Format, FormatContext, Siblings};
+#[cfg(feature = "http")]
 use crate::http::HttpOptions;
 use crate::source::file::FileSource;
+#[cfg(feature = "http")]
 use crate::source::glance::{GlanceAuth, GlanceSource};
+#[cfg(feature = "http")]
 use crate::source::http::HttpSource;
+#[cfg(feature = "http")]
 use crate::source::imageio::{ImageioSource, Transport};
 use crate::source::nbd::{NbdSource, NbdUri};
 use crate::source::retry::{RetryPolicy, RetrySource, RetryStats};
 use crate::source::synth::SynthSource;
+#[cfg(feature = "vddk")]
 use crate::source::vddk::{Secret, VddkParams, VddkSource};
 use crate::source::BlockSource;
 
@@ -34,16 +41,24 @@ pub struct SourceOptions {
     pub format: Format,
     /// Which disk of an OVA to read.
     pub disk: Option<DiskChoice>,
-    /// TLS, headers, proxies and checksum of HTTP-family sources (HTTP, imageio, Glance,
+    /// The digest the source's bytes must have, as they are served (`sha256:HEX`, ...): the
+    /// body is then read front to back and checked at its end (HTTP image files).
+    #[cfg(feature = "http")]
+    pub checksum: Option<Checksum>,
+    /// TLS, headers and proxies of HTTP-family sources (HTTP, imageio, Glance,
     /// vSphere).
+    #[cfg(feature = "http")]
     pub http: HttpOptions,
     /// NBD sources.
     pub nbd: NbdOptions,
     /// How imageio sources reach the daemon (its local socket when it can, by default).
+    #[cfg(feature = "http")]
     pub imageio_transport: Transport,
     /// Keystone credentials for `glance+` URIs (default: the `OS_*` variables).
+    #[cfg(feature = "http")]
     pub glance_auth: Option<GlanceAuth>,
     /// `vddk://` sources.
+    #[cfg(feature = "vddk")]
     pub vddk: VddkOptions,
 }
 
@@ -66,6 +81,7 @@ impl Default for NbdOptions {
     }
 }
 
+#[cfg(feature = "vddk")]
 /// What a `vddk://` source takes besides its URL.
 #[derive(Debug, Clone, Default)]
 pub struct VddkOptions {
@@ -79,6 +95,7 @@ pub struct VddkOptions {
     pub changed_since: Option<String>,
 }
 
+#[cfg(feature = "vddk")]
 /// The parameters of a `vddk://` URL with `opts`' overrides and password applied.
 pub fn vddk_params(url: &url::Url, opts: &VddkOptions) -> Result<VddkParams> {
     let mut p = VddkParams::from_url(url)?;
@@ -124,10 +141,16 @@ impl Default for SourceOptions {
             retry_stats: Arc::default(),
             format: Format::Auto,
             disk: None,
+            #[cfg(feature = "http")]
+            checksum: None,
+            #[cfg(feature = "http")]
             http: HttpOptions::default(),
             nbd: NbdOptions::default(),
+            #[cfg(feature = "http")]
             imageio_transport: Transport::Auto,
+            #[cfg(feature = "http")]
             glance_auth: None,
+            #[cfg(feature = "vddk")]
             vddk: VddkOptions::default(),
         }
     }
@@ -218,6 +241,7 @@ impl SourceUri {
 /// QueryChangedDiskAreas since [`VddkOptions::changed_since`] (which needs no VDDK).
 pub async fn dirty_ranges(uri: &str, opts: &SourceOptions) -> Result<Vec<(u64, u64)>> {
     let parsed = SourceUri::parse(uri, opts.kind)?;
+    #[cfg(feature = "vddk")]
     if let SourceUri::Vddk(url) = &parsed {
         let previous = opts.vddk.changed_since.as_deref().ok_or_else(|| {
             Error::new(
@@ -287,6 +311,7 @@ pub async fn ova_listing(uri: &str, opts: &SourceOptions) -> Result<crate::forma
 fn siblings_of(uri: &SourceUri, opts: &SourceOptions) -> Option<Arc<dyn Siblings>> {
     let at = match uri {
         SourceUri::File(p) => At::Dir(p.parent()?.to_path_buf()),
+        #[cfg(feature = "http")]
         SourceUri::Http(u) => At::Url(u.clone()),
         _ => return None,
     };
@@ -298,6 +323,7 @@ fn siblings_of(uri: &SourceUri, opts: &SourceOptions) -> Option<Arc<dyn Siblings
 
 enum At {
     Dir(std::path::PathBuf),
+    #[cfg(feature = "http")]
     Url(url::Url),
 }
 
@@ -320,6 +346,7 @@ impl Siblings for NextTo {
                 };
                 Arc::new(FileSource::open(&p)?)
             }
+            #[cfg(feature = "http")]
             At::Url(u) => {
                 let bad = |why: String| {
                     Error::new(
@@ -334,7 +361,7 @@ impl Siblings for NextTo {
                 if !url.as_str().starts_with(dir.as_str()) {
                     return Err(bad("not a name next to the descriptor".into()));
                 }
-                if self.opts.http.checksum.is_some() {
+                if self.opts.checksum.is_some() {
                     return Err(bad(
                         "a checksum checks one file, and this VMDK's extents are other files"
                             .into(),
@@ -358,6 +385,7 @@ async fn open_plain(uri: &SourceUri, opts: &SourceOptions) -> Result<Arc<dyn Blo
         SourceUri::File(p) => Arc::new(FileSource::open(p)?),
         SourceUri::Nbd(u) => Arc::new(NbdSource::connect(u.clone(), opts.nbd.structured).await?),
         SourceUri::Synth(u) => Arc::new(SynthSource::from_url(u)?),
+        #[cfg(feature = "http")]
         SourceUri::Imageio(u) => Arc::new(
             ImageioSource::open_with(
                 u.clone(),
@@ -367,6 +395,7 @@ async fn open_plain(uri: &SourceUri, opts: &SourceOptions) -> Result<Arc<dyn Blo
             )
             .await?,
         ),
+        #[cfg(feature = "vddk")]
         SourceUri::Vddk(u) => {
             // One vSphere login finds the disk and, for a delta, its changed areas.
             let mut params = vddk_params(u, &opts.vddk)?;
@@ -378,6 +407,7 @@ async fn open_plain(uri: &SourceUri, opts: &SourceOptions) -> Result<Arc<dyn Blo
                 None => Arc::new(src),
             }
         }
+        #[cfg(feature = "http")]
         SourceUri::Glance { keystone, image } => {
             let auth = opts
                 .glance_auth
@@ -385,8 +415,21 @@ async fn open_plain(uri: &SourceUri, opts: &SourceOptions) -> Result<Arc<dyn Blo
                 .unwrap_or_else(GlanceAuth::from_env);
             Arc::new(GlanceSource::open(keystone.clone(), image, &auth, &opts.http).await?)
         }
-        SourceUri::Http(u) => {
-            Arc::new(HttpSource::open(u.clone(), &opts.http, opts.connections).await?)
+        #[cfg(feature = "http")]
+        SourceUri::Http(u) => Arc::new(
+            HttpSource::open_checked(
+                u.clone(),
+                &opts.http,
+                opts.connections,
+                opts.checksum.clone(),
+            )
+            .await?,
+        ),
+        #[allow(unreachable_patterns)]
+        _ => {
+            return Err(unsupported(
+                "this build of transfer-core cannot open that kind of source (it lacks the http or vddk feature)",
+            ))
         }
     })
 }

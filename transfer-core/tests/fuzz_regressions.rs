@@ -1,5 +1,6 @@
 //! Inputs the fuzz targets in `fuzz/` found (or confirmed) to break a parser, fed to the public
 //! API: each test names its target and says what the input did before the fix.
+#![cfg(feature = "http")]
 
 use std::sync::Arc;
 use std::time::Duration;

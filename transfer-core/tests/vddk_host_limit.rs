@@ -2,6 +2,7 @@
 //! one, a second handle on the same server waits until the first closes, another server is not
 //! held up, and a copy's extra handles are skipped rather than waited for. Runs against ferry's fake VDDK (`vddk-sys/fake`), which this process loads
 //! (one test in this binary: VDDK is initialised once per process and reads its knobs then).
+#![cfg(feature = "vddk")]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

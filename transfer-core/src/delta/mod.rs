@@ -6,6 +6,7 @@
 //! controller hands over. The copy engine reads only its ranges and writes them in place.
 
 pub mod chain;
+#[cfg(feature = "vddk")]
 pub mod vsphere;
 
 use crate::error::{invalid, Error, ErrorKind, Result};

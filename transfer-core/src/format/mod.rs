@@ -104,7 +104,7 @@ pub struct FormatContext {
 
 /// The compression whose magic starts `head`: gzip or xz.
 fn compression(head: &[u8]) -> Option<&'static str> {
-    crate::source::http::sniff_format(head).filter(|f| matches!(*f, "gzip" | "xz"))
+    sniff(head).filter(|f| matches!(*f, "gzip" | "xz"))
 }
 
 /// `src` (a positional source holding a gzip or xz file) decompressed front to back, as a
@@ -201,7 +201,7 @@ pub(crate) async fn read_exact(src: &dyn BlockSource, offset: u64, len: usize) -
         .is_none_or(|end| end > src.size())
     {
         return Err(Error::new(
-            ErrorKind::Protocol,
+            ErrorKind::Damaged,
             format!(
                 "{len} bytes at {offset} lie past the end of {} ({} bytes): truncated?",
                 src.describe(),
@@ -347,5 +347,20 @@ impl BlockSource for PeekedSource {
 
     async fn close(&self) -> Result<()> {
         self.inner.close().await
+    }
+}
+
+/// What the first bytes of a file or body say it is: `gzip`, `xz`, `qcow2`, `vmdk`.
+pub fn sniff(head: &[u8]) -> Option<&'static str> {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Some("gzip")
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Some("xz")
+    } else if head.starts_with(b"QFI\xfb") {
+        Some("qcow2")
+    } else if head.starts_with(b"KDMV") || head.starts_with(b"# Disk DescriptorFile") {
+        Some("vmdk")
+    } else {
+        None
     }
 }

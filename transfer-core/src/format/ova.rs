@@ -11,14 +11,14 @@ use super::compose::{ConcatSource, SliceSource};
 use super::ovf::{Ovf, OvfDisk, MAX_LEN};
 use super::seq::{from_io, Drain, ReadSource, Serve, SourceReader};
 use super::vmdk;
-use crate::error::{Error, ErrorKind, Hint, Result};
+use crate::error::{damaged, Error, ErrorKind, Hint, Result};
 use crate::source::BlockSource;
 
 /// The most archive members looked at.
 const MAX_MEMBERS: usize = 100_000;
 
 fn bad(why: impl std::fmt::Display) -> Error {
-    Error::new(ErrorKind::Protocol, format!("ova: {why}"))
+    damaged(format!("ova: {why}"))
 }
 
 fn invalid(why: impl std::fmt::Display) -> Error {

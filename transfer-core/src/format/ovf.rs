@@ -14,7 +14,7 @@ pub const MAX_LEN: u64 = 16 << 20;
 const MAX_ITEMS: usize = 4096;
 
 fn bad(why: impl std::fmt::Display) -> Error {
-    Error::new(ErrorKind::Protocol, format!("ovf: {why}"))
+    Error::new(ErrorKind::Damaged, format!("ovf: {why}"))
 }
 
 /// A `References/File`.

@@ -4,7 +4,7 @@
 //! run on a thread of its own, back into a sequential [`BlockSource`] for the engine.
 //!
 //! Errors of the underlying source travel through `std::io` as the payload of an
-//! `io::Error::other`, and come out as they went in ([`from_io`]).
+//! `io::Error::other`, and come out as they went in (`from_io`).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,8 +29,8 @@ pub(crate) fn to_io(e: Error) -> std::io::Error {
 pub(crate) fn from_io(e: std::io::Error, what: &str) -> Error {
     match e.into_inner().map(|inner| inner.downcast::<Error>()) {
         Some(Ok(ours)) => *ours,
-        Some(Err(other)) => Error::new(ErrorKind::Protocol, format!("{what}: {other}")),
-        None => Error::new(ErrorKind::Protocol, format!("{what}: corrupt data")),
+        Some(Err(other)) => Error::new(ErrorKind::Damaged, format!("{what}: {other}")),
+        None => Error::new(ErrorKind::Damaged, format!("{what}: corrupt data")),
     }
 }
 
@@ -287,7 +287,7 @@ impl ReadSource {
                 if let Some(tx) = tx {
                     let _ = tx.send(r.and_then(|()| {
                         Err(Error::new(
-                            ErrorKind::Protocol,
+                            ErrorKind::Damaged,
                             "no disk found in the stream",
                         ))
                     }));
@@ -343,7 +343,7 @@ impl BlockSource for ReadSource {
         })??;
         if let (true, Some(size)) = (buf.len() < want, self.size) {
             return Err(Error::new(
-                ErrorKind::Protocol,
+                ErrorKind::Damaged,
                 format!(
                     "{}: the image ends at {} of {} bytes: truncated?",
                     self.desc,

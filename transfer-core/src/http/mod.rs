@@ -47,8 +47,6 @@ pub struct HttpOptions {
     pub trust: TlsTrust,
     /// Extra request headers (`Name: value`), sent to the original origin only.
     pub headers: Vec<(String, String)>,
-    /// Digest the received body must have (read as one stream).
-    pub checksum: Option<crate::source::stream::Checksum>,
 }
 
 impl HttpOptions {

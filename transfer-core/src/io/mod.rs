@@ -13,6 +13,7 @@ use crate::error::{invalid, Error, Result};
 use crate::target::BlockTarget;
 
 pub mod pwrite;
+#[cfg(feature = "uring")]
 pub mod uring;
 
 /// Data to write: the bytes of `buf` named by `segments` (start, len) go to `offset + start`.
@@ -79,13 +80,13 @@ pub fn create_engine(
 ) -> Result<Arc<dyn IoEngine>> {
     match kind {
         IoEngineKind::Pwrite => Ok(Arc::new(pwrite::PwriteEngine::new(target, threads))),
-        IoEngineKind::Uring => Ok(Arc::new(uring::UringEngine::new(target, depth)?)),
+        IoEngineKind::Uring => uring_engine(target, depth),
         IoEngineKind::Auto => {
             if !direct {
                 return Ok(Arc::new(pwrite::PwriteEngine::new(target, threads)));
             }
-            match uring::UringEngine::new(target.clone(), depth) {
-                Ok(e) => Ok(Arc::new(e)),
+            match uring_engine(target.clone(), depth) {
+                Ok(e) => Ok(e),
                 Err(e) => {
                     tracing::info!(error = %e, "io_uring unavailable, using the pwrite engine");
                     Ok(Arc::new(pwrite::PwriteEngine::new(target, threads)))
@@ -93,4 +94,17 @@ pub fn create_engine(
             }
         }
     }
+}
+
+#[cfg(feature = "uring")]
+fn uring_engine(target: Arc<dyn BlockTarget>, depth: u32) -> Result<Arc<dyn IoEngine>> {
+    Ok(Arc::new(uring::UringEngine::new(target, depth)?))
+}
+
+#[cfg(not(feature = "uring"))]
+fn uring_engine(_target: Arc<dyn BlockTarget>, _depth: u32) -> Result<Arc<dyn IoEngine>> {
+    Err(crate::error::Error::new(
+        crate::error::ErrorKind::Unsupported,
+        "io_uring: this build of transfer-core has no io_uring engine (feature uring)",
+    ))
 }

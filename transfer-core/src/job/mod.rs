@@ -38,6 +38,8 @@ use crate::source::BlockSource;
 use crate::target::{open_target, TargetOptions};
 
 /// Where a transfer's bytes come from.
+// One spec is built per transfer: the size of the URI variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub enum SourceSpec {
     /// A source URI (see [`crate::open`]) opened with these options.
@@ -227,23 +229,14 @@ impl Transfer {
         cancel: &CancelToken,
         progress: Option<Arc<dyn ProgressObserver>>,
     ) -> Result<Summary> {
-        tokio::select! {
-            r = self.run_inner(cancel, progress) => r,
-            () = cancel.cancelled() => Err(cancelled()),
-        }
-    }
-
-    async fn run_inner(
-        &self,
-        cancel: &CancelToken,
-        progress: Option<Arc<dyn ProgressObserver>>,
-    ) -> Result<Summary> {
         let spec = &self.spec;
         plan::check_spec(spec)?;
-        let (source, retry_stats) = open(spec).await?;
+        // Each phase stops where it is when `cancel` fires; only the copy has a target to
+        // clean up after.
+        let (source, retry_stats) = until(cancel, open(spec)).await?;
         let target_path = spec.target.path.clone();
         let is_block = is_block_device(&target_path);
-        let mut planned = plan::Plan::new(spec, &source, is_block).await?;
+        let mut planned = until(cancel, plan::Plan::new(spec, &source, is_block)).await?;
         let size = target_size(spec, &*source, is_block, planned.delta.is_some())?;
         let created = std::fs::symlink_metadata(&target_path).is_err();
         let journal = open_journal(spec, &*source, is_block, created, planned.delta.as_ref())?;
@@ -293,7 +286,7 @@ impl Transfer {
             }
         };
         if spec.verify {
-            check_copy(spec, &source, &target_path).await?;
+            until(cancel, check_copy(spec, &source, &target_path)).await?;
         }
         planned.record(stats.bytes_total)?;
         Ok(Summary {
@@ -308,6 +301,17 @@ impl Transfer {
             verified: spec.verify,
             checkpoint: planned.recorded().map(str::to_owned),
         })
+    }
+}
+
+/// `work`, unless `cancel` fires first.
+async fn until<T>(
+    cancel: &CancelToken,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        r = work => r,
+        () = cancel.cancelled() => Err(cancelled()),
     }
 }
 

@@ -48,9 +48,12 @@ pub(super) fn source_options(spec: &TransferSpec, options: &SourceOptions) -> So
     let mut o = options.clone();
     if let Mode::Delta(changes) = &spec.mode {
         o.format = Format::Raw;
+        #[cfg(feature = "vddk")]
         if matches!(changes, Changes::FromSource) && o.vddk.changed_since.is_none() {
             o.vddk.changed_since = spec.previous_checkpoint.clone();
         }
+        #[cfg(not(feature = "vddk"))]
+        let _ = changes;
     }
     o
 }

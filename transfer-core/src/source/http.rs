@@ -15,6 +15,7 @@ use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
 use crate::buffer::Buffer;
+use crate::digest::Checksum;
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{redact, HttpClient, HttpOptions};
 use crate::source::stream::{BodyStream, Codec};
@@ -47,20 +48,7 @@ pub fn parse_content_range(v: &str) -> Option<ContentRange> {
     Some(ContentRange { first, last, total })
 }
 
-/// What the first bytes of a body say it is.
-pub fn sniff_format(head: &[u8]) -> Option<&'static str> {
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Some("gzip")
-    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        Some("xz")
-    } else if head.starts_with(b"QFI\xfb") {
-        Some("qcow2")
-    } else if head.starts_with(b"KDMV") || head.starts_with(b"# Disk DescriptorFile") {
-        Some("vmdk")
-    } else {
-        None
-    }
-}
+pub use crate::format::sniff as sniff_format;
 
 /// An HTTP(S) disk image.
 pub struct HttpSource {
@@ -102,6 +90,17 @@ async fn next_chunk(
 impl HttpSource {
     /// Probes `url` and opens it. `connections` bounds the parallel ranged reads.
     pub async fn open(url: Url, opts: &HttpOptions, connections: usize) -> Result<Self> {
+        HttpSource::open_checked(url, opts, connections, None).await
+    }
+
+    /// [`open`](Self::open), with the digest the body must have: the body is then read as one
+    /// stream, front to back, and a copy fails at its end when the digest differs.
+    pub async fn open_checked(
+        url: Url,
+        opts: &HttpOptions,
+        connections: usize,
+        checksum: Option<Checksum>,
+    ) -> Result<Self> {
         let client = HttpClient::new(opts)?;
         let head_size = match client.send(Method::HEAD, &url, None).await {
             Ok((r, _)) if r.status().is_success() => content_length(&r),
@@ -112,7 +111,7 @@ impl HttpSource {
             Err(_) => None,
         };
         // A checksum covers the body in order: read it as one stream.
-        let probe = if opts.checksum.is_some() {
+        let probe = if checksum.is_some() {
             None
         } else {
             Some((0, 0))
@@ -170,11 +169,11 @@ impl HttpSource {
                 // Compressed: decode one stream front to back.
                 _ => {
                     let (resp, at) = src.client.send_ok(Method::GET, &src.url, None).await?;
-                    return src.into_stream(resp, &at, opts).await;
+                    return src.into_stream(resp, &at, checksum).await;
                 }
             }
         }
-        src.into_stream(resp, &at, opts).await
+        src.into_stream(resp, &at, checksum).await
     }
 
     /// A raw body of `size` bytes (else its Content-Length) read as one stream, checked against
@@ -184,7 +183,7 @@ impl HttpSource {
         mut resp: Response,
         at: &Url,
         size: Option<u64>,
-        checksum: Option<crate::source::stream::Checksum>,
+        checksum: Option<Checksum>,
     ) -> Result<Self> {
         let length = content_length(&resp).or(size);
         let size = length.ok_or_else(|| {
@@ -210,7 +209,7 @@ impl HttpSource {
         mut self,
         mut resp: Response,
         at: &Url,
-        opts: &HttpOptions,
+        checksum: Option<Checksum>,
     ) -> Result<Self> {
         let length = content_length(&resp);
         let first = first_chunk(&mut resp, at).await?;
@@ -227,12 +226,7 @@ impl HttpSource {
             self.size_known = false;
         }
         self.stream = Some(Arc::new(BodyStream::start(
-            resp,
-            first,
-            at,
-            length,
-            codec,
-            opts.checksum.clone(),
+            resp, first, at, length, codec, checksum,
         )));
         Ok(self)
     }

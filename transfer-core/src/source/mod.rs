@@ -9,13 +9,18 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::extent::{Extent, ExtentKind};
 
 pub mod file;
+#[cfg(feature = "http")]
 pub mod glance;
+#[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "http")]
 pub mod imageio;
 pub mod nbd;
 pub mod retry;
+#[cfg(feature = "http")]
 pub mod stream;
 pub mod synth;
+#[cfg(feature = "vddk")]
 pub mod vddk;
 
 /// What a source can do; the engine plans around it.

@@ -23,7 +23,7 @@ pub const FLAG_COMPRESSED: u32 = 1 << 16;
 pub const FLAG_MARKERS: u32 = 1 << 17;
 
 pub(crate) fn corrupt(why: impl std::fmt::Display) -> Error {
-    Error::new(ErrorKind::Protocol, format!("vmdk: {why}"))
+    Error::new(ErrorKind::Damaged, format!("vmdk: {why}"))
 }
 
 pub(crate) fn unsupported(why: impl std::fmt::Display) -> Error {

@@ -613,8 +613,7 @@ fn the_transfer_keep_alive_keeps_an_idle_ticket_fresh_until_dropped() {
     let http = transfer_core::http::HttpClient::new(&HttpOptions::default()).unwrap();
     let url = url::Url::parse(&daemon.url("idle")).unwrap();
 
-    let keep =
-        ferry_pod::ovirt::KeepAlive::start(http, url, Duration::from_millis(300));
+    let keep = ferry_pod::ovirt::KeepAlive::start(http, url, Duration::from_millis(300));
     std::thread::sleep(Duration::from_millis(3500));
     let kept = idle();
     drop(keep);

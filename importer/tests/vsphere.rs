@@ -216,6 +216,62 @@ fn a_vmware_warm_migration_reads_only_the_changed_areas_through_vddk() {
 }
 
 #[test]
+fn a_vddk_delta_logs_in_to_vsphere_once() {
+    let capacity = 16 * MIB;
+    let Some(sim) = Vcsim::start(&[
+        "-areas",
+        "40",
+        "-page",
+        "10",
+        "-capacity",
+        &capacity.to_string(),
+    ]) else {
+        return;
+    };
+    let fake = FakeVddk::new().knob("FAKE_VDDK_PASSWORD", sim.password());
+    let disk = sim.vm().disk_file.clone();
+    let file = fake.file_of(&disk);
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    write_sparse(&file, &disk_bytes(capacity as usize, 5));
+    let dir = tempdir();
+    let target = dir.path().join("disk.img");
+    // Named by UUID: the VM and its disk are looked up, then the changed areas are read.
+    let url = url_with(&sim, sim.thumbprint(), &format!("uuid={}", sim.vm().uuid));
+    let file_arg = format!("file={disk}");
+    let libdir_arg = format!("libdir={}", s(fake.libdir()));
+    let mut env = fake.env();
+    env.push(("VDDK_PASSWORD".into(), sim.password().into()));
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "copy",
+            &url,
+            s(&target),
+            "--vddk",
+            &file_arg,
+            "--vddk",
+            &libdir_arg,
+        ];
+        args.extend_from_slice(extra);
+        spawn_importer_env(&args, &env).finish()
+    };
+    let logins = || sim.log().matches("vcsim-ferry: Login").count();
+    let out = run(&["--checkpoint", &sim.vm().change_id]);
+    assert!(out.status.success(), "base copy: {}", out.stderr);
+    let before = logins();
+
+    let out = run(&[
+        "--delta",
+        "--checkpoint",
+        "cp2",
+        "--previous-checkpoint",
+        &sim.vm().change_id,
+    ]);
+
+    assert!(out.status.success(), "delta: {}", out.stderr);
+    assert_eq!(logins() - before, 1, "one vSphere login per delta");
+}
+
+#[test]
 fn the_vm_is_found_by_its_instance_or_bios_uuid() {
     let Some(sim) = Vcsim::start(&["-areas", "300", "-page", "100"]) else {
         return;

@@ -383,7 +383,14 @@ impl Siblings for NextTo {
 async fn open_plain(uri: &SourceUri, opts: &SourceOptions) -> Result<Arc<dyn BlockSource>> {
     Ok(match uri {
         SourceUri::File(p) => Arc::new(FileSource::open(p)?),
-        SourceUri::Nbd(u) => Arc::new(NbdSource::connect(u.clone(), opts.nbd.structured).await?),
+        SourceUri::Nbd(u) => Arc::new(
+            NbdSource::connect_with_bitmap(
+                u.clone(),
+                opts.nbd.structured,
+                opts.nbd.dirty_bitmap.clone(),
+            )
+            .await?,
+        ),
         SourceUri::Synth(u) => Arc::new(SynthSource::from_url(u)?),
         #[cfg(feature = "http")]
         SourceUri::Imageio(u) => Arc::new(

@@ -5,6 +5,7 @@ pub mod client;
 pub mod handshake;
 pub mod proto;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use tokio::net::{TcpStream, UnixStream};
 use crate::buffer::Buffer;
 use crate::error::{invalid, Error, ErrorKind, Result};
 use crate::extent::{Extent, ExtentKind};
-use crate::source::{percent_decode, BlockSource, SourceCaps};
+use crate::source::{percent_decode, BlockSource, ChangeTracking, SourceCaps};
 pub use client::Connection;
 pub use handshake::{ExportInfo, HandshakeOptions};
 
@@ -95,6 +96,11 @@ pub async fn connect(uri: &NbdUri, structured: bool) -> Result<Connection> {
     connect_with(uri, &opts).await
 }
 
+/// How long a connection beyond the first may wait for the server's greeting. A server at its
+/// client limit (`qemu-nbd` serves one client unless told `-e N`) leaves further clients
+/// unanswered in its listen queue: that is "at capacity", not a failure.
+const MORE_CONNECTIONS_WAIT: Duration = Duration::from_secs(2);
+
 /// The ranges `(offset, length)` that qemu's dirty bitmap `bitmap` of the export marks as
 /// changed (`qemu:dirty-bitmap:NAME`, e.g. `qemu-nbd -B NAME`), sorted and merged.
 pub async fn dirty_ranges(uri: &NbdUri, bitmap: &str) -> Result<Vec<(u64, u64)>> {
@@ -118,8 +124,16 @@ pub async fn dirty_ranges(uri: &NbdUri, bitmap: &str) -> Result<Vec<(u64, u64)>>
 
 /// Connects with `opts`, negotiates and starts the transmission phase.
 pub async fn connect_with(uri: &NbdUri, opts: &HandshakeOptions) -> Result<Connection> {
+    connect_within(uri, opts, Duration::from_secs(30)).await
+}
+
+/// [`connect_with`], giving up after `timeout` for each of the connect and the handshake.
+async fn connect_within(
+    uri: &NbdUri,
+    opts: &HandshakeOptions,
+    timeout: Duration,
+) -> Result<Connection> {
     let desc = uri.describe();
-    let timeout = Duration::from_secs(30);
     let conn_err = |e: std::io::Error| {
         Error::with_source(ErrorKind::Connect, format!("cannot connect to {desc}"), e)
     };
@@ -162,18 +176,41 @@ pub async fn connect_with(uri: &NbdUri, opts: &HandshakeOptions) -> Result<Conne
 /// An NBD export as a [`BlockSource`]; each handle is one connection.
 pub struct NbdSource {
     uri: NbdUri,
-    conn: Connection,
+    conn: Arc<Connection>,
     structured: bool,
+    /// The dirty bitmap negotiated on this connection, if one was asked for.
+    dirty_bitmap: Option<String>,
+    /// Whether "at capacity" has been logged for this source (once, for all its handles).
+    capacity_logged: Arc<AtomicBool>,
 }
 
 impl NbdSource {
     /// Connects to `uri`; `structured` asks for structured replies and block status.
     pub async fn connect(uri: NbdUri, structured: bool) -> Result<Self> {
-        let conn = connect(&uri, structured).await?;
+        NbdSource::connect_with_bitmap(uri, structured, None).await
+    }
+
+    /// Connects to `uri`, negotiating `base:allocation` and, when named, the qemu dirty bitmap
+    /// `qemu:dirty-bitmap:NAME` on the same connection: its changed ranges are then
+    /// [`BlockSource::changes`] without a second connection, which a server that serves one
+    /// client (`qemu-nbd` by default) would never accept.
+    pub async fn connect_with_bitmap(
+        uri: NbdUri,
+        structured: bool,
+        dirty_bitmap: Option<String>,
+    ) -> Result<Self> {
+        let opts = HandshakeOptions {
+            export: uri.export.clone(),
+            structured: structured || dirty_bitmap.is_some(),
+            dirty_bitmap: dirty_bitmap.clone(),
+        };
+        let conn = connect_with(&uri, &opts).await?;
         Ok(NbdSource {
             uri,
-            conn,
+            conn: Arc::new(conn),
             structured,
+            dirty_bitmap,
+            capacity_logged: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -217,7 +254,35 @@ impl BlockSource for NbdSource {
     }
 
     async fn open_another(&self) -> Result<Arc<dyn BlockSource>> {
-        let other = NbdSource::connect(self.uri.clone(), self.structured).await?;
+        let opts = HandshakeOptions {
+            export: self.uri.export.clone(),
+            structured: self.structured,
+            dirty_bitmap: None,
+        };
+        let conn = match connect_within(&self.uri, &opts, MORE_CONNECTIONS_WAIT).await {
+            Ok(c) => c,
+            Err(e) if e.context().ends_with("timed out") => {
+                if !self.capacity_logged.swap(true, Ordering::Relaxed) {
+                    tracing::info!(
+                        "{}: the server accepted no further connection within {} s; copying with the connections it took",
+                        self.describe(),
+                        MORE_CONNECTIONS_WAIT.as_secs()
+                    );
+                }
+                return Err(Error::new(
+                    ErrorKind::Busy,
+                    format!("{}: at capacity", self.describe()),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        let other = NbdSource {
+            uri: self.uri.clone(),
+            conn: Arc::new(conn),
+            structured: self.structured,
+            dirty_bitmap: None,
+            capacity_logged: self.capacity_logged.clone(),
+        };
         if other.size() != self.size() {
             return Err(Error::new(
                 ErrorKind::Protocol,
@@ -232,6 +297,35 @@ impl BlockSource for NbdSource {
 
     async fn close(&self) -> Result<()> {
         self.conn.disconnect().await
+    }
+
+    fn changes(&self) -> Option<Arc<dyn ChangeTracking>> {
+        let bitmap = self.dirty_bitmap.clone()?;
+        Some(Arc::new(DirtyBitmap {
+            conn: self.conn.clone(),
+            what: format!("{} dirty bitmap '{bitmap}'", self.describe()),
+        }))
+    }
+}
+
+/// The changed ranges in a qemu dirty bitmap, read over the connection that negotiated it.
+struct DirtyBitmap {
+    conn: Arc<Connection>,
+    what: String,
+}
+
+#[async_trait]
+impl ChangeTracking for DirtyBitmap {
+    async fn changed_ranges(&self) -> Result<Vec<(u64, u64)>> {
+        let size = self.conn.info().size;
+        let conn = &self.conn;
+        let extents =
+            crate::source::covering(&self.what, 0, size, |o, l| conn.dirty_status(o, l)).await?;
+        Ok(extents
+            .iter()
+            .filter(|e| e.kind == ExtentKind::Data)
+            .map(|e| (e.offset, e.len))
+            .collect())
     }
 }
 

@@ -7,6 +7,7 @@ use transfer_core::Error;
 /// `e` as one line, with its hint in command-line terms.
 pub fn cli(e: &Error) -> String {
     let hint = match e.hint() {
+        Some(Hint::DiskChoice(d)) => return format!("{e} (--disk {d})"),
         Some(Hint::ChooseDisk) => " with --disk INDEX|NAME, or copy them all with copy-ova",
         Some(Hint::ReadAsRaw) => " (--format raw copies the file as it is)",
         Some(Hint::DirtyBitmap) => " (name it: --dirty-bitmap NAME)",

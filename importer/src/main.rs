@@ -270,7 +270,7 @@ fn main() -> ExitCode {
         // No subcommand: CDI's importer pod, configured by its environment.
         if let Some(libdir) = cdi::vddk_libdir() {
             if let Err(e) = vddk_args::reexec_with_library_path(&libdir) {
-                eprintln!("importer: error: {e}");
+                eprintln!("importer: error: {}", hints::cdi(&e));
                 return ExitCode::FAILURE;
             }
         }
@@ -290,7 +290,7 @@ fn main() -> ExitCode {
         Cmd::Checksum(a) => (&a.source, &a.vddk),
     };
     if let Err(e) = vddk.reexec_for_library_path(source) {
-        eprintln!("importer: error: {e}");
+        eprintln!("importer: error: {}", hints::cli(&e));
         return ExitCode::FAILURE;
     }
     let rt = match ferry_pod::runtime() {

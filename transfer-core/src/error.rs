@@ -49,11 +49,13 @@ pub enum ErrorKind {
 /// What the caller can do about an error, for each front end to say in its own terms (a
 /// command-line flag, an environment variable, an API field). The library's messages name no
 /// front end's options; a front end adds the hint's words where it prints the error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Hint {
     /// Name which disk of a multi-disk image (an OVA) to read.
     ChooseDisk,
+    /// The disk chosen (this index or name) is not in the image.
+    DiskChoice(String),
     /// Read the file as it is, without detecting an image format.
     ReadAsRaw,
     /// Name the qemu dirty bitmap that holds an NBD export's changed ranges.
@@ -158,8 +160,8 @@ impl Error {
     }
 
     /// What the caller can do about it, if the library knows.
-    pub fn hint(&self) -> Option<Hint> {
-        self.hint
+    pub fn hint(&self) -> Option<&Hint> {
+        self.hint.as_ref()
     }
 
     /// The same error with `hint` attached.

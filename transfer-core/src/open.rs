@@ -254,23 +254,29 @@ pub async fn dirty_ranges(uri: &str, opts: &SourceOptions) -> Result<Vec<(u64, u
         let d = crate::delta::vsphere::prepare(&mut params, Some(previous)).await?;
         return Ok(d.map(|d| d.ranges().to_vec()).unwrap_or_default());
     }
-    if matches!(parsed, SourceUri::Nbd(_)) && opts.nbd.dirty_bitmap.is_none() {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            "an NBD export's changed ranges come from a qemu dirty bitmap",
-        )
-        .with_hint(Hint::DirtyBitmap));
+    match &parsed {
+        SourceUri::Nbd(_) if opts.nbd.dirty_bitmap.is_none() => {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "an NBD export's changed ranges come from a qemu dirty bitmap",
+            )
+            .with_hint(Hint::DirtyBitmap));
+        }
+        SourceUri::Nbd(_) | SourceUri::Imageio(_) => {}
+        // Nothing to connect to for an answer that is known now.
+        _ => {
+            return Err(unsupported(
+                "changed ranges come from oVirt imageio tickets, NBD dirty bitmaps and vSphere (vddk://)",
+            )
+            .with_hint(Hint::ChangedAreasFile))
+        }
     }
     let mut o = opts.clone();
     o.format = Format::Raw;
     o.connections = 1;
     let src = open_parsed(&parsed, &o).await?;
     let tracker = src.changes().ok_or_else(|| {
-        Error::new(
-            ErrorKind::Unsupported,
-            "changed ranges come from oVirt imageio tickets, NBD dirty bitmaps and vSphere (vddk://)",
-        )
-        .with_hint(Hint::ChangedAreasFile)
+        unsupported(format!("{}: no changed ranges to tell", src.describe()))
     })?;
     let d = crate::delta::DeltaSet::new(src.size(), tracker.changed_ranges().await?)?;
     let _ = src.close().await;

@@ -145,10 +145,11 @@ impl Listing {
             .with_hint(Hint::ChooseDisk)),
             Some(DiskChoice::Index(i)) => self.disks.get(*i).ok_or_else(|| {
                 invalid(format!(
-                    "disk {i}: the OVA holds {} disks ({})",
+                    "the OVA has no disk {i}: it holds {} disks ({})",
                     self.disks.len(),
                     self.summary()
                 ))
+                .with_hint(Hint::DiskChoice(i.to_string()))
             }),
             Some(DiskChoice::Name(n)) => self
                 .disks
@@ -157,10 +158,8 @@ impl Listing {
                     d.disk_id == *n || d.file == *n || d.file.split('.').next() == Some(n.as_str())
                 })
                 .ok_or_else(|| {
-                    invalid(format!(
-                        "disk {n}: no such disk in the OVA ({})",
-                        self.summary()
-                    ))
+                    invalid(format!("no such disk in the OVA: {n} ({})", self.summary()))
+                        .with_hint(Hint::DiskChoice(n.clone()))
                 }),
         }
     }

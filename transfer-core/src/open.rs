@@ -275,9 +275,9 @@ pub async fn dirty_ranges(uri: &str, opts: &SourceOptions) -> Result<Vec<(u64, u
     o.format = Format::Raw;
     o.connections = 1;
     let src = open_parsed(&parsed, &o).await?;
-    let tracker = src.changes().ok_or_else(|| {
-        unsupported(format!("{}: no changed ranges to tell", src.describe()))
-    })?;
+    let tracker = src
+        .changes()
+        .ok_or_else(|| unsupported(format!("{}: no changed ranges to tell", src.describe())))?;
     let d = crate::delta::DeltaSet::new(src.size(), tracker.changed_ranges().await?)?;
     let _ = src.close().await;
     Ok(d.ranges().to_vec())

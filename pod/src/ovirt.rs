@@ -27,18 +27,20 @@ const READY_TIMEOUT: Duration = Duration::from_secs(300);
 /// enough that a transfer whose importer died is released within minutes.
 pub const INACTIVITY_TIMEOUT: u64 = 300;
 
-fn bad(what: &str, why: impl std::fmt::Display) -> Error {
-    Error::new(ErrorKind::Protocol, format!("oVirt engine {what}: {why}"))
-}
-
 /// The `access_token` of an SSO answer.
 pub fn parse_token(body: &[u8]) -> Result<String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| bad("token", e))?;
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ErrorKind::Protocol.about(format_args!("oVirt engine {}", "token"), e))?;
     v["access_token"]
         .as_str()
         .filter(|t| !t.is_empty())
         .map(str::to_owned)
-        .ok_or_else(|| bad("token", "no access_token in the answer"))
+        .ok_or_else(|| {
+            ErrorKind::Protocol.about(
+                format_args!("oVirt engine {}", "token"),
+                "no access_token in the answer",
+            )
+        })
 }
 
 /// An image transfer's id, phase and (once transferring) URL.
@@ -56,11 +58,20 @@ pub struct Transfer {
 
 /// Reads an image transfer from its JSON.
 pub fn parse_transfer(body: &[u8]) -> Result<Transfer> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| bad("image transfer", e))?;
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ErrorKind::Protocol.about(format_args!("oVirt engine {}", "image transfer"), e)
+    })?;
     let s = |k: &str| v[k].as_str().filter(|s| !s.is_empty()).map(str::to_owned);
     Ok(Transfer {
-        id: s("id").ok_or_else(|| bad("image transfer", "no id"))?,
-        phase: s("phase").ok_or_else(|| bad("image transfer", "no phase"))?,
+        id: s("id").ok_or_else(|| {
+            ErrorKind::Protocol.about(format_args!("oVirt engine {}", "image transfer"), "no id")
+        })?,
+        phase: s("phase").ok_or_else(|| {
+            ErrorKind::Protocol.about(
+                format_args!("oVirt engine {}", "image transfer"),
+                "no phase",
+            )
+        })?,
         url: s("transfer_url").or_else(|| s("proxy_url")),
         inactivity_timeout: v["inactivity_timeout"]
             .as_u64()
@@ -94,7 +105,7 @@ impl Engine {
         let http = HttpClient::new(opts)?;
         let sso = api
             .join("/ovirt-engine/sso/oauth/token")
-            .map_err(|e| bad("URL", e))?;
+            .map_err(|e| ErrorKind::Protocol.about(format_args!("oVirt engine {}", "URL"), e))?;
         let form = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("grant_type", "password")
             .append_pair("scope", "ovirt-app-api")
@@ -134,12 +145,19 @@ impl Engine {
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Vec<u8>> {
-        let url = self.api.join(path).map_err(|e| bad("URL", e))?;
+        let url = self
+            .api
+            .join(path)
+            .map_err(|e| ErrorKind::Protocol.about(format_args!("oVirt engine {}", "URL"), e))?;
         let mut h = HeaderMap::new();
         h.insert(ACCEPT, HeaderValue::from_static("application/json"));
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", self.token))
-            .map_err(|_| bad("token", "not a header value"))?;
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", self.token)).map_err(|_| {
+            ErrorKind::Protocol.about(
+                format_args!("oVirt engine {}", "token"),
+                "not a header value",
+            )
+        })?;
         auth.set_sensitive(true);
         h.insert(AUTHORIZATION, auth);
         let body = body.map(|b| b.to_string().into_bytes());
@@ -214,8 +232,8 @@ impl Engine {
             )?;
         }
         if t.url.is_none() {
-            return Err(bad(
-                "image transfer",
+            return Err(ErrorKind::Protocol.about(
+                format_args!("oVirt engine {}", "image transfer"),
                 format!("{} is transferring without a URL", t.id),
             ));
         }
@@ -225,7 +243,9 @@ impl Engine {
     /// Keeps the ticket of the transferring `t` from idling out until the result is dropped.
     pub fn keep_alive(&self, t: &Transfer) -> Result<KeepAlive> {
         let url = t.url.as_deref().unwrap_or_default();
-        let url = Url::parse(url).map_err(|e| bad("transfer URL", e))?;
+        let url = Url::parse(url).map_err(|e| {
+            ErrorKind::Protocol.about(format_args!("oVirt engine {}", "transfer URL"), e)
+        })?;
         Ok(KeepAlive::start(
             self.http.clone(),
             url,

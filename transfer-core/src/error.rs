@@ -79,6 +79,12 @@ pub enum Hint {
 }
 
 impl ErrorKind {
+    /// An error of this kind about `what`, saying `why`: the context `"{what}: {why}"`. The one
+    /// constructor for the "what is wrong with which thing" errors of every module.
+    pub fn about(self, what: impl fmt::Display, why: impl fmt::Display) -> Error {
+        Error::new(self, format!("{what}: {why}"))
+    }
+
     /// Whether trying again (after reconnecting) may succeed: network and server trouble, not
     /// refusals, missing objects, bad input, malformed answers or wrong data. (A connection
     /// cut in the middle of an answer is `Disconnected`, not `Protocol`.)
@@ -206,10 +212,6 @@ pub(crate) fn invalid(context: impl Into<String>) -> Error {
 
 pub(crate) fn unsupported(context: impl Into<String>) -> Error {
     Error::new(ErrorKind::Unsupported, context)
-}
-
-pub(crate) fn damaged(context: impl Into<String>) -> Error {
-    Error::new(ErrorKind::Damaged, context)
 }
 
 #[cfg(test)]

@@ -67,13 +67,6 @@ fn sync_dir(path: &Path) {
     }
 }
 
-fn bad_state(path: &Path, why: impl std::fmt::Display) -> Error {
-    Error::new(
-        ErrorKind::InvalidInput,
-        format!("checkpoint state {}: {why}", path.display()),
-    )
-}
-
 impl Chain {
     /// Reads the chain at `path` (none yet: an empty chain).
     pub fn load(path: &Path) -> Result<Chain> {
@@ -98,21 +91,35 @@ impl Chain {
     /// Reads the chain kept at `path` from its contents `body` (a state file, untrusted: it
     /// may be damaged or written by hand).
     pub fn parse(path: &Path, body: &[u8]) -> Result<Chain> {
-        let v: serde_json::Value =
-            serde_json::from_slice(body).map_err(|e| bad_state(path, format!("not JSON: {e}")))?;
-        let list = v["checkpoints"]
-            .as_array()
-            .ok_or_else(|| bad_state(path, "no 'checkpoints' list"))?;
+        let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+            ErrorKind::InvalidInput.about(
+                format_args!("checkpoint state {}", path.display()),
+                format!("not JSON: {e}"),
+            )
+        })?;
+        let list = v["checkpoints"].as_array().ok_or_else(|| {
+            ErrorKind::InvalidInput.about(
+                format_args!("checkpoint state {}", path.display()),
+                "no 'checkpoints' list",
+            )
+        })?;
         let mut entries = Vec::with_capacity(list.len());
         for (i, e) in list.iter().enumerate() {
-            let id = e["id"]
-                .as_str()
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| bad_state(path, format!("entry {i} has no 'id'")))?;
+            let id = e["id"].as_str().filter(|s| !s.is_empty()).ok_or_else(|| {
+                ErrorKind::InvalidInput.about(
+                    format_args!("checkpoint state {}", path.display()),
+                    format!("entry {i} has no 'id'"),
+                )
+            })?;
             let previous = match &e["previous"] {
                 serde_json::Value::Null => None,
                 serde_json::Value::String(s) => Some(s.clone()),
-                _ => return Err(bad_state(path, format!("entry {i}: bad 'previous'"))),
+                _ => {
+                    return Err(ErrorKind::InvalidInput.about(
+                        format_args!("checkpoint state {}", path.display()),
+                        format!("entry {i}: bad 'previous'"),
+                    ))
+                }
             };
             entries.push(Entry {
                 id: id.to_owned(),
@@ -195,8 +202,12 @@ impl Chain {
             .iter()
             .map(|e| json!({"id": e.id, "previous": e.previous, "size": e.size, "time": e.time}))
             .collect();
-        let body = serde_json::to_vec_pretty(&json!({"version": 1, "checkpoints": list}))
-            .map_err(|e| bad_state(&self.path, e))?;
+        let body = serde_json::to_vec_pretty(&json!({"version": 1, "checkpoints": list})).map_err(
+            |e| {
+                ErrorKind::InvalidInput
+                    .about(format_args!("checkpoint state {}", &self.path.display()), e)
+            },
+        )?;
         let mut tmp = self.path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);

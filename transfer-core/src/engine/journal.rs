@@ -32,39 +32,59 @@ pub struct JournalState {
     pub done: Vec<bool>,
 }
 
-fn bad(path: &str, why: impl std::fmt::Display) -> Error {
-    Error::new(ErrorKind::Protocol, format!("resume journal {path}: {why}"))
-}
-
 /// Reads a journal file's bytes (`path` names it in messages).
 pub fn parse(bytes: &[u8], path: &str) -> Result<JournalState> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| bad(path, e))?;
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ErrorKind::Protocol.about(format_args!("resume journal {}", path), e))?;
     if v["ferry_journal"].as_u64() != Some(VERSION) {
-        return Err(bad(path, "not a ferry journal of version 1"));
+        return Err(ErrorKind::Protocol.about(
+            format_args!("resume journal {}", path),
+            "not a ferry journal of version 1",
+        ));
     }
     let identity = v["identity"]
         .as_str()
-        .ok_or_else(|| bad(path, "no identity"))?
+        .ok_or_else(|| {
+            ErrorKind::Protocol.about(format_args!("resume journal {}", path), "no identity")
+        })?
         .to_owned();
     let items = v["items"]
         .as_u64()
         .filter(|n| *n <= MAX_ITEMS)
-        .ok_or_else(|| bad(path, "no item count, or an impossible one"))? as usize;
-    let hex = v["done"].as_str().ok_or_else(|| bad(path, "no done map"))?;
+        .ok_or_else(|| {
+            ErrorKind::Protocol.about(
+                format_args!("resume journal {}", path),
+                "no item count, or an impossible one",
+            )
+        })? as usize;
+    let hex = v["done"].as_str().ok_or_else(|| {
+        ErrorKind::Protocol.about(format_args!("resume journal {}", path), "no done map")
+    })?;
     if hex.len() != items.div_ceil(8) * 2 {
-        return Err(bad(path, "the done map does not match the item count"));
+        return Err(ErrorKind::Protocol.about(
+            format_args!("resume journal {}", path),
+            "the done map does not match the item count",
+        ));
     }
     let mut done = Vec::with_capacity(items);
     for (i, pair) in hex.as_bytes().chunks(2).enumerate() {
         let byte = std::str::from_utf8(pair)
             .ok()
             .and_then(|p| u8::from_str_radix(p, 16).ok())
-            .ok_or_else(|| bad(path, "the done map is not hex"))?;
+            .ok_or_else(|| {
+                ErrorKind::Protocol.about(
+                    format_args!("resume journal {}", path),
+                    "the done map is not hex",
+                )
+            })?;
         for bit in 0..8 {
             if i * 8 + bit < items {
                 done.push(byte & (1 << bit) != 0);
             } else if byte & (1 << bit) != 0 {
-                return Err(bad(path, "the done map marks items past the plan"));
+                return Err(ErrorKind::Protocol.about(
+                    format_args!("resume journal {}", path),
+                    "the done map marks items past the plan",
+                ));
             }
         }
     }

@@ -11,32 +11,28 @@ use super::compose::{ConcatSource, SliceSource};
 use super::ovf::{Ovf, OvfDisk, MAX_LEN};
 use super::seq::{from_io, Drain, ReadSource, Serve, SourceReader};
 use super::vmdk;
-use crate::error::{damaged, Error, ErrorKind, Hint, Result};
+use crate::error::{invalid, Error, ErrorKind, Hint, Result};
 use crate::source::BlockSource;
 
 /// The most archive members looked at.
 const MAX_MEMBERS: usize = 100_000;
 
-fn bad(why: impl std::fmt::Display) -> Error {
-    damaged(format!("ova: {why}"))
-}
-
-fn invalid(why: impl std::fmt::Display) -> Error {
-    Error::new(ErrorKind::InvalidInput, why.to_string())
-}
-
 /// An error of the tar reader: an early end is a truncated archive.
 fn tar_err(e: std::io::Error, what: &str) -> Error {
     // The tar crate reports an early end as an "unexpected EOF" of kind Other.
     if e.kind() == std::io::ErrorKind::UnexpectedEof || e.to_string().contains("unexpected EOF") {
-        return bad(format!(
-            "{what}: the archive ends inside a member: truncated?"
-        ));
+        return ErrorKind::Damaged.about(
+            "ova",
+            format!("{what}: the archive ends inside a member: truncated?"),
+        );
     }
     match e.into_inner().map(|inner| inner.downcast::<Error>()) {
         Some(Ok(ours)) => *ours,
         // The tar crate's words may quote the damaged header's bytes.
-        _ => bad(format!("{what}: not a tar archive, or a damaged one")),
+        _ => ErrorKind::Damaged.about(
+            "ova",
+            format!("{what}: not a tar archive, or a damaged one"),
+        ),
     }
 }
 
@@ -136,7 +132,9 @@ impl Listing {
     pub fn choose(&self, choice: Option<&DiskChoice>) -> Result<&DiskInfo> {
         match choice {
             None if self.disks.len() == 1 => Ok(&self.disks[0]),
-            None if self.disks.is_empty() => Err(bad("the OVF lists no disk with a file")),
+            None if self.disks.is_empty() => {
+                Err(ErrorKind::Damaged.about("ova", "the OVF lists no disk with a file"))
+            }
             None => Err(invalid(format!(
                 "the OVA holds {} disks ({}): pick one",
                 self.disks.len(),
@@ -187,11 +185,13 @@ pub fn members_of<R: Read + Seek>(r: R, what: &str) -> Result<Vec<Member>> {
             continue;
         }
         if out.len() == MAX_MEMBERS {
-            return Err(bad(format!("{what}: more than {MAX_MEMBERS} members")));
+            return Err(
+                ErrorKind::Damaged.about("ova", format!("{what}: more than {MAX_MEMBERS} members"))
+            );
         }
         let name = entry
             .path()
-            .map_err(|e| bad(format!("{what}: a member name: {e}")))?
+            .map_err(|e| ErrorKind::Damaged.about("ova", format!("{what}: a member name: {e}")))?
             .to_string_lossy()
             .into_owned();
         out.push(Member {
@@ -237,24 +237,28 @@ pub async fn list(src: &Arc<dyn BlockSource>) -> Result<Listing> {
     }
     let head = super::read_exact(&**src, 0, src.size().min(512) as usize).await?;
     if super::detect(head.as_slice()) != Some(super::Format::Ova) {
-        return Err(bad(format!(
-            "{}: not an OVA (no tar header)",
-            src.describe()
-        )));
+        return Err(ErrorKind::Damaged.about(
+            "ova",
+            format!("{}: not an OVA (no tar header)", src.describe()),
+        ));
     }
     let members = members(src).await?;
     let m = members.iter().find(|m| is_ovf(&m.name)).ok_or_else(|| {
-        bad(format!(
-            "{}: a tar archive without an .ovf descriptor, so not an OVA",
-            src.describe()
-        ))
-        .with_hint(Hint::ReadAsRaw)
+        ErrorKind::Damaged
+            .about(
+                "ova",
+                format!(
+                    "{}: a tar archive without an .ovf descriptor, so not an OVA",
+                    src.describe()
+                ),
+            )
+            .with_hint(Hint::ReadAsRaw)
     })?;
     if m.size > MAX_LEN {
-        return Err(bad(format!(
-            "{}: the descriptor is larger than 16 MiB",
-            m.name
-        )));
+        return Err(ErrorKind::Damaged.about(
+            "ova",
+            format!("{}: the descriptor is larger than 16 MiB", m.name),
+        ));
     }
     let xml = super::read_exact(&**src, m.offset, m.size as usize).await?;
     Ok(Listing::new(Ovf::parse(xml.as_slice())?))
@@ -272,12 +276,15 @@ fn first_ovf<R: Read>(entries: &mut tar::Entries<'_, R>, what: &str) -> Result<O
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
         if !is_ovf(&name) {
-            return Err(bad(format!(
+            return Err(ErrorKind::Damaged.about("ova", format!(
                 "{what}: the first member is {name}, not the .ovf descriptor: read front to back, an OVA must start with its descriptor (serve it with Range support, or from a file)"
             )));
         }
         if entry.size() > MAX_LEN {
-            return Err(bad(format!("{name}: the descriptor is larger than 16 MiB")));
+            return Err(ErrorKind::Damaged.about(
+                "ova",
+                format!("{name}: the descriptor is larger than 16 MiB"),
+            ));
         }
         let mut xml = Vec::new();
         entry
@@ -285,7 +292,7 @@ fn first_ovf<R: Read>(entries: &mut tar::Entries<'_, R>, what: &str) -> Result<O
             .map_err(|e| from_io(e, &format!("ova: {what}: reading {name}")))?;
         return Ovf::parse(&xml);
     }
-    Err(bad(format!("{what}: an empty archive")))
+    Err(ErrorKind::Damaged.about("ova", format!("{what}: an empty archive")))
 }
 
 /// The disk `choice` names in the OVA on `src`.
@@ -328,12 +335,15 @@ pub async fn open(
         }
     };
     if parts.is_empty() {
-        return Err(bad(format!(
-            "{}: disk {} is in {}, which is not in the archive",
-            src.describe(),
-            disk.disk_id,
-            file.href
-        )));
+        return Err(ErrorKind::Damaged.about(
+            "ova",
+            format!(
+                "{}: disk {} is in {}, which is not in the archive",
+                src.describe(),
+                disk.disk_id,
+                file.href
+            ),
+        ));
     }
     check_parts(&parts, &file)?;
     let name = format!("{} in {}", file.href, src.describe());
@@ -397,25 +407,31 @@ fn check_parts(parts: &[&Member], file: &super::ovf::OvfFile) -> Result<()> {
     if let Some(chunk) = file.chunk_size {
         for (i, m) in parts.iter().enumerate() {
             if !m.name.ends_with(&format!(".{i:09}")) {
-                return Err(bad(format!(
-                    "{}: chunk {i} is missing (found {})",
-                    file.href, m.name
-                )));
+                return Err(ErrorKind::Damaged.about(
+                    "ova",
+                    format!("{}: chunk {i} is missing (found {})", file.href, m.name),
+                ));
             }
             if i + 1 < parts.len() && m.size != chunk {
-                return Err(bad(format!(
-                    "{}: chunk {} holds {} bytes, not the chunk size {chunk}",
-                    file.href, m.name, m.size
-                )));
+                return Err(ErrorKind::Damaged.about(
+                    "ova",
+                    format!(
+                        "{}: chunk {} holds {} bytes, not the chunk size {chunk}",
+                        file.href, m.name, m.size
+                    ),
+                ));
             }
         }
     }
     let total: u64 = parts.iter().map(|m| m.size).sum();
     match file.size {
-        Some(size) if size != total => Err(bad(format!(
-            "{}: the OVF says {size} bytes, the archive holds {total}: truncated or damaged",
-            file.href
-        ))),
+        Some(size) if size != total => Err(ErrorKind::Damaged.about(
+            "ova",
+            format!(
+                "{}: the OVF says {size} bytes, the archive holds {total}: truncated or damaged",
+                file.href
+            ),
+        )),
         _ => Ok(()),
     }
 }
@@ -425,9 +441,10 @@ fn check_raw(name: &str, size: u64, capacity: u64) -> Result<()> {
     if size == capacity {
         return Ok(());
     }
-    Err(bad(format!(
-        "{name}: a raw disk of {size} bytes, but the OVF gives a capacity of {capacity}"
-    )))
+    Err(ErrorKind::Damaged.about(
+        "ova",
+        format!("{name}: a raw disk of {size} bytes, but the OVF gives a capacity of {capacity}"),
+    ))
 }
 
 /// Serves the disk image that `input` decodes to, front to back: a stream-optimized VMDK, or
@@ -524,7 +541,10 @@ async fn open_streamed(
                 decode_stream(entry, &name, Some(size), disk.capacity, serve, Some(rest))
             };
         }
-        Err(bad(format!("{what}: {} is not in the archive", file.href)))
+        Err(ErrorKind::Damaged.about(
+            "ova",
+            format!("{what}: {} is not in the archive", file.href),
+        ))
     })
     .await?;
     Ok(Arc::new(s))

@@ -6,16 +6,12 @@
 use quick_xml::events::Event;
 use quick_xml::Reader;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{ErrorKind, Result};
 
 /// The largest descriptor read (bytes).
 pub const MAX_LEN: u64 = 16 << 20;
 /// The most files or disks taken.
 const MAX_ITEMS: usize = 4096;
-
-fn bad(why: impl std::fmt::Display) -> Error {
-    Error::new(ErrorKind::Damaged, format!("ovf: {why}"))
-}
 
 /// A `References/File`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -58,7 +54,7 @@ impl Ovf {
     /// Parses a descriptor.
     pub fn parse(xml: &[u8]) -> Result<Ovf> {
         if xml.len() as u64 > MAX_LEN {
-            return Err(bad("descriptor larger than 16 MiB"));
+            return Err(ErrorKind::Damaged.about("ovf", "descriptor larger than 16 MiB"));
         }
         let mut r = Reader::from_reader(xml);
         let mut ovf = Ovf::default();
@@ -67,15 +63,17 @@ impl Ovf {
         loop {
             let ev = r
                 .read_event_into(&mut buf)
-                .map_err(|e| bad(format!("malformed XML: {e}")))?;
+                .map_err(|e| ErrorKind::Damaged.about("ovf", format!("malformed XML: {e}")))?;
             match ev {
                 Event::Start(ref e) | Event::Empty(ref e) => {
                     let mut attrs = Vec::new();
                     for a in e.attributes() {
-                        let a = a.map_err(|e| bad(format!("malformed attribute: {e}")))?;
-                        let v = a
-                            .unescape_value()
-                            .map_err(|e| bad(format!("malformed attribute: {e}")))?;
+                        let a = a.map_err(|e| {
+                            ErrorKind::Damaged.about("ovf", format!("malformed attribute: {e}"))
+                        })?;
+                        let v = a.unescape_value().map_err(|e| {
+                            ErrorKind::Damaged.about("ovf", format!("malformed attribute: {e}"))
+                        })?;
                         attrs.push((
                             String::from_utf8_lossy(a.key.local_name().as_ref()).into_owned(),
                             v.into_owned(),
@@ -91,20 +89,27 @@ impl Ovf {
                         b"Envelope" => saw_envelope = true,
                         b"File" => {
                             if ovf.files.len() == MAX_ITEMS {
-                                return Err(bad("too many files"));
+                                return Err(ErrorKind::Damaged.about("ovf", "too many files"));
                             }
                             let num = |k: &str| -> Result<Option<u64>> {
                                 get(k)
                                     .map(|v| {
                                         v.parse().map_err(|_| {
-                                            bad(format!("File {k}='{v}' is not a number"))
+                                            ErrorKind::Damaged.about(
+                                                "ovf",
+                                                format!("File {k}='{v}' is not a number"),
+                                            )
                                         })
                                     })
                                     .transpose()
                             };
                             let file = OvfFile {
-                                id: get("id").ok_or_else(|| bad("a File without an id"))?,
-                                href: get("href").ok_or_else(|| bad("a File without an href"))?,
+                                id: get("id").ok_or_else(|| {
+                                    ErrorKind::Damaged.about("ovf", "a File without an id")
+                                })?,
+                                href: get("href").ok_or_else(|| {
+                                    ErrorKind::Damaged.about("ovf", "a File without an href")
+                                })?,
                                 size: num("size")?,
                                 compression: get("compression")
                                     .filter(|c| !c.is_empty() && c != "identity"),
@@ -114,15 +119,20 @@ impl Ovf {
                         }
                         b"Disk" => {
                             if ovf.disks.len() == MAX_ITEMS {
-                                return Err(bad("too many disks"));
+                                return Err(ErrorKind::Damaged.about("ovf", "too many disks"));
                             }
-                            let id = get("diskId").ok_or_else(|| bad("a Disk without a diskId"))?;
-                            let cap = get("capacity")
-                                .ok_or_else(|| bad(format!("disk {id} has no capacity")))?;
+                            let id = get("diskId").ok_or_else(|| {
+                                ErrorKind::Damaged.about("ovf", "a Disk without a diskId")
+                            })?;
+                            let cap = get("capacity").ok_or_else(|| {
+                                ErrorKind::Damaged
+                                    .about("ovf", format!("disk {id} has no capacity"))
+                            })?;
                             let units = get("capacityAllocationUnits");
                             ovf.disks.push(OvfDisk {
-                                capacity: capacity(&cap, units.as_deref())
-                                    .map_err(|e| bad(format!("disk {id}: {e}")))?,
+                                capacity: capacity(&cap, units.as_deref()).map_err(|e| {
+                                    ErrorKind::Damaged.about("ovf", format!("disk {id}: {e}"))
+                                })?,
                                 disk_id: id,
                                 file_ref: get("fileRef").filter(|f| !f.is_empty()),
                                 format: get("format"),
@@ -137,15 +147,18 @@ impl Ovf {
             buf.clear();
         }
         if !saw_envelope {
-            return Err(bad("not an OVF descriptor (no Envelope)"));
+            return Err(ErrorKind::Damaged.about("ovf", "not an OVF descriptor (no Envelope)"));
         }
         for d in &ovf.disks {
             if let Some(f) = &d.file_ref {
                 if !ovf.files.iter().any(|x| &x.id == f) {
-                    return Err(bad(format!(
-                        "disk {} refers to file '{f}', which is not listed",
-                        d.disk_id
-                    )));
+                    return Err(ErrorKind::Damaged.about(
+                        "ovf",
+                        format!(
+                            "disk {} refers to file '{f}', which is not listed",
+                            d.disk_id
+                        ),
+                    ));
                 }
             }
         }

@@ -53,19 +53,18 @@ impl ImageioOptions {
     }
 }
 
-fn bad(what: &str, why: impl std::fmt::Display) -> Error {
-    Error::new(ErrorKind::Protocol, format!("{what}: {why}"))
-}
-
 fn parse_json(body: &[u8], what: &str) -> Result<Value> {
-    serde_json::from_slice(body).map_err(|e| bad(what, format!("not JSON ({e})")))
+    serde_json::from_slice(body)
+        .map_err(|e| ErrorKind::Protocol.about(what, format!("not JSON ({e})")))
 }
 
 /// Parses the JSON answer of `OPTIONS /images/TICKET`.
 pub fn parse_options(body: &[u8]) -> Result<ImageioOptions> {
     const WHAT: &str = "imageio OPTIONS answer";
     let v = parse_json(body, WHAT)?;
-    let obj = v.as_object().ok_or_else(|| bad(WHAT, "not an object"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ErrorKind::Protocol.about(WHAT, "not an object"))?;
     let features = match obj.get("features") {
         None => Vec::new(),
         Some(Value::Array(a)) => a
@@ -73,16 +72,16 @@ pub fn parse_options(body: &[u8]) -> Result<ImageioOptions> {
             .map(|f| {
                 f.as_str()
                     .map(str::to_owned)
-                    .ok_or_else(|| bad(WHAT, "a feature is not a string"))
+                    .ok_or_else(|| ErrorKind::Protocol.about(WHAT, "a feature is not a string"))
             })
             .collect::<Result<_>>()?,
-        Some(_) => return Err(bad(WHAT, "'features' is not a list")),
+        Some(_) => return Err(ErrorKind::Protocol.about(WHAT, "'features' is not a list")),
     };
     let max_readers = match obj.get("max_readers") {
         None => 1,
         Some(n) => match n.as_u64() {
             Some(n) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX),
-            _ => return Err(bad(WHAT, format!("invalid max_readers {n}"))),
+            _ => return Err(ErrorKind::Protocol.about(WHAT, format!("invalid max_readers {n}"))),
         },
     };
     let unix_socket = match obj.get("unix_socket") {
@@ -93,7 +92,7 @@ pub fn parse_options(body: &[u8]) -> Result<ImageioOptions> {
         {
             Some(p.clone())
         }
-        Some(_) => return Err(bad(WHAT, "invalid unix_socket")),
+        Some(_) => return Err(ErrorKind::Protocol.about(WHAT, "invalid unix_socket")),
     };
     Ok(ImageioOptions {
         features,
@@ -104,7 +103,7 @@ pub fn parse_options(body: &[u8]) -> Result<ImageioOptions> {
 
 fn field_u64(e: &serde_json::Map<String, Value>, key: &str, what: &str, i: usize) -> Result<u64> {
     e.get(key).and_then(Value::as_u64).ok_or_else(|| {
-        bad(
+        ErrorKind::Protocol.about(
             what,
             format!("entry {i}: '{key}' missing or not an integer"),
         )
@@ -120,7 +119,9 @@ fn field_bool(
     match e.get(key) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(bad(what, format!("entry {i}: '{key}' is not a boolean"))),
+        Some(_) => {
+            Err(ErrorKind::Protocol.about(what, format!("entry {i}: '{key}' is not a boolean")))
+        }
     }
 }
 
@@ -130,27 +131,29 @@ type Entry<'a> = (u64, u64, &'a serde_json::Map<String, Value>);
 /// The entries of an extent list as `(start, length, object)`, checked to be non-empty ranges
 /// without overflow, each starting where the previous one ended (the first at 0).
 fn entries<'a>(v: &'a Value, what: &str) -> Result<Vec<Entry<'a>>> {
-    let list = v.as_array().ok_or_else(|| bad(what, "not a list"))?;
+    let list = v
+        .as_array()
+        .ok_or_else(|| ErrorKind::Protocol.about(what, "not a list"))?;
     let mut out = Vec::with_capacity(list.len());
     let mut pos = 0u64;
     for (i, e) in list.iter().enumerate() {
-        let e = e
-            .as_object()
-            .ok_or_else(|| bad(what, format!("entry {i} is not an object")))?;
+        let e = e.as_object().ok_or_else(|| {
+            ErrorKind::Protocol.about(what, format!("entry {i} is not an object"))
+        })?;
         let start = field_u64(e, "start", what, i)?;
         let length = field_u64(e, "length", what, i)?;
         if length == 0 {
-            return Err(bad(what, format!("entry {i} has length 0")));
+            return Err(ErrorKind::Protocol.about(what, format!("entry {i} has length 0")));
         }
         if start != pos {
-            return Err(bad(
+            return Err(ErrorKind::Protocol.about(
                 what,
                 format!("entry {i} starts at {start}, expected {pos} (unsorted, overlapping or with a gap)"),
             ));
         }
         pos = start
             .checked_add(length)
-            .ok_or_else(|| bad(what, format!("entry {i} overflows")))?;
+            .ok_or_else(|| ErrorKind::Protocol.about(what, format!("entry {i} overflows")))?;
         out.push((start, length, e));
     }
     Ok(out)
@@ -166,8 +169,9 @@ pub fn parse_zero_extents(body: &[u8]) -> Result<Vec<Extent>> {
         .into_iter()
         .enumerate()
         .map(|(i, (start, length, e))| {
-            let zero = field_bool(e, "zero", WHAT, i)?
-                .ok_or_else(|| bad(WHAT, format!("entry {i}: 'zero' missing")))?;
+            let zero = field_bool(e, "zero", WHAT, i)?.ok_or_else(|| {
+                ErrorKind::Protocol.about(WHAT, format!("entry {i}: 'zero' missing"))
+            })?;
             let hole = field_bool(e, "hole", WHAT, i)?.unwrap_or(false);
             let kind = match (zero, hole) {
                 (false, _) => ExtentKind::Data,
@@ -189,7 +193,7 @@ pub fn parse_dirty_extents(body: &[u8], size: u64) -> Result<Vec<(u64, u64)>> {
     let mut out: Vec<(u64, u64)> = Vec::new();
     for (i, (start, length, e)) in entries(&v, WHAT)?.into_iter().enumerate() {
         if start + length > size {
-            return Err(bad(
+            return Err(ErrorKind::Protocol.about(
                 WHAT,
                 format!(
                     "entry {i} ends at {} past the image size {size}",
@@ -197,8 +201,9 @@ pub fn parse_dirty_extents(body: &[u8], size: u64) -> Result<Vec<(u64, u64)>> {
                 ),
             ));
         }
-        let dirty = field_bool(e, "dirty", WHAT, i)?
-            .ok_or_else(|| bad(WHAT, format!("entry {i}: 'dirty' missing")))?;
+        let dirty = field_bool(e, "dirty", WHAT, i)?.ok_or_else(|| {
+            ErrorKind::Protocol.about(WHAT, format!("entry {i}: 'dirty' missing"))
+        })?;
         field_bool(e, "zero", WHAT, i)?;
         if !dirty {
             continue;

@@ -7,7 +7,7 @@ use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
 use quick_xml::NsReader;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{ErrorKind, Result};
 
 /// The vSphere API namespace.
 pub const VIM25: &str = "urn:vim25";
@@ -57,10 +57,6 @@ impl Node {
     }
 }
 
-fn bad(what: &str, why: impl std::fmt::Display) -> Error {
-    Error::new(ErrorKind::Protocol, format!("vSphere {what}: {why}"))
-}
-
 /// Parses an answer into its root element.
 pub fn parse(body: &[u8], what: &str) -> Result<Node> {
     let mut r = NsReader::from_reader(body);
@@ -70,14 +66,20 @@ pub fn parse(body: &[u8], what: &str) -> Result<Node> {
     let mut root: Option<Node> = None;
     let mut buf = Vec::new();
     loop {
-        let (ns, ev) = r
-            .read_resolved_event_into(&mut buf)
-            .map_err(|e| bad(what, format!("malformed XML: {e}")))?;
+        let (ns, ev) = r.read_resolved_event_into(&mut buf).map_err(|e| {
+            ErrorKind::Protocol.about(
+                format_args!("vSphere {}", what),
+                format!("malformed XML: {e}"),
+            )
+        })?;
         match ev {
             Event::Start(ref e) | Event::Empty(ref e) => {
                 nodes += 1;
                 if nodes > MAX_NODES || stack.len() >= MAX_DEPTH {
-                    return Err(bad(what, "answer too large or too deeply nested"));
+                    return Err(ErrorKind::Protocol.about(
+                        format_args!("vSphere {}", what),
+                        "answer too large or too deeply nested",
+                    ));
                 }
                 let mut node = Node {
                     name: String::from_utf8_lossy(e.local_name().as_ref()).into_owned(),
@@ -90,11 +92,19 @@ pub fn parse(body: &[u8], what: &str) -> Result<Node> {
                     ..Node::default()
                 };
                 for a in e.attributes() {
-                    let a = a.map_err(|e| bad(what, format!("malformed attribute: {e}")))?;
+                    let a = a.map_err(|e| {
+                        ErrorKind::Protocol.about(
+                            format_args!("vSphere {}", what),
+                            format!("malformed attribute: {e}"),
+                        )
+                    })?;
                     let (ans, local) = r.resolve_attribute(a.key);
-                    let value = a
-                        .unescape_value()
-                        .map_err(|e| bad(what, format!("malformed attribute: {e}")))?;
+                    let value = a.unescape_value().map_err(|e| {
+                        ErrorKind::Protocol.about(
+                            format_args!("vSphere {}", what),
+                            format!("malformed attribute: {e}"),
+                        )
+                    })?;
                     let local = local.as_ref();
                     let is_xsi =
                         matches!(ans, ResolveResult::Bound(n) if n.as_ref() == XSI.as_bytes());
@@ -112,14 +122,19 @@ pub fn parse(body: &[u8], what: &str) -> Result<Node> {
                 }
             }
             Event::End(_) => {
-                let node = stack.pop().ok_or_else(|| bad(what, "unbalanced XML"))?;
+                let node = stack.pop().ok_or_else(|| {
+                    ErrorKind::Protocol.about(format_args!("vSphere {}", what), "unbalanced XML")
+                })?;
                 attach(&mut stack, &mut root, node);
             }
             Event::Text(t) => {
                 if let Some(top) = stack.last_mut() {
-                    let t = t
-                        .unescape()
-                        .map_err(|e| bad(what, format!("malformed text: {e}")))?;
+                    let t = t.unescape().map_err(|e| {
+                        ErrorKind::Protocol.about(
+                            format_args!("vSphere {}", what),
+                            format!("malformed text: {e}"),
+                        )
+                    })?;
                     top.text.push_str(&t);
                 }
             }
@@ -134,9 +149,12 @@ pub fn parse(body: &[u8], what: &str) -> Result<Node> {
         buf.clear();
     }
     if !stack.is_empty() {
-        return Err(bad(what, "the answer ends inside an element"));
+        return Err(ErrorKind::Protocol.about(
+            format_args!("vSphere {}", what),
+            "the answer ends inside an element",
+        ));
     }
-    root.ok_or_else(|| bad(what, "empty answer"))
+    root.ok_or_else(|| ErrorKind::Protocol.about(format_args!("vSphere {}", what), "empty answer"))
 }
 
 fn attach(stack: &mut [Node], root: &mut Option<Node>, node: Node) {
@@ -153,12 +171,16 @@ fn attach(stack: &mut [Node], root: &mut Option<Node>, node: Node) {
 /// The first element of the SOAP body (the answer, or a Fault).
 pub fn body(root: &Node, what: &str) -> Result<Node> {
     if root.name != "Envelope" || root.ns.as_deref() != Some(SOAPENV) {
-        return Err(bad(what, "not a SOAP envelope"));
+        return Err(
+            ErrorKind::Protocol.about(format_args!("vSphere {}", what), "not a SOAP envelope")
+        );
     }
     root.child("Body")
         .and_then(|b| b.children.first())
         .cloned()
-        .ok_or_else(|| bad(what, "empty SOAP body"))
+        .ok_or_else(|| {
+            ErrorKind::Protocol.about(format_args!("vSphere {}", what), "empty SOAP body")
+        })
 }
 
 /// A SOAP fault: the vim25 fault type (`NotAuthenticated`, `InvalidArgument`, `FileFault`,
@@ -224,14 +246,16 @@ pub struct ServiceContent {
 /// Reads `RetrieveServiceContentResponse`.
 pub fn service_content(answer: &Node) -> Result<ServiceContent> {
     let what = "service content";
-    let rv = answer
-        .child("returnval")
-        .ok_or_else(|| bad(what, "no returnval"))?;
+    let rv = answer.child("returnval").ok_or_else(|| {
+        ErrorKind::Protocol.about(format_args!("vSphere {}", what), "no returnval")
+    })?;
     let get = |k: &str| {
         rv.text_of(k)
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
-            .ok_or_else(|| bad(what, format!("no {k}")))
+            .ok_or_else(|| {
+                ErrorKind::Protocol.about(format_args!("vSphere {}", what), format!("no {k}"))
+            })
     };
     Ok(ServiceContent {
         session_manager: get("sessionManager")?,
@@ -276,9 +300,12 @@ impl VirtualDisk {
 pub fn virtual_disks(answer: &Node) -> Result<Vec<VirtualDisk>> {
     let what = "device list";
     let mut out = Vec::new();
-    let rv = answer
-        .child("returnval")
-        .ok_or_else(|| bad(what, "the object or property was not found"))?;
+    let rv = answer.child("returnval").ok_or_else(|| {
+        ErrorKind::Protocol.about(
+            format_args!("vSphere {}", what),
+            "the object or property was not found",
+        )
+    })?;
     // RetrievePropertiesEx: returnval/objects/propSet; RetrieveProperties: returnval/propSet.
     let objects: Vec<&Node> = if rv.child("objects").is_some() {
         rv.all("objects").collect()
@@ -295,17 +322,28 @@ pub fn virtual_disks(answer: &Node) -> Result<Vec<VirtualDisk>> {
                 let key = dev
                     .int_of("key")
                     .and_then(|k| i32::try_from(k).ok())
-                    .ok_or_else(|| bad(what, "a disk without a key"))?;
-                let backing = dev
-                    .child("backing")
-                    .ok_or_else(|| bad(what, format!("disk {key} without backing")))?;
+                    .ok_or_else(|| {
+                        ErrorKind::Protocol
+                            .about(format_args!("vSphere {}", what), "a disk without a key")
+                    })?;
+                let backing = dev.child("backing").ok_or_else(|| {
+                    ErrorKind::Protocol.about(
+                        format_args!("vSphere {}", what),
+                        format!("disk {key} without backing"),
+                    )
+                })?;
                 let capacity = match dev.int_of("capacityInBytes") {
                     Some(b) if b >= 0 => b as u64,
                     _ => dev
                         .int_of("capacityInKB")
                         .filter(|k| *k >= 0)
                         .and_then(|k| (k as u64).checked_mul(1024))
-                        .ok_or_else(|| bad(what, format!("disk {key} without capacity")))?,
+                        .ok_or_else(|| {
+                            ErrorKind::Protocol.about(
+                                format_args!("vSphere {}", what),
+                                format!("disk {key} without capacity"),
+                            )
+                        })?,
                 };
                 let mut parents = Vec::new();
                 let mut up = backing.child("parent");
@@ -343,14 +381,19 @@ pub struct ChangeInfo {
 /// Reads `QueryChangedDiskAreasResponse`.
 pub fn change_info(answer: &Node) -> Result<ChangeInfo> {
     let what = "changed disk areas";
-    let rv = answer
-        .child("returnval")
-        .ok_or_else(|| bad(what, "no returnval"))?;
+    let rv = answer.child("returnval").ok_or_else(|| {
+        ErrorKind::Protocol.about(format_args!("vSphere {}", what), "no returnval")
+    })?;
     let num = |n: &Node, k: &str| {
         n.int_of(k)
             .filter(|v| *v >= 0)
             .map(|v| v as u64)
-            .ok_or_else(|| bad(what, format!("missing or negative '{k}'")))
+            .ok_or_else(|| {
+                ErrorKind::Protocol.about(
+                    format_args!("vSphere {}", what),
+                    format!("missing or negative '{k}'"),
+                )
+            })
     };
     let mut areas = Vec::new();
     for a in rv.all("changedArea") {

@@ -144,37 +144,42 @@ fn a_refused_login_and_a_wrong_thumbprint_are_clear_errors() {
     tls.assert_clean_failure(&["thumbprint"]);
 }
 
-#[test]
-fn a_vmware_warm_migration_reads_only_the_changed_areas_through_vddk() {
-    let capacity = 64 * MIB;
-    let Some(sim) = Vcsim::start(&[
-        "-areas",
-        "300",
-        "-page",
-        "100",
-        "-capacity",
-        &capacity.to_string(),
-    ]) else {
-        return;
-    };
-    let fake = FakeVddk::new().knob("FAKE_VDDK_PASSWORD", sim.password());
-    let disk = sim.vm().disk_file.clone();
-    let file = fake.file_of(&disk);
-    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-    let base = disk_bytes(capacity as usize, 31);
-    write_sparse(&file, &base);
-    let dir = tempdir();
-    let target = dir.path().join("disk.img");
-    let url = url(&sim, sim.thumbprint());
-    let file_arg = format!("file={disk}");
-    let mut env = fake.env();
-    env.push(("VDDK_PASSWORD".into(), sim.password().into()));
-    let libdir_arg = format!("libdir={}", s(fake.libdir()));
-    let run = |extra: &[&str]| {
+/// The simulator (with `areas` changed areas in pages of `page`, disks of `capacity` bytes) and
+/// the fake VDDK serving its first VM's disk from a file.
+struct VddkDisk {
+    sim: Vcsim,
+    fake: FakeVddk,
+    /// The file behind the disk.
+    file: std::path::PathBuf,
+}
+
+impl VddkDisk {
+    fn start(areas: &str, page: &str, capacity: u64) -> Option<VddkDisk> {
+        let sim = Vcsim::start(&[
+            "-areas",
+            areas,
+            "-page",
+            page,
+            "-capacity",
+            &capacity.to_string(),
+        ])?;
+        let fake = FakeVddk::new().knob("FAKE_VDDK_PASSWORD", sim.password());
+        let file = fake.file_of(&sim.vm().disk_file);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        Some(VddkDisk { sim, fake, file })
+    }
+
+    /// `importer copy URL TARGET --vddk file=DISK --vddk libdir=FAKE EXTRA...`, the password
+    /// in the environment.
+    fn copy(&self, url: &str, target: &Path, extra: &[&str]) -> Out {
+        let file_arg = format!("file={}", self.sim.vm().disk_file);
+        let libdir_arg = format!("libdir={}", s(self.fake.libdir()));
+        let mut env = self.fake.env();
+        env.push(("VDDK_PASSWORD".into(), self.sim.password().into()));
         let mut args = vec![
             "copy",
-            &url,
-            s(&target),
+            url,
+            s(target),
             "--vddk",
             &file_arg,
             "--vddk",
@@ -182,7 +187,22 @@ fn a_vmware_warm_migration_reads_only_the_changed_areas_through_vddk() {
         ];
         args.extend_from_slice(extra);
         spawn_importer_env(&args, &env).finish()
+    }
+}
+
+#[test]
+fn a_vmware_warm_migration_reads_only_the_changed_areas_through_vddk() {
+    let capacity = 64 * MIB;
+    let Some(d) = VddkDisk::start("300", "100", capacity) else {
+        return;
     };
+    let (sim, fake) = (&d.sim, &d.fake);
+    let base = disk_bytes(capacity as usize, 31);
+    write_sparse(&d.file, &base);
+    let dir = tempdir();
+    let target = dir.path().join("disk.img");
+    let url = url(sim, sim.thumbprint());
+    let run = |extra: &[&str]| d.copy(&url, &target, extra);
     // The base copy records the disk's change id as its checkpoint, the delta starts from it.
     let out = run(&["--checkpoint", &sim.vm().change_id]);
     assert!(out.status.success(), "base copy: {}", out.stderr);
@@ -191,7 +211,7 @@ fn a_vmware_warm_migration_reads_only_the_changed_areas_through_vddk() {
     for (i, &(s, l)) in sim.areas().iter().enumerate() {
         next[s as usize..(s + l) as usize].fill(0x80 | (i % 100) as u8);
     }
-    write_sparse(&file, &next);
+    write_sparse(&d.file, &next);
     let reads_before = fake.calls_of("ReadAsync").len();
 
     let out = run(&[
@@ -218,42 +238,16 @@ fn a_vmware_warm_migration_reads_only_the_changed_areas_through_vddk() {
 #[test]
 fn a_vddk_delta_logs_in_to_vsphere_once() {
     let capacity = 16 * MIB;
-    let Some(sim) = Vcsim::start(&[
-        "-areas",
-        "40",
-        "-page",
-        "10",
-        "-capacity",
-        &capacity.to_string(),
-    ]) else {
+    let Some(d) = VddkDisk::start("40", "10", capacity) else {
         return;
     };
-    let fake = FakeVddk::new().knob("FAKE_VDDK_PASSWORD", sim.password());
-    let disk = sim.vm().disk_file.clone();
-    let file = fake.file_of(&disk);
-    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-    write_sparse(&file, &disk_bytes(capacity as usize, 5));
+    let sim = &d.sim;
+    write_sparse(&d.file, &disk_bytes(capacity as usize, 5));
     let dir = tempdir();
     let target = dir.path().join("disk.img");
     // Named by UUID: the VM and its disk are looked up, then the changed areas are read.
-    let url = url_with(&sim, sim.thumbprint(), &format!("uuid={}", sim.vm().uuid));
-    let file_arg = format!("file={disk}");
-    let libdir_arg = format!("libdir={}", s(fake.libdir()));
-    let mut env = fake.env();
-    env.push(("VDDK_PASSWORD".into(), sim.password().into()));
-    let run = |extra: &[&str]| {
-        let mut args = vec![
-            "copy",
-            &url,
-            s(&target),
-            "--vddk",
-            &file_arg,
-            "--vddk",
-            &libdir_arg,
-        ];
-        args.extend_from_slice(extra);
-        spawn_importer_env(&args, &env).finish()
-    };
+    let url = url_with(sim, sim.thumbprint(), &format!("uuid={}", sim.vm().uuid));
+    let run = |extra: &[&str]| d.copy(&url, &target, extra);
     let logins = || sim.log().matches("vcsim-ferry: Login").count();
     let out = run(&["--checkpoint", &sim.vm().change_id]);
     assert!(out.status.success(), "base copy: {}", out.stderr);

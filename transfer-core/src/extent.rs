@@ -63,9 +63,19 @@ impl Extent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Run {
     /// Copy `[offset, offset+len)`.
-    Data { offset: u64, len: u64 },
+    Data {
+        /// Where the range starts.
+        offset: u64,
+        /// Its length in bytes.
+        len: u64,
+    },
     /// The range reads as zero on the source.
-    Zero { offset: u64, len: u64 },
+    Zero {
+        /// Where the range starts.
+        offset: u64,
+        /// Its length in bytes.
+        len: u64,
+    },
 }
 
 /// Merges adjacent extents into runs: consecutive zero/hole extents become one `Zero` run,

@@ -32,11 +32,13 @@ enum Op {
     },
     BlockStatus {
         offset: u64,
-        /// The meta context answered for, and whether it is a dirty bitmap (then `Data`
-        /// extents are dirty, `Hole` ones clean).
-        context: u32,
-        dirty: bool,
-        extents: Vec<Extent>,
+        /// The id of the meta context asked about, and how its flags read. The server answers
+        /// for every negotiated context (`base:allocation` and a dirty bitmap may both be);
+        /// the chunks of the other are skipped.
+        id: u32,
+        context: MetaContext,
+        /// The extents of the chunk that answered for `id`, once it came.
+        extents: Option<Vec<Extent>>,
         error: Option<Error>,
         tx: oneshot::Sender<Result<Vec<Extent>>>,
     },
@@ -64,7 +66,7 @@ impl Op {
         }
     }
 
-    fn finish(self, size: u64) {
+    fn finish(self) {
         match self {
             Op::Read {
                 error: Some(e), tx, ..
@@ -96,13 +98,11 @@ impl Op {
                 tx,
                 ..
             } => {
-                let r = if extents.is_empty() {
-                    Err(protocol(format!(
+                let r = match extents {
+                    Some(e) if !e.is_empty() => Ok(e),
+                    _ => Err(protocol(format!(
                         "NBD block status at offset {offset}: no extents in reply"
-                    )))
-                } else {
-                    let _ = size;
-                    Ok(extents)
+                    ))),
                 };
                 drop(tx.send(r))
             }
@@ -247,7 +247,8 @@ impl Connection {
         let Some(context) = self.info.base_allocation else {
             return Ok(vec![Extent::new(offset, len, ExtentKind::Data)]);
         };
-        self.status_in(context, false, offset, len).await
+        self.status_in(context, MetaContext::Allocation, offset, len)
+            .await
     }
 
     /// The dirty bitmap's status of `[offset, offset+len)`: `Data` extents are dirty, `Hole`
@@ -259,13 +260,14 @@ impl Connection {
                 format!("{}: no dirty bitmap was negotiated", self.desc),
             )
         })?;
-        self.status_in(context, true, offset, len).await
+        self.status_in(context, MetaContext::DirtyBitmap, offset, len)
+            .await
     }
 
     async fn status_in(
         &self,
-        context: u32,
-        dirty: bool,
+        id: u32,
+        context: MetaContext,
         offset: u64,
         len: u64,
     ) -> Result<Vec<Extent>> {
@@ -281,9 +283,9 @@ impl Connection {
         let (tx, rx) = oneshot::channel();
         let op = Op::BlockStatus {
             offset,
+            id,
             context,
-            dirty,
-            extents: Vec::new(),
+            extents: None,
             error: None,
             tx,
         };
@@ -497,25 +499,13 @@ async fn read_one<R: AsyncRead + Unpin>(
                 return Err(e);
             }
             if flags & REPLY_FLAG_DONE != 0 {
-                op.finish(info.size);
+                op.finish();
             } else {
                 shared.lock().unwrap().ops.insert(cookie, op);
             }
             Ok(())
         }
     }
-}
-
-/// Records that `[start, start+n)` of a read's buffer is filled, refusing overlaps.
-fn claim(covered: &mut Vec<(u64, u64)>, start: u64, n: u64, offset: u64) -> Result<()> {
-    let end = start + n;
-    if covered.iter().any(|&(s, e)| start < e && s < end) {
-        return Err(protocol(format!(
-            "overlapping reply chunks for the read at offset {offset} (bytes {start}..{end})"
-        )));
-    }
-    covered.push((start, end));
-    Ok(())
 }
 
 /// Handles one structured chunk for `op`.
@@ -527,148 +517,96 @@ async fn chunk<R: AsyncRead + Unpin>(
     len: u32,
     info: &ExportInfo,
 ) -> Result<()> {
-    {
-        {
-            match (kind, op) {
-                (
-                    CHUNK_OFFSET_DATA,
-                    Op::Read {
-                        offset,
-                        buf,
-                        covered,
-                        ..
-                    },
-                ) => {
-                    if len < 8 {
-                        return Err(protocol("data chunk shorter than its offset"));
-                    }
-                    let mut o = [0u8; 8];
-                    r.read_exact(&mut o)
-                        .await
-                        .map_err(|e| Error::io("reading data chunk", e))?;
-                    let at = u64::from_be_bytes(o);
-                    let n = (len - 8) as u64;
-                    let start = at
-                        .checked_sub(*offset)
-                        .filter(|s| s.checked_add(n).is_some_and(|e| e <= buf.len() as u64));
-                    let Some(start) = start else {
-                        return Err(protocol(format!(
-                            "data chunk at {at}+{n} outside the request at {offset}"
-                        )));
-                    };
-                    claim(covered, start, n, *offset)?;
-                    r.read_exact(&mut buf[start as usize..(start + n) as usize])
-                        .await
-                        .map_err(|e| Error::io("reading data", e))?;
-                }
-                (
-                    CHUNK_OFFSET_HOLE,
-                    Op::Read {
-                        offset,
-                        buf,
-                        covered,
-                        ..
-                    },
-                ) => {
-                    let (at, n) = parse_offset_hole(&read_payload(r, len).await?)?;
-                    let n = n as u64;
-                    let start = at.checked_sub(*offset).filter(|s| {
-                        n > 0 && s.checked_add(n).is_some_and(|e| e <= buf.len() as u64)
-                    });
-                    let Some(start) = start else {
-                        return Err(protocol(format!(
-                            "hole chunk at {at}+{n} outside the request at {offset}"
-                        )));
-                    };
-                    claim(covered, start, n, *offset)?;
-                    buf[start as usize..(start + n) as usize].fill(0);
-                }
-                (
-                    CHUNK_BLOCK_STATUS,
-                    Op::BlockStatus {
-                        offset,
-                        context,
-                        dirty,
-                        extents,
-                        ..
-                    },
-                ) => {
-                    let (id, descs) = parse_block_status(&read_payload(r, len).await?)?;
-                    if id == *context && !extents.is_empty() {
-                        // A second answer for the context would start again at the offset.
-                        return Err(protocol(format!(
-                            "more than one block status chunk for context {id}"
-                        )));
-                    }
-                    if id == *context {
-                        let mut pos = *offset;
-                        for (l, f) in descs {
-                            if l == 0 {
-                                return Err(protocol("block status descriptor of length 0"));
-                            }
-                            let end = pos.saturating_add(l as u64).min(info.size);
-                            if end <= pos {
-                                break;
-                            }
-                            let kind = if *dirty {
-                                if f & STATE_DIRTY != 0 {
-                                    ExtentKind::Data
-                                } else {
-                                    ExtentKind::Hole
-                                }
-                            } else if f & STATE_HOLE != 0 {
-                                ExtentKind::Hole
-                            } else if f & STATE_ZERO != 0 {
-                                ExtentKind::Zero
-                            } else {
-                                ExtentKind::Data
-                            };
-                            extents.push(Extent::new(pos, end - pos, kind));
-                            pos = end;
-                        }
-                    }
-                }
-                (CHUNK_ERROR | CHUNK_ERROR_OFFSET, op) => {
-                    let c = parse_error_chunk(kind, &read_payload(r, len).await?)?;
-                    let what = match op {
-                        Op::Read { .. } => "read",
-                        Op::BlockStatus { .. } => "block status",
-                        Op::Plain { .. } => "request",
-                    };
-                    let at = match op {
-                        Op::Read { offset, .. } | Op::BlockStatus { offset, .. } => {
-                            c.offset.unwrap_or(*offset)
-                        }
-                        Op::Plain { .. } => c.offset.unwrap_or(0),
-                    };
-                    let slot = op.error_slot();
-                    if slot.is_none() {
-                        *slot = Some(server_error(what, at, c.error, &c.message));
-                    }
-                }
-                (CHUNK_NONE, _) => {
-                    if len != 0 || flags & REPLY_FLAG_DONE == 0 {
-                        return Err(protocol("NBD_REPLY_TYPE_NONE with payload or without DONE"));
-                    }
-                }
-                (k, op) if k & (1 << 15) != 0 => {
-                    // Unknown error chunk types carry at least the errno first.
-                    let p = read_payload(r, len).await?;
-                    let errno = if p.len() >= 4 {
-                        u32::from_be_bytes([p[0], p[1], p[2], p[3]])
-                    } else {
-                        5
-                    };
-                    let slot = op.error_slot();
-                    if slot.is_none() {
-                        *slot = Some(server_error("request", 0, errno, "unknown error chunk"));
-                    }
-                }
-                (k, _) => return Err(protocol(format!("unexpected reply chunk type {k}"))),
+    match (kind, op) {
+        (
+            CHUNK_OFFSET_DATA,
+            Op::Read {
+                offset,
+                buf,
+                covered,
+                ..
+            },
+        ) => {
+            if len < 8 {
+                return Err(protocol("data chunk shorter than its offset"));
             }
-            Ok(())
+            let mut o = [0u8; 8];
+            r.read_exact(&mut o)
+                .await
+                .map_err(|e| Error::io("reading data chunk", e))?;
+            let (at, n) = (u64::from_be_bytes(o), u64::from(len - 8));
+            let start = chunk_in_request("data", at, n, *offset, buf.len() as u64)?;
+            claim(covered, start, n, *offset)?;
+            r.read_exact(&mut buf[start as usize..(start + n) as usize])
+                .await
+                .map_err(|e| Error::io("reading data", e))?;
         }
+        (
+            CHUNK_OFFSET_HOLE,
+            Op::Read {
+                offset,
+                buf,
+                covered,
+                ..
+            },
+        ) => {
+            let (at, n) = parse_offset_hole(&read_payload(r, len).await?)?;
+            let n = u64::from(n);
+            if n == 0 {
+                return Err(protocol(format!("empty hole chunk at {at}")));
+            }
+            let start = chunk_in_request("hole", at, n, *offset, buf.len() as u64)?;
+            claim(covered, start, n, *offset)?;
+            buf[start as usize..(start + n) as usize].fill(0);
+        }
+        (
+            CHUNK_BLOCK_STATUS,
+            Op::BlockStatus {
+                offset,
+                id,
+                context,
+                extents,
+                ..
+            },
+        ) => {
+            let payload = read_payload(r, len).await?;
+            if let Some(got) = decode_block_status(&payload, *id, *context, *offset, info.size)? {
+                if extents.is_some() {
+                    // A second answer for the context would start again at the offset.
+                    return Err(protocol(format!(
+                        "more than one block status chunk for context {id}"
+                    )));
+                }
+                *extents = Some(got);
+            }
+        }
+        (CHUNK_ERROR | CHUNK_ERROR_OFFSET, op) => {
+            let c = parse_error_chunk(kind, &read_payload(r, len).await?)?;
+            let (what, at) = match op {
+                Op::Read { offset, .. } => ("read", c.offset.unwrap_or(*offset)),
+                Op::BlockStatus { offset, .. } => ("block status", c.offset.unwrap_or(*offset)),
+                Op::Plain { .. } => ("request", c.offset.unwrap_or(0)),
+            };
+            let slot = op.error_slot();
+            if slot.is_none() {
+                *slot = Some(server_error(what, at, c.error, &c.message));
+            }
+        }
+        (CHUNK_NONE, _) => {
+            if len != 0 || flags & REPLY_FLAG_DONE == 0 {
+                return Err(protocol("NBD_REPLY_TYPE_NONE with payload or without DONE"));
+            }
+        }
+        (k, op) if k & (1 << 15) != 0 => {
+            let errno = unknown_error_errno(&read_payload(r, len).await?);
+            let slot = op.error_slot();
+            if slot.is_none() {
+                *slot = Some(server_error("request", 0, errno, "unknown error chunk"));
+            }
+        }
+        (k, _) => return Err(protocol(format!("unexpected reply chunk type {k}"))),
     }
+    Ok(())
 }
 
 #[cfg(test)]

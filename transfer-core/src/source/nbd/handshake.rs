@@ -205,9 +205,11 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
 
     if let (Some(b), None) = (&opts.dirty_bitmap, info.dirty_bitmap) {
+        // Leave politely (the server need not log a broken negotiation); its answer is moot.
+        let _ = send_option(s, OPT_ABORT, &[]).await;
         return Err(Error::new(
             ErrorKind::NotFound,
-            format!("export '{export}' has no dirty bitmap '{b}' (qemu-nbd -B {b})"),
+            format!("the server does not know the dirty bitmap '{b}'"),
         ));
     }
     send_option(s, OPT_GO, &encode_go(export, &[INFO_BLOCK_SIZE])).await?;

@@ -3,6 +3,7 @@
 //! so every parser can be unit-tested and fuzzed on its own.
 
 use crate::error::{protocol, Result};
+use crate::extent::{Extent, ExtentKind};
 
 /// "NBDMAGIC", first thing a newstyle server sends.
 pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
@@ -450,6 +451,118 @@ pub fn parse_block_status(b: &[u8]) -> Result<(u32, Vec<(u32, u32)>)> {
     Ok((id, descs))
 }
 
+/// How the flags of a meta context's block status descriptors read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaContext {
+    /// `base:allocation`: NBD_STATE_HOLE and NBD_STATE_ZERO.
+    Allocation,
+    /// `qemu:dirty-bitmap:NAME`: bit 0 set is dirty (changed), clear is clean.
+    DirtyBitmap,
+}
+
+impl MetaContext {
+    /// The extent kind a descriptor's `flags` mean: for `base:allocation` a hole, zeros or data;
+    /// for a dirty bitmap `Data` (dirty) or `Hole` (clean), never `Zero`.
+    pub fn extent_kind(self, flags: u32) -> ExtentKind {
+        match self {
+            MetaContext::DirtyBitmap if flags & STATE_DIRTY != 0 => ExtentKind::Data,
+            MetaContext::DirtyBitmap => ExtentKind::Hole,
+            MetaContext::Allocation if flags & STATE_HOLE != 0 => ExtentKind::Hole,
+            MetaContext::Allocation if flags & STATE_ZERO != 0 => ExtentKind::Zero,
+            MetaContext::Allocation => ExtentKind::Data,
+        }
+    }
+}
+
+/// The extents that block status descriptors `(length, flags)` of `context` describe for a
+/// request at `offset` of an export of `size` bytes: laid end to end from `offset`, the one
+/// that crosses the end of the export cut there and any after it dropped. A descriptor of
+/// length 0 is a protocol error (it would describe nothing and never advance).
+pub fn status_extents(
+    descs: &[(u32, u32)],
+    context: MetaContext,
+    offset: u64,
+    size: u64,
+) -> Result<Vec<Extent>> {
+    let mut out = Vec::with_capacity(descs.len());
+    let mut pos = offset;
+    for &(len, flags) in descs {
+        if len == 0 {
+            return Err(protocol("block status descriptor of length 0"));
+        }
+        let end = pos.saturating_add(u64::from(len)).min(size);
+        if end <= pos {
+            break;
+        }
+        out.push(Extent::new(pos, end - pos, context.extent_kind(flags)));
+        pos = end;
+    }
+    Ok(out)
+}
+
+/// Decodes one NBD_REPLY_TYPE_BLOCK_STATUS payload answering a request at `offset` of an
+/// export of `size` bytes, for the meta context whose id is `id` and which reads as `context`.
+/// A server sends one chunk per negotiated context (this protocol version cannot ask for one):
+/// `Ok(None)` when the chunk is another context's; otherwise its extents ([`status_extents`]).
+/// The payload must be well formed whichever context it answers.
+pub fn decode_block_status(
+    payload: &[u8],
+    id: u32,
+    context: MetaContext,
+    offset: u64,
+    size: u64,
+) -> Result<Option<Vec<Extent>>> {
+    let (got, descs) = parse_block_status(payload)?;
+    if got != id {
+        return Ok(None);
+    }
+    status_extents(&descs, context, offset, size).map(Some)
+}
+
+/// Where a chunk of `len` bytes for offset `at` lands in a read of `request_len` bytes at
+/// `request_offset`: its start in the read's buffer, or a protocol error naming `what` (a
+/// "data" or "hole" chunk) when it reaches outside the request (offsets near 2^64 included,
+/// without wrapping).
+pub fn chunk_in_request(
+    what: &str,
+    at: u64,
+    len: u64,
+    request_offset: u64,
+    request_len: u64,
+) -> Result<u64> {
+    at.checked_sub(request_offset)
+        .filter(|s| s.checked_add(len).is_some_and(|e| e <= request_len))
+        .ok_or_else(|| {
+            protocol(format!(
+                "{what} chunk at {at}+{len} outside the request at {request_offset}"
+            ))
+        })
+}
+
+/// Records that bytes `[start, start+len)` of the buffer of the read at `offset` are filled,
+/// in `covered` (the ranges filled so far): chunks must not overlap, or a server could leave
+/// stale bytes in a reused buffer while the lengths still add up.
+pub fn claim(covered: &mut Vec<(u64, u64)>, start: u64, len: u64, offset: u64) -> Result<()> {
+    let end = start + len;
+    if covered.iter().any(|&(s, e)| start < e && s < end) {
+        return Err(protocol(format!(
+            "overlapping reply chunks for the read at offset {offset} (bytes {start}..{end})"
+        )));
+    }
+    covered.push((start, end));
+    Ok(())
+}
+
+/// The errno at the start of an error chunk of a type this client does not know (every error
+/// chunk type starts with one); EIO when the payload is too short to hold it.
+pub fn unknown_error_errno(b: &[u8]) -> u32 {
+    if b.len() >= 4 {
+        be32(b, 0)
+    } else {
+        5
+    }
+}
+
 /// errno name for NBD error values, for messages.
 pub fn errno_name(e: u32) -> &'static str {
     match e {
@@ -466,166 +579,5 @@ pub fn errno_name(e: u32) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn greeting(m1: u64, m2: u64, flags: u16) -> [u8; 18] {
-        let mut b = [0u8; 18];
-        b[..8].copy_from_slice(&m1.to_be_bytes());
-        b[8..16].copy_from_slice(&m2.to_be_bytes());
-        b[16..].copy_from_slice(&flags.to_be_bytes());
-        b
-    }
-
-    #[test]
-    fn greeting_accepts_newstyle_and_rejects_others() {
-        assert_eq!(parse_greeting(&greeting(NBDMAGIC, IHAVEOPT, 3)).unwrap(), 3);
-        let e = parse_greeting(&greeting(NBDMAGIC, OLDSTYLE_MAGIC, 0)).unwrap_err();
-        assert!(e.to_string().contains("oldstyle"));
-        assert!(parse_greeting(&greeting(0x1234, IHAVEOPT, 0)).is_err());
-        assert!(parse_greeting(&greeting(NBDMAGIC, 42, 0)).is_err());
-    }
-
-    #[test]
-    fn option_reply_header_checks_magic_option_and_length() {
-        let mut b = [0u8; 20];
-        b[..8].copy_from_slice(&OPT_REPLY_MAGIC.to_be_bytes());
-        b[8..12].copy_from_slice(&OPT_GO.to_be_bytes());
-        b[12..16].copy_from_slice(&REP_INFO.to_be_bytes());
-        b[16..].copy_from_slice(&12u32.to_be_bytes());
-        let h = parse_opt_reply_header(&b, OPT_GO).unwrap();
-        assert_eq!((h.reply, h.len), (REP_INFO, 12));
-        assert!(parse_opt_reply_header(&b, OPT_STRUCTURED_REPLY).is_err());
-        b[16..].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(parse_opt_reply_header(&b, OPT_GO).is_err());
-        b[0] = 0;
-        assert!(parse_opt_reply_header(&b, OPT_GO).is_err());
-    }
-
-    #[test]
-    fn info_export_and_block_size_parse_and_validate() {
-        let mut e = vec![0, 0];
-        e.extend_from_slice(&(1u64 << 30).to_be_bytes());
-        e.extend_from_slice(&(TF_HAS_FLAGS | TF_CAN_MULTI_CONN).to_be_bytes());
-        assert_eq!(
-            parse_info(&e).unwrap(),
-            Info::Export {
-                size: 1 << 30,
-                flags: 0x101
-            }
-        );
-        assert!(parse_info(&e[..11]).is_err());
-        let mut bs = vec![0, 3];
-        for v in [512u32, 4096, 32 << 20] {
-            bs.extend_from_slice(&v.to_be_bytes());
-        }
-        assert_eq!(
-            parse_info(&bs).unwrap(),
-            Info::BlockSize {
-                min: 512,
-                preferred: 4096,
-                max: 32 << 20
-            }
-        );
-        bs[2..6].copy_from_slice(&3u32.to_be_bytes());
-        assert!(parse_info(&bs).is_err());
-        assert!(parse_info(&[0]).is_err());
-        assert_eq!(parse_info(&[0, 9, 1]).unwrap(), Info::Other(9));
-    }
-
-    #[test]
-    fn reply_headers_parse_simple_and_structured() {
-        let mut s = [0u8; 16];
-        s[..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
-        s[4..8].copy_from_slice(&5u32.to_be_bytes());
-        s[8..].copy_from_slice(&77u64.to_be_bytes());
-        assert_eq!(
-            parse_reply_header(&s).unwrap(),
-            Some(ReplyHeader::Simple {
-                error: 5,
-                cookie: 77
-            })
-        );
-        let mut t = [0u8; 20];
-        t[..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
-        t[4..6].copy_from_slice(&REPLY_FLAG_DONE.to_be_bytes());
-        t[6..8].copy_from_slice(&CHUNK_OFFSET_DATA.to_be_bytes());
-        t[8..16].copy_from_slice(&9u64.to_be_bytes());
-        t[16..].copy_from_slice(&4104u32.to_be_bytes());
-        assert_eq!(parse_reply_header(&t[..16]).unwrap(), None);
-        assert_eq!(
-            parse_reply_header(&t).unwrap(),
-            Some(ReplyHeader::Structured {
-                flags: 1,
-                kind: 1,
-                cookie: 9,
-                len: 4104
-            })
-        );
-        assert!(parse_reply_header(&[0u8; 16]).is_err());
-        assert!(parse_reply_header(&[0u8; 3]).is_err());
-    }
-
-    #[test]
-    fn error_chunks_parse_and_reject_bad_lengths() {
-        let mut b = 5u32.to_be_bytes().to_vec();
-        b.extend_from_slice(&3u16.to_be_bytes());
-        b.extend_from_slice(b"bad");
-        assert_eq!(
-            parse_error_chunk(CHUNK_ERROR, &b).unwrap(),
-            ErrorChunk {
-                error: 5,
-                message: "bad".into(),
-                offset: None
-            }
-        );
-        assert!(parse_error_chunk(CHUNK_ERROR_OFFSET, &b).is_err());
-        let mut o = b.clone();
-        o.extend_from_slice(&4096u64.to_be_bytes());
-        assert_eq!(
-            parse_error_chunk(CHUNK_ERROR_OFFSET, &o).unwrap().offset,
-            Some(4096)
-        );
-        assert!(parse_error_chunk(CHUNK_ERROR, &b[..7]).is_err());
-        let mut z = 0u32.to_be_bytes().to_vec();
-        z.extend_from_slice(&[0, 0]);
-        assert!(parse_error_chunk(CHUNK_ERROR, &z).is_err());
-        let mut long = 5u32.to_be_bytes().to_vec();
-        long.extend_from_slice(&100u16.to_be_bytes());
-        assert!(parse_error_chunk(CHUNK_ERROR, &long).is_err());
-    }
-
-    #[test]
-    fn block_status_and_hole_payloads_validate_length() {
-        let mut b = 1u32.to_be_bytes().to_vec();
-        for (l, f) in [(4096u32, 0u32), (8192, 3)] {
-            b.extend_from_slice(&l.to_be_bytes());
-            b.extend_from_slice(&f.to_be_bytes());
-        }
-        assert_eq!(
-            parse_block_status(&b).unwrap(),
-            (1, vec![(4096, 0), (8192, 3)])
-        );
-        assert!(parse_block_status(&b[..11]).is_err());
-        assert!(parse_block_status(&b[..13]).is_err());
-        let mut h = 4096u64.to_be_bytes().to_vec();
-        h.extend_from_slice(&512u32.to_be_bytes());
-        assert_eq!(parse_offset_hole(&h).unwrap(), (4096, 512));
-        assert!(parse_offset_hole(&h[..11]).is_err());
-    }
-
-    #[test]
-    fn requests_encode_big_endian() {
-        let r = Request {
-            flags: 0,
-            cmd: CMD_READ,
-            cookie: 0x0102,
-            offset: 4096,
-            len: 512,
-        };
-        let b = encode_request(&r);
-        assert_eq!(&b[..4], &REQUEST_MAGIC.to_be_bytes());
-        assert_eq!(&b[8..16], &0x0102u64.to_be_bytes());
-        assert_eq!(&b[24..], &512u32.to_be_bytes());
-    }
-}
+#[path = "proto_tests.rs"]
+mod tests;

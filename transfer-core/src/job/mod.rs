@@ -441,7 +441,14 @@ async fn check_copy(
 ) -> Result<()> {
     let again = match spec.source.as_ref() {
         Some(SourceSpec::Uri { uri, options }) => {
-            open_source(uri, &plan::source_options(spec, options)).await?
+            // The bytes again, not the changes: no dirty bitmap, no changed areas to read.
+            let mut o = plan::source_options(spec, options);
+            o.nbd.dirty_bitmap = None;
+            #[cfg(feature = "vddk")]
+            {
+                o.vddk.changed_since = None;
+            }
+            open_source(uri, &o).await?
         }
         _ => source.open_another().await?,
     };

@@ -2,18 +2,17 @@
 //! fixed paths re-rooted under `FERRY_CDI_ROOT`, the termination message, the exit code and the
 //! bytes written. HTTP sources are served by a real nginx.
 
-mod common;
-mod keystone;
+use test_kit::keystone;
 
-use common::metrics::{assert_progress_done, scrape_until_exit};
+use test_kit::metrics::{assert_progress_done, scrape_until_exit};
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use common::nginx::{require_nginx, Location, Nginx};
-use common::*;
 use tempfile::TempDir;
+use test_kit::nginx::{require_nginx, Location, Nginx};
+use test_kit::*;
 
 const MIB: usize = 1 << 20;
 
@@ -261,10 +260,10 @@ fn ovirt_vars(api: &str) -> [(&str, &str); 6] {
 
 #[test]
 fn an_ovirt_disk_is_imported_through_an_image_transfer_and_finalized() {
-    if !common::imageio::require_imageio() {
+    if !test_kit::imageio::require_imageio() {
         return;
     }
-    use common::imageio::{qcow2_create, qcow2_to_raw, qcow2_write, Imageio, NbdExport, Ticket};
+    use test_kit::imageio::{qcow2_create, qcow2_to_raw, qcow2_write, Imageio, NbdExport, Ticket};
     let dir = tempdir();
     let image = dir.path().join("disk.qcow2");
     qcow2_create(&image, 8 * MIB as u64);

@@ -3,15 +3,13 @@
 //! VDDK mounted where CDI mounts VDDK, cold and warm (`IMPORTER_CURRENT/PREVIOUS_CHECKPOINT`),
 //! including a delta whose previous checkpoint is not the last one applied.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use common::vcsim::Vcsim;
-use common::vddk::FakeVddk;
-use common::*;
 use tempfile::TempDir;
+use test_kit::vcsim::Vcsim;
+use test_kit::vddk::FakeVddk;
+use test_kit::*;
 
 const MIB: u64 = 1 << 20;
 /// The ESXi host the fake VDDK says it opened the disk on.

@@ -3,16 +3,14 @@
 //! dirty extents) or a controller's changed-areas file, and the target's checkpoint chain that
 //! refuses deltas out of order. The target must equal the final disk byte for byte.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::imageio::{
+use serde_json::Value;
+use test_kit::imageio::{
     qcow2_create, qcow2_to_raw, qcow2_write, require_imageio, Imageio, NbdExport, Ticket,
 };
-use common::*;
-use serde_json::Value;
+use test_kit::*;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1 << 20;

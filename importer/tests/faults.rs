@@ -5,8 +5,6 @@
 //! read-only. Retried copies must end byte-identical (`importer verify`); what cannot be cured
 //! must fail with one clear line.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
@@ -14,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::nginx::{require_nginx, Location, Nginx};
-use common::vddk::FakeVddk;
-use common::*;
+use test_kit::nginx::{require_nginx, Location, Nginx};
+use test_kit::vddk::FakeVddk;
+use test_kit::*;
 
 const MIB: u64 = 1 << 20;
 
@@ -496,7 +494,7 @@ fn a_resumed_copy_onto_a_block_device_too_small_fails_before_writing() {
 
 #[test]
 fn an_imageio_daemon_restarted_mid_copy_is_reconnected_once_its_ticket_is_back() {
-    use common::imageio::{require_imageio, Imageio, Ticket};
+    use test_kit::imageio::{require_imageio, Imageio, Ticket};
     if !require_imageio() || !require_peer("nbdkit") {
         return;
     }

@@ -4,7 +4,7 @@
 //! `X-Auth-Token` and keeps `os_hash_algo`/`os_hash_value` and md5 `checksum` on the image.
 //! Credentials reach the importer through `OS_*` variables, never argv.
 
-mod keystone;
+use test_kit::keystone;
 
 use std::process::{Command, Output};
 

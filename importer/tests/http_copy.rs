@@ -4,12 +4,10 @@
 //! pinned SHA-256 or SHA-1 thumbprint in either accepted spelling; `--header` reaches a location
 //! that requires it; and `importer verify` of the URL against the copy finds them equal.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::nginx::{plain_hex, require_nginx, Location, Nginx, Tls};
-use common::*;
+use test_kit::nginx::{plain_hex, require_nginx, Location, Nginx, Tls};
+use test_kit::*;
 
 const MIB: usize = 1 << 20;
 /// A disk of data, repeated-byte and zero regions (64 KiB chunks).

@@ -4,8 +4,6 @@
 //! here that answers by hand and breaks the protocol: a body shorter than its Content-Length, a
 //! 206 whose Content-Range is not the range asked for.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -14,8 +12,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::nginx::{plain_hex, require_nginx, Location, Nginx};
-use common::*;
+use test_kit::nginx::{plain_hex, require_nginx, Location, Nginx};
+use test_kit::*;
 
 const MIB: usize = 1 << 20;
 const DISK: &str = "disk.img";
@@ -122,7 +120,7 @@ fn wrong_sha256_thumbprint_fails_naming_both_fingerprints() {
     let dir = tempdir();
     // A real certificate's fingerprint, just not the server's; given in the plain form, named
     // in the colon form.
-    let wrong = common::nginx::fingerprint(&nginx.tls().other_ca_cert(), "sha256");
+    let wrong = test_kit::nginx::fingerprint(&nginx.tls().other_ca_cert(), "sha256");
     let presented = nginx.tls().server_sha256();
 
     let (out, target) = copy(
@@ -141,7 +139,7 @@ fn wrong_sha1_thumbprint_fails_naming_both_fingerprints() {
         return;
     };
     let dir = tempdir();
-    let wrong = common::nginx::fingerprint(&nginx.tls().other_ca_cert(), "sha1");
+    let wrong = test_kit::nginx::fingerprint(&nginx.tls().other_ca_cert(), "sha1");
     let presented = nginx.tls().server_sha1();
 
     let (out, target) = copy(

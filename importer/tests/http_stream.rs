@@ -1,13 +1,11 @@
 //! HTTP bodies read as one stream: gzip and xz decompressed on the fly (size learnt at the end),
 //! `--checksum` over the received bytes, the KubeVirt export token, and refusals by magic.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::nginx::{require_nginx, Location, Nginx, EXPORT_TOKEN};
-use common::*;
+use test_kit::nginx::{require_nginx, Location, Nginx, EXPORT_TOKEN};
+use test_kit::*;
 
 const DISK_SIZE: usize = 6 * (1 << 20) + 12345;
 

@@ -8,15 +8,13 @@
 //! unless `--imageio-transport tcp` says otherwise or the socket cannot be reached (then the copy
 //! stays on HTTPS with one warning); `--read-gaps` reads short zero runs with the data.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::imageio::{
+use test_kit::imageio::{
     qcow2_create, qcow2_to_raw, qcow2_write, require_imageio, Imageio, NbdExport, Ticket,
 };
-use common::*;
+use test_kit::*;
 use transfer_core::http::HttpOptions;
 use transfer_core::source::imageio::ImageioSource;
 use transfer_core::BlockSource;

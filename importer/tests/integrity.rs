@@ -2,9 +2,7 @@
 //! `importer checksum` prints a per-range CRC32 manifest that is the same for a source (a real
 //! NBD server) and the copy of it, and right by an independent CRC32.
 
-mod common;
-
-use common::*;
+use test_kit::*;
 
 const MIB: usize = 1 << 20;
 

@@ -2,12 +2,10 @@
 //! every copy is compared byte for byte with the source and with what `nbdcopy` makes of the same
 //! URI, and the statistics line is checked against what the source holds.
 
-mod common;
-
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use common::*;
+use test_kit::*;
 
 const MIB: usize = 1 << 20;
 const BLOCK: usize = 4096;

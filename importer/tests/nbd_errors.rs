@@ -4,15 +4,13 @@
 //! tests/faults.rs's subject. Servers are real peers, or a fake NBD server written here (after the NBD
 //! project's doc/proto.md) that completes a valid handshake and then breaks the protocol.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::*;
+use test_kit::*;
 
 const MIB: usize = 1 << 20;
 

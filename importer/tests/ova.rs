@@ -5,13 +5,11 @@
 //! with `qemu-img convert -O raw` of the member extracted with tar, as the peers must. Broken
 //! archives fail with one clear line.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::images::*;
-use common::nginx::{require_nginx, Location, Nginx};
-use common::*;
+use test_kit::images::*;
+use test_kit::nginx::{require_nginx, Location, Nginx};
+use test_kit::*;
 
 /// An OVA of three disks (qemu-img stream-optimized, VMware-style, VMware-style gzipped) built
 /// from three different raw disks; returns it and the raw disks in disk order.
@@ -233,7 +231,7 @@ fn broken_ovas_fail_with_one_clear_line() {
         &dir.path().join("lost.ovf"),
         ovf(&[("gone.vmdk", RAW_SIZE as u64, false)]).as_bytes(),
     );
-    let lost = common::images::ova(dir.path(), "lost", &["lost.ovf", "vm-disk1.vmdk"]);
+    let lost = test_kit::images::ova(dir.path(), "lost", &["lost.ovf", "vm-disk1.vmdk"]);
     fails(&[s(&lost)], &["gone.vmdk", "not in the archive"]);
 
     // Truncated inside a disk: random access finds no footer, a stream ends early.
@@ -254,7 +252,7 @@ fn broken_ovas_fail_with_one_clear_line() {
     );
 
     // Read front to back, the descriptor must come first (as the OVF specification says).
-    let late = common::images::ova(dir.path(), "late", &["vm-disk1.vmdk", "vm.ovf"]);
+    let late = test_kit::images::ova(dir.path(), "late", &["vm-disk1.vmdk", "vm.ovf"]);
     nginx.put("late.ova", &std::fs::read(&late).unwrap());
     fails(
         &[&nginx.http(Location::NoRange, "late.ova"), "--disk", "0"],
@@ -266,7 +264,7 @@ fn broken_ovas_fail_with_one_clear_line() {
         &["delta applies to a raw disk"],
     );
     // A tar without a descriptor is not an OVA.
-    let plain = common::images::ova(dir.path(), "plain", &["vm-disk1.vmdk"]);
+    let plain = test_kit::images::ova(dir.path(), "plain", &["vm-disk1.vmdk"]);
     fails(&[s(&plain)], &["without an .ovf descriptor", "not an OVA"]);
     // A file that is only tar garbage after a valid header.
     let mut junk = bytes[..512].to_vec();
@@ -354,20 +352,20 @@ fn streamed_checksums_chunks_and_raw_sizes_are_checked_to_the_end() {
     );
     write_file(&dir.path().join("chunks.ovf"), ovf_text.as_bytes());
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let chunked = common::images::ova(dir.path(), "chunked", &refs);
+    let chunked = test_kit::images::ova(dir.path(), "chunked", &refs);
     let _ = std::fs::remove_file(&out);
     importer(&["copy", s(&chunked), s(&out)]).copy_stats();
     assert_same_files(&out, &raws[1]);
     let mut gap = refs.clone();
     gap.remove(2);
-    let gapped = common::images::ova(dir.path(), "gapped", &gap);
+    let gapped = test_kit::images::ova(dir.path(), "gapped", &gap);
     let _ = std::fs::remove_file(&out);
     importer(&["copy", s(&gapped), s(&out)]).assert_clean_failure(&["chunk 1 is missing"]);
 
     write_file(&dir.path().join("whole.raw"), &raw);
     let small = ovf(&[("whole.raw", RAW_SIZE as u64 - 512, false)]);
     write_file(&dir.path().join("small.ovf"), small.as_bytes());
-    let mismatch = common::images::ova(dir.path(), "mismatch", &["small.ovf", "whole.raw"]);
+    let mismatch = test_kit::images::ova(dir.path(), "mismatch", &["small.ovf", "whole.raw"]);
     nginx.put("mismatch.ova", &std::fs::read(&mismatch).unwrap());
     for src in [
         s(&mismatch).to_string(),

@@ -5,18 +5,17 @@
 //! CDI's names; SIGTERM mid-copy cancels the transfer. It lives with the importer's tests
 //! because they own the imageio peer; the binary is found next to this test's own.
 
-mod common;
-mod keystone;
+use test_kit::keystone;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::imageio::{
+use test_kit::imageio::{
     qcow2_create, qcow2_to_raw, qcow2_write, require_imageio, Imageio, NbdExport, Ticket,
 };
-use common::metrics::{assert_progress_done, scrape_until_exit};
-use common::*;
+use test_kit::metrics::{assert_progress_done, scrape_until_exit};
+use test_kit::*;
 
 const MIB: u64 = 1 << 20;
 

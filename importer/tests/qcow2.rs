@@ -4,12 +4,10 @@
 //! compared with `qemu-img convert -O raw` of the same image. Images qemu would need more for
 //! (a backing file) and damaged ones fail with one clear line.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::nginx::{require_nginx, Location, Nginx};
-use common::*;
+use test_kit::nginx::{require_nginx, Location, Nginx};
+use test_kit::*;
 
 /// A 64 MiB image with data, a zero range and unallocated space, and its raw conversion.
 fn reference(dir: &Path, name: &str, create: &[&str]) -> (PathBuf, PathBuf) {
@@ -59,10 +57,10 @@ fn qcow2_v2_v3_and_compressed_images_copy_like_qemu_img_convert() {
         let out = dir.path().join("out.img");
         copy_ok(s(image), &out);
         assert_same_files(&out, reference);
-        common::images::qemu_compare("qcow2", image, "raw", &out);
+        test_kit::images::qemu_compare("qcow2", image, "raw", &out);
     }
     // Extents come from the tables: the zero clusters and unallocated space are not data.
-    let (v, data) = common::images::extents_and_data(s(&v3));
+    let (v, data) = test_kit::images::extents_and_data(s(&v3));
     assert_eq!(data, 3 * (1 << 20) + 65536, "{v}");
     assert!(
         v.as_array().unwrap().iter().any(|e| e["kind"] == "zero"),

@@ -2,13 +2,13 @@
 //! loaded like VMware's, serving raw files, with a log of every call it received. VDDK itself
 //! cannot be installed here (it is proprietary), so the fake follows VMware's documented API.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::vddk::{FakeVddk, PASSWORD, TP};
-use common::{allocated_bytes, assert_file_holds, disk_bytes, s, spawn_importer_env, tempdir, Out};
 use serde_json::Value;
+use test_kit::vddk::{FakeVddk, PASSWORD, TP};
+use test_kit::{
+    allocated_bytes, assert_file_holds, disk_bytes, s, spawn_importer_env, tempdir, Out,
+};
 
 const TP_UPPER: &str = "0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9:0A:1B:2C:3D";
 const MIB: usize = 1 << 20;
@@ -42,7 +42,7 @@ fn without_info(out: &Out) -> Out {
 }
 
 /// A successful copy's statistics (see `Out::copy_stats`); INFO lines are allowed.
-fn stats(out: &Out) -> common::Stats {
+fn stats(out: &Out) -> test_kit::Stats {
     without_info(out).copy_stats()
 }
 
@@ -377,7 +377,7 @@ fn a_failed_read_fails_the_copy_and_removes_the_target() {
     let out = c.copy(&["--retries", "0"]);
 
     failure(&out, &["reading", "ReadAsync", "VIX error 1"]);
-    common::assert_no_complete_target(&c.target, &bytes);
+    test_kit::assert_no_complete_target(&c.target, &bytes);
     let log = c.fake.calls();
     assert_eq!(calls(&log, "Close").len(), 1, "the handle is still closed");
     assert_eq!(calls(&log, "Close")[0]["pending"], 0);

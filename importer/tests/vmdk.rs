@@ -5,13 +5,11 @@
 //! `qemu-img convert -O raw` of the same image (`qemu-img compare` agrees). Truncated,
 //! corrupted, oversized and self-referencing images fail with one clear line.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::images::*;
-use common::nginx::{require_nginx, Location, Nginx};
-use common::*;
+use test_kit::images::*;
+use test_kit::nginx::{require_nginx, Location, Nginx};
+use test_kit::*;
 
 fn copy_ok(source: &str, target: &Path) -> Stats {
     let _ = std::fs::remove_file(target);

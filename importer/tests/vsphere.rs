@@ -4,14 +4,12 @@
 //! snapshot moref as the previous checkpoint, faults and expired sessions, a refused login and
 //! a wrong thumbprint, and a whole delta read through the fake VDDK.
 
-mod common;
-
 use std::path::Path;
 
-use common::vcsim::Vcsim;
-use common::vddk::FakeVddk;
-use common::*;
 use serde_json::Value;
+use test_kit::vcsim::Vcsim;
+use test_kit::vddk::FakeVddk;
+use test_kit::*;
 
 const MIB: u64 = 1 << 20;
 

@@ -4,16 +4,11 @@
 //! bytes land in `--volume-path` as they are, and the progress is scraped over HTTPS with
 //! Forklift's regex (`progress\{ownerUID="UID"\} (\d+\.?\d*)`) and CDI's name.
 
-#[path = "../../importer/tests/keystone/mod.rs"]
-mod keystone;
-#[path = "../../importer/tests/common/metrics.rs"]
-mod metrics;
-
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use keystone::{serve, PASSWORD};
-use metrics::{assert_progress_done, scrape_until_exit};
+use test_kit::keystone::{serve, PASSWORD};
+use test_kit::metrics::{assert_progress_done, scrape_until_exit};
 
 const UID: &str = "7d3c9a1e-0000-4000-8000-000000000001";
 

@@ -1,9 +1,10 @@
-//! Shared helpers of the NBD integration tests: real peers (nbdkit, qemu-nbd, nbd-server) started
-//! on loopback and killed on drop, the `importer` binary run with a watchdog, `nbdcopy` reference
-//! copies, byte-for-byte comparison and deterministic disk contents.
-//!
-//! Every test binary uses a different subset of these helpers.
-#![allow(dead_code)]
+//! ferry's test kit (unpublished): what the importer's and the populators' integration tests
+//! share. It starts the real peers on loopback and kills them on drop (nbdkit, qemu-nbd,
+//! nbd-server, nginx, the ovirt-imageio daemon, govmomi's vCenter simulator, the fake VDDK),
+//! serves the in-test APIs that cannot be installed here (Keystone + Glance, the oVirt engine),
+//! finds and runs the binaries under test with a watchdog, makes reference images with the real
+//! tools and compares bytes. Under `CI=true` a missing peer fails the test; elsewhere the test
+//! prints `SKIP` and passes.
 
 use std::fs::File;
 use std::io::Write;
@@ -489,6 +490,24 @@ impl From<Output> for Out {
     }
 }
 
+/// The workspace binary `name` (`importer`, `populator`) of the profile the running test was
+/// built with: the test runs from `target/<profile>/deps/`, the binaries sit in
+/// `target/<profile>/` (cargo builds them for the tests of their own package).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let bin = profile.join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests of the package that builds it",
+        bin.display()
+    );
+    bin
+}
+
 /// Starts the importer binary with `args` (the log level pinned to the default).
 pub fn spawn_importer(args: &[&str]) -> Running {
     spawn_importer_env(args, &[])
@@ -496,7 +515,7 @@ pub fn spawn_importer(args: &[&str]) -> Running {
 
 /// Starts the importer binary with `args` and the extra environment `env`.
 pub fn spawn_importer_env(args: &[&str], env: &[(String, String)]) -> Running {
-    let child = Command::new(env!("CARGO_BIN_EXE_importer"))
+    let child = Command::new(binary("importer"))
         .args(args)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env_remove("FERRY_LOG")
@@ -655,6 +674,9 @@ pub fn allocated_bytes(path: &Path) -> u64 {
 
 /// The nginx peer of the HTTP(S) source tests.
 pub mod nginx;
+
+/// In-test Keystone v3 + Glance v2 and oVirt engine servers.
+pub mod keystone;
 
 /// The oVirt imageio daemon peer of the imageio source tests.
 pub mod imageio;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 
-use super::{s, spawn_importer_env, tempdir, Out};
+use crate::{s, spawn_importer_env, tempdir, Out};
 
 /// The SHA-1 thumbprint the `vddk://` URLs of the tests carry.
 pub const TP: &str = "0a:1b:2c:3d:4e:5f:60:71:82:93:a4:b5:c6:d7:e8:f9:0a:1b:2c:3d";

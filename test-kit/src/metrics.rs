@@ -1,6 +1,6 @@
 //! Scraping a pod binary's progress metrics over HTTPS (with curl, certificate unchecked: it is
-//! made at start) and reading them as the controllers do. Shared by the importer's tests and,
-//! through `#[path]`, the populator's.
+//! made at start) and reading them as the controllers do. Shared by the importer's tests and
+//! the populator's.
 
 use std::path::Path;
 use std::process::{Child, Command, Output};

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{importer, peer_missing, require_peers, run_ok, s, write_sparse};
+use crate::{importer, peer_missing, require_peers, run_ok, s, write_sparse};
 
 /// Where Debian's python3-vmdkstream puts VMDKstream.py.
 const VMDKSTREAM: &str = "/usr/lib/python3/dist-packages/VMDKstream.py";

@@ -5,7 +5,6 @@
 //! Users: `demo`/`Default` with [`PASSWORD`], the token `existing-token`, the application
 //! credential `ac-1`/`ac-secret`. The oVirt engine's image transfers ([`ovirt_engine`]).
 //! Shared by the importer's tests and the populators'.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::{peer_missing, s, tempdir};
+use crate::{peer_missing, s, tempdir};
 
 /// How long the launcher may take to print its ready line.
 const START: Duration = Duration::from_secs(60);

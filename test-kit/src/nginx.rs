@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::{free_tcp_port, require_peers, run_ok, s, tempdir};
+use crate::{free_tcp_port, require_peers, run_ok, s, tempdir};
 
 /// How long nginx may take to accept connections.
 const START: Duration = Duration::from_secs(30);

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::nginx::Tls;
-use super::{free_tcp_port, peer_missing, require_peers, run_ok, s, tempdir, Peer};
+use crate::nginx::Tls;
+use crate::{free_tcp_port, peer_missing, require_peers, run_ok, s, tempdir, Peer};
 
 /// How long the daemon may take to accept connections (Python start-up included).
 const START: Duration = Duration::from_secs(60);

@@ -12,18 +12,18 @@ use std::time::Instant;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::buffer::{Buffer, BufferPool};
+use crate::buffer::BufferPool;
 use crate::delta::DeltaSet;
 use crate::error::{Error, ErrorKind, Result};
-use crate::extent::{bridge, clip, coalesce, Extent, ExtentKind, Run};
-use crate::io::{create_engine, IoEngine, IoEngineKind, WriteJob};
-use crate::source::{extents_covering, BlockSource};
+use crate::io::{create_engine, IoEngine, IoEngineKind};
+use crate::source::{BlockSource, SourceCaps};
 use crate::target::BlockTarget;
 
 pub mod checksum;
 pub mod journal;
 pub mod progress;
 pub mod verify;
+mod worker;
 pub mod zero;
 
 pub use journal::Journal;
@@ -224,9 +224,35 @@ pub async fn copy(
     opts: &CopyOptions,
 ) -> Result<CopyStats> {
     let started = Instant::now();
+    let run = plan(&source, &target, opts).await?;
+    execute(&run, opts).await;
+    finish(run, &target, opts, started).await
+}
+
+/// A copy, planned: the handles, the shared state of the workers and what the plan covers.
+struct Planned {
+    shared: Arc<Shared>,
+    handles: Vec<Arc<dyn BlockSource>>,
+    caps: SourceCaps,
+    requests: usize,
+    journal: Option<Arc<Journal>>,
+    /// Bytes the plan covers.
+    planned: u64,
+    /// Bytes the journal has on the target already.
+    resumed: u64,
+    io_name: &'static str,
+}
+
+/// Checks the sizes, sizes the requests and the memory, opens the handles and the I/O engine,
+/// and lays out the work items (the delta's, or the whole disk), less those a journal has.
+async fn plan(
+    source: &Arc<dyn BlockSource>,
+    target: &Arc<dyn BlockTarget>,
+    opts: &CopyOptions,
+) -> Result<Planned> {
     let size = source.size();
-    let size_known = source.caps().size_known;
-    if size_known && target.size() < size {
+    let caps = source.caps();
+    if caps.size_known && target.size() < size {
         return Err(Error::new(
             ErrorKind::TargetTooSmall,
             format!(
@@ -236,7 +262,6 @@ pub async fn copy(
             ),
         ));
     }
-    let caps = source.caps();
     let request_size = opts
         .request_size
         .clamp(MIN_REQUEST, MAX_REQUEST)
@@ -245,7 +270,8 @@ pub async fn copy(
         / 4096
         * 4096;
     let max_buffers = (opts.memory / request_size).max(2);
-    let handles = open_handles(&source, opts.connections).await?;
+    let items = work_items(source, opts, request_size)?;
+    let handles = open_handles(source, opts.connections).await?;
     let requests = opts.requests.clamp(1, caps.max_requests.max(1));
     let io = create_engine(
         opts.io_engine,
@@ -263,63 +289,22 @@ pub async fn copy(
         io = io_name,
         "copy plan"
     );
-
-    let range_size = opts.range_size.max(request_size as u64);
-    let plan = match &opts.delta {
-        Some(_) if caps.sequential => {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "{} can only be read front to back: a delta needs random access",
-                    source.describe()
-                ),
-            ))
-        }
-        Some(d) if d.size() > size => {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!(
-                    "the delta covers {} bytes but {} has {size}",
-                    d.size(),
-                    source.describe()
-                ),
-            ))
-        }
-        Some(d) => group(d.pieces(range_size), range_size),
-        None => group(
-            DeltaSet::new(size, [(0, size)])?.pieces(range_size),
-            range_size,
-        ),
-    };
-    let planned: u64 = plan.iter().flatten().map(|r| r.1).sum();
-    let item_bytes: Vec<u64> = plan.iter().map(|w| w.iter().map(|r| r.1).sum()).collect();
+    let planned: u64 = items.iter().flatten().map(|r| r.1).sum();
+    let item_bytes: Vec<u64> = items.iter().map(|w| w.iter().map(|r| r.1).sum()).collect();
     let journal = opts.journal.clone().filter(|_| !caps.sequential);
     let skip = match &journal {
-        Some(j) => j.bind(plan.len()),
-        None => vec![false; plan.len()],
+        Some(j) => j.bind(items.len()),
+        None => vec![false; items.len()],
     };
-    let resumed: u64 = item_bytes
-        .iter()
-        .zip(&skip)
-        .filter(|(_, s)| **s)
-        .map(|(b, _)| b)
-        .sum();
-    if resumed > 0 {
-        tracing::info!(
-            bytes = resumed,
-            "resuming: {} of {} work items are on the target already",
-            skip.iter().filter(|s| **s).count(),
-            plan.len()
-        );
-    }
+    let resumed = resumed_bytes(&item_bytes, &skip);
     if let Some(p) = &opts.progress {
-        p.set_total(if size_known { planned } else { size });
+        p.set_total(if caps.size_known { planned } else { size });
         p.add(resumed);
     }
     let shared = Arc::new(Shared {
         size,
-        plan,
-        size_known,
+        plan: items,
+        size_known: caps.size_known,
         streamed: AtomicU64::new(0),
         request_size,
         read_gaps: opts.read_gaps,
@@ -337,9 +322,76 @@ pub async fn copy(
         remaining: item_bytes.into_iter().map(AtomicU64::new).collect(),
         journal: journal.clone(),
     });
+    Ok(Planned {
+        shared,
+        handles,
+        caps,
+        requests,
+        journal,
+        planned,
+        resumed,
+        io_name,
+    })
+}
+
+/// The work items of a copy: the delta's changed ranges, or the whole disk, grouped per range.
+fn work_items(
+    source: &Arc<dyn BlockSource>,
+    opts: &CopyOptions,
+    request_size: usize,
+) -> Result<Vec<Vec<(u64, u64)>>> {
+    let size = source.size();
+    let range_size = opts.range_size.max(request_size as u64);
+    match &opts.delta {
+        Some(_) if source.caps().sequential => Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "{} can only be read front to back: a delta needs random access",
+                source.describe()
+            ),
+        )),
+        Some(d) if d.size() > size => Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "the delta covers {} bytes but {} has {size}",
+                d.size(),
+                source.describe()
+            ),
+        )),
+        Some(d) => Ok(group(d.pieces(range_size), range_size)),
+        None => Ok(group(
+            DeltaSet::new(size, [(0, size)])?.pieces(range_size),
+            range_size,
+        )),
+    }
+}
+
+/// The bytes of the work items marked `skip` (on the target already), logged when there are any.
+fn resumed_bytes(item_bytes: &[u64], skip: &[bool]) -> u64 {
+    let resumed: u64 = item_bytes
+        .iter()
+        .zip(skip)
+        .filter(|(_, s)| **s)
+        .map(|(b, _)| b)
+        .sum();
+    if resumed > 0 {
+        tracing::info!(
+            bytes = resumed,
+            "resuming: {} of {} work items are on the target already",
+            skip.iter().filter(|s| **s).count(),
+            skip.len()
+        );
+    }
+    resumed
+}
+
+/// Runs one worker per handle to the end (a failure is kept in the shared state), keeping the
+/// journal up to date meanwhile, and closes the handles.
+async fn execute(run: &Planned, opts: &CopyOptions) {
+    let shared = &run.shared;
     // Brings the journal up to date now and then: marks taken before a flush are persisted
     // after it, so the file never claims what a crash could lose.
-    let keeper = journal.clone().map(|j| {
+    let keeper = run.journal.clone().map(|j| {
         let (io, every) = (shared.io.clone(), opts.journal_interval);
         tokio::spawn(async move {
             loop {
@@ -350,15 +402,14 @@ pub async fn copy(
             }
         })
     });
-
     let mut workers = JoinSet::new();
-    for h in &handles {
-        let (h, sh) = (h.clone(), shared.clone());
+    for h in &run.handles {
+        let (h, sh, caps, requests) = (h.clone(), shared.clone(), run.caps.clone(), run.requests);
         workers.spawn(async move {
             let r = if caps.sequential {
-                sequential_worker(h, sh.clone()).await
+                worker::sequential(h, sh.clone()).await
             } else {
-                worker(h, sh.clone(), requests, caps.can_extents).await
+                worker::positional(h, sh.clone(), requests, caps.can_extents).await
             };
             if let Err(e) = r {
                 sh.fail(e);
@@ -373,24 +424,36 @@ pub async fn copy(
             ));
         }
     }
-    for h in &handles {
+    for h in &run.handles {
         let _ = h.close().await;
     }
     if let Some(k) = keeper {
         k.abort();
     }
+}
+
+/// Ends a copy: after a failure, persists what the journal can keep and returns the first
+/// error; otherwise sizes a streamed target, flushes, checks the byte count, removes the
+/// journal and says what was done.
+async fn finish(
+    run: Planned,
+    target: &Arc<dyn BlockTarget>,
+    opts: &CopyOptions,
+    started: Instant,
+) -> Result<CopyStats> {
+    let shared = &run.shared;
     let failed = shared.first_error.lock().unwrap().take();
     if let Some(e) = failed {
         // What is on the target is kept for a resume.
-        if let Some(j) = &journal {
+        if let Some(j) = &run.journal {
             if let Err(pe) = persist(j, &*shared.io).await {
                 tracing::warn!("{pe}");
             }
         }
         return Err(e);
     }
-    let size = if size_known {
-        size
+    let size = if shared.size_known {
+        shared.size
     } else {
         let total = shared.streamed.load(Ordering::Relaxed);
         let t = target.clone();
@@ -404,7 +467,11 @@ pub async fn copy(
         shared.bytes_data.load(Ordering::Relaxed),
         shared.bytes_zero.load(Ordering::Relaxed),
     );
-    let expected = if size_known { planned - resumed } else { size };
+    let expected = if shared.size_known {
+        run.planned - run.resumed
+    } else {
+        size
+    };
     if d + z != expected {
         return Err(Error::new(
             ErrorKind::Io,
@@ -419,95 +486,11 @@ pub async fn copy(
         bytes_total: size,
         bytes_data: d,
         bytes_zero: z,
-        bytes_resumed: resumed,
+        bytes_resumed: run.resumed,
         seconds: started.elapsed().as_secs_f64(),
-        connections: handles.len(),
-        io_engine: io_name,
+        connections: run.handles.len(),
+        io_engine: run.io_name,
     })
-}
-
-async fn worker(
-    src: Arc<dyn BlockSource>,
-    sh: Arc<Shared>,
-    requests: usize,
-    can_extents: bool,
-) -> Result<()> {
-    let slots = Arc::new(Semaphore::new(requests));
-    let mut tasks: JoinSet<()> = JoinSet::new();
-    let result = async {
-        loop {
-            if sh.failed.load(Ordering::Relaxed) {
-                return Ok(());
-            }
-            let i = sh.next_range.fetch_add(1, Ordering::Relaxed) as usize;
-            let Some(work) = sh.plan.get(i) else {
-                return Ok(());
-            };
-            if sh.skip[i] {
-                continue;
-            }
-            let (first, last) = (work[0].0, work[work.len() - 1]);
-            let span = if can_extents {
-                extents_covering(&*src, first, last.0 + last.1 - first)
-                    .await
-                    .map_err(|e| e.context_prefix("reading extents"))?
-            } else {
-                vec![Extent::new(
-                    first,
-                    last.0 + last.1 - first,
-                    ExtentKind::Data,
-                )]
-            };
-            let runs = work.iter().flat_map(|&(start, len)| {
-                let extents = clip(&span, start, len);
-                bridge(coalesce(&extents, start, start + len), sh.read_gaps)
-            });
-            for run in runs.collect::<Vec<_>>() {
-                match run {
-                    Run::Zero { offset, len } => sh.zero(i, offset, len).await?,
-                    Run::Data { offset, len } => {
-                        let mut pos = offset;
-                        while pos < offset + len {
-                            if sh.failed.load(Ordering::Relaxed) {
-                                return Ok(());
-                            }
-                            let n = (offset + len - pos).min(sh.request_size as u64) as usize;
-                            let slot = slots.clone().acquire_owned().await.expect("semaphore open");
-                            let mem = sh
-                                .budget
-                                .clone()
-                                .acquire_owned()
-                                .await
-                                .expect("semaphore open");
-                            let (src, sh2) = (src.clone(), sh.clone());
-                            tasks.spawn(async move {
-                                if let Err(e) = request(&*src, &sh2, i, pos, n).await {
-                                    sh2.fail(e);
-                                }
-                                drop((slot, mem));
-                            });
-                            pos += n as u64;
-                            while tasks.try_join_next().is_some() {}
-                        }
-                    }
-                }
-            }
-        }
-    }
-    .await;
-    while tasks.join_next().await.is_some() {}
-    result
-}
-
-async fn request(
-    src: &dyn BlockSource,
-    sh: &Shared,
-    item: usize,
-    offset: u64,
-    len: usize,
-) -> Result<()> {
-    let buf = src.read_at(offset, sh.pool.get(len)).await?;
-    write_back(sh, Some(item), offset, buf).await
 }
 
 /// Flushes the target and persists the journal marks taken before the flush.
@@ -516,94 +499,6 @@ async fn persist(j: &Journal, io: &dyn IoEngine) -> Result<()> {
         io.flush().await?;
         j.persist(marks)?;
     }
-    Ok(())
-}
-
-/// Reads a sequential source (a stream) front to back with one read at a time, while the writes
-/// of earlier buffers proceed in parallel within the memory budget.
-async fn sequential_worker(src: Arc<dyn BlockSource>, sh: Arc<Shared>) -> Result<()> {
-    let mut tasks: JoinSet<()> = JoinSet::new();
-    let mut pos = 0u64;
-    let limit = if sh.size_known { sh.size } else { u64::MAX };
-    let result = async {
-        while pos < limit && !sh.failed.load(Ordering::Relaxed) {
-            let n = (limit - pos).min(sh.request_size as u64) as usize;
-            let mem = sh
-                .budget
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("semaphore open");
-            let buf = src.read_at(pos, sh.pool.get(n)).await?;
-            let got = buf.len();
-            if got < n && sh.size_known {
-                return Err(Error::new(
-                    ErrorKind::Protocol,
-                    format!(
-                        "{}: stream ended at {} of {} bytes",
-                        src.describe(),
-                        pos + got as u64,
-                        sh.size
-                    ),
-                ));
-            }
-            let sh2 = sh.clone();
-            let at = pos;
-            if got > 0 {
-                tasks.spawn(async move {
-                    if let Err(e) = write_back(&sh2, None, at, buf).await {
-                        sh2.fail(e);
-                    }
-                    drop(mem);
-                });
-            } else {
-                sh.pool.put(buf);
-            }
-            pos += got as u64;
-            sh.streamed.store(pos, Ordering::Relaxed);
-            while tasks.try_join_next().is_some() {}
-            if got < n {
-                break;
-            }
-        }
-        Ok(())
-    }
-    .await;
-    while tasks.join_next().await.is_some() {}
-    result
-}
-
-/// Zero-detects a filled buffer, zeroes or skips its zero blocks, writes its data blocks, and
-/// returns the buffer to the pool.
-async fn write_back(sh: &Shared, item: Option<usize>, offset: u64, buf: Buffer) -> Result<()> {
-    let len = buf.len();
-    let segs = zero::segments(&buf, zero::ZERO_BLOCK);
-    let mut data = Vec::with_capacity(segs.len());
-    let mut zero_bytes = 0u64;
-    for &(start, n, is_zero) in &segs {
-        if is_zero {
-            zero_bytes += n as u64;
-            if !sh.target_zero {
-                sh.io.zero(offset + start as u64, n as u64).await?;
-            }
-        } else {
-            data.push((start, n));
-        }
-    }
-    let data_bytes = len as u64 - zero_bytes;
-    let buf = if data.is_empty() {
-        buf
-    } else {
-        sh.io
-            .write(WriteJob {
-                offset,
-                buf,
-                segments: data,
-            })
-            .await?
-    };
-    sh.pool.put(buf);
-    sh.done(item, data_bytes, zero_bytes);
     Ok(())
 }
 

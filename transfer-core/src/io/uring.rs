@@ -64,7 +64,7 @@ impl UringEngine {
         let t = target.clone();
         let thread = thread::Builder::new()
             .name("ferry-uring".into())
-            .spawn(move || ring_loop(ring, rx, t))
+            .spawn(move || Ring::run(ring, rx, t))
             .map_err(|e| Error::io("spawning the io_uring thread", e))?;
         Ok(UringEngine {
             tx: Mutex::new(Some(tx)),
@@ -74,16 +74,62 @@ impl UringEngine {
     }
 }
 
-fn ring_loop(mut ring: IoUring, rx: mpsc::Receiver<Msg>, target: Arc<dyn BlockTarget>) {
-    let mut slots: Vec<Option<Pending>> = Vec::new();
-    let mut free: Vec<usize> = Vec::new();
-    let mut backlog: VecDeque<(usize, usize)> = VecDeque::new();
-    let mut inflight = 0usize;
-    let accept = |msg: Msg,
-                  slots: &mut Vec<Option<Pending>>,
-                  backlog: &mut VecDeque<(usize, usize)>,
-                  free: &mut Vec<usize>| {
-        let (job, reply) = msg;
+/// The ring thread's state: the ring, the jobs in flight (one slot each, reused), the segments
+/// waiting for a submission entry, and the target written to.
+struct Ring {
+    ring: IoUring,
+    target: Arc<dyn BlockTarget>,
+    slots: Vec<Option<Pending>>,
+    /// Slots free for the next job.
+    free: Vec<usize>,
+    /// Slots freed by completions since the last batch of jobs was taken (reused after it).
+    freed: Vec<usize>,
+    /// `(slot, segment)` pairs still to submit, or to submit again after a short write.
+    backlog: VecDeque<(usize, usize)>,
+    inflight: usize,
+}
+
+impl Ring {
+    /// Serves write jobs from `rx` until its sender is gone and nothing is in flight, or the ring
+    /// fails.
+    fn run(ring: IoUring, rx: mpsc::Receiver<Msg>, target: Arc<dyn BlockTarget>) {
+        let mut r = Ring {
+            ring,
+            target,
+            slots: Vec::new(),
+            free: Vec::new(),
+            freed: Vec::new(),
+            backlog: VecDeque::new(),
+            inflight: 0,
+        };
+        loop {
+            if r.inflight == 0 && r.backlog.is_empty() {
+                match rx.recv() {
+                    Ok(m) => r.accept(m),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(m) = rx.try_recv() {
+                r.accept(m);
+            }
+            r.free.append(&mut r.freed);
+            r.submit_backlog();
+            if r.inflight == 0 {
+                continue;
+            }
+            if let Err(e) = r.ring.submit_and_wait(1) {
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                r.fail_all(&e);
+                return;
+            }
+            r.reap();
+        }
+    }
+
+    /// Takes a job into a slot and queues its segments (a job without data is done at once).
+    fn accept(&mut self, (job, reply): Msg) {
         if job.segments.is_empty() {
             drop(reply.send(Ok(job.buf)));
             return;
@@ -96,46 +142,37 @@ fn ring_loop(mut ring: IoUring, rx: mpsc::Receiver<Msg>, target: Arc<dyn BlockTa
             job,
             reply,
         };
-        let slot = match free.pop() {
+        let slot = match self.free.pop() {
             Some(s) => {
-                slots[s] = Some(p);
+                self.slots[s] = Some(p);
                 s
             }
             None => {
-                slots.push(Some(p));
-                slots.len() - 1
+                self.slots.push(Some(p));
+                self.slots.len() - 1
             }
         };
-        backlog.extend((0..n).map(|i| (slot, i)));
-    };
-    let mut freed: Vec<usize> = Vec::new();
-    loop {
-        if inflight == 0 && backlog.is_empty() {
-            match rx.recv() {
-                Ok(m) => accept(m, &mut slots, &mut backlog, &mut free),
-                Err(_) => return,
-            }
-        }
-        while let Ok(m) = rx.try_recv() {
-            accept(m, &mut slots, &mut backlog, &mut free);
-        }
-        free.append(&mut freed);
-        while let Some(&(slot, seg)) = backlog.front() {
-            let p = slots[slot].as_mut().expect("live slot");
+        self.backlog.extend((0..n).map(|i| (slot, i)));
+    }
+
+    /// Pushes queued segments into the submission queue until it is full.
+    fn submit_backlog(&mut self) {
+        while let Some(&(slot, seg)) = self.backlog.front() {
+            let p = self.slots[slot].as_mut().expect("live slot");
             let (start, len) = p.job.segments[seg];
             let done = p.done[seg];
             let ptr = p.job.buf[start + done..].as_ptr();
             let off = p.job.offset + (start + done) as u64;
             let n = len - done;
-            let Some(fd) = target.raw_fd_for(off, n, ptr as usize) else {
+            let Some(fd) = self.target.raw_fd_for(off, n, ptr as usize) else {
                 p.error.get_or_insert_with(|| {
                     Error::new(
                         ErrorKind::Unsupported,
                         "target has no descriptor for io_uring",
                     )
                 });
-                backlog.pop_front();
-                complete_segment(&mut slots, slot, &mut freed);
+                self.backlog.pop_front();
+                self.complete_segment(slot);
                 continue;
             };
             let user = ((slot as u64) << 32) | seg as u64;
@@ -147,92 +184,98 @@ fn ring_loop(mut ring: IoUring, rx: mpsc::Receiver<Msg>, target: Arc<dyn BlockTa
             // entry; the entry is neither dropped nor replaced until every SQE of the job has
             // completed (`complete_segment` frees it only when `remaining` reaches 0), and moving
             // the `Pending` inside `slots` does not move the heap bytes. `fd` belongs to the
-            // target, which this thread keeps alive through its `Arc` until the loop exits.
-            if unsafe { ring.submission().push(&sqe) }.is_err() {
+            // target, which this ring keeps alive through its `Arc` until the thread exits.
+            if unsafe { self.ring.submission().push(&sqe) }.is_err() {
                 break;
             }
-            backlog.pop_front();
-            inflight += 1;
+            self.backlog.pop_front();
+            self.inflight += 1;
         }
-        if inflight == 0 {
-            continue;
+    }
+
+    /// The ring itself failed: fails every job in a slot.
+    fn fail_all(&mut self, e: &std::io::Error) {
+        for p in self.slots.drain(..).flatten() {
+            drop(p.reply.send(Err(Error::io(
+                "io_uring submit",
+                std::io::Error::from(e.kind()),
+            ))));
         }
-        if let Err(e) = ring.submit_and_wait(1) {
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            // The ring itself failed: fail everything queued and stop taking work.
-            for p in slots.drain(..).flatten() {
-                drop(p.reply.send(Err(Error::io(
-                    "io_uring submit",
-                    std::io::Error::from(e.kind()),
-                ))));
-            }
-            return;
-        }
-        let cqes: Vec<(u64, i32)> = ring
+    }
+
+    /// Handles every completion there is.
+    fn reap(&mut self) {
+        let cqes: Vec<(u64, i32)> = self
+            .ring
             .completion()
             .map(|c| (c.user_data(), c.result()))
             .collect();
         for (user, res) in cqes {
-            inflight -= 1;
-            let slot = (user >> 32) as usize;
-            let seg = (user & 0xffff_ffff) as usize;
-            let p = slots[slot].as_mut().expect("completion for a live slot");
-            let (start, len) = p.job.segments[seg];
-            if res < 0 {
-                let err = std::io::Error::from_raw_os_error(-res);
-                if matches!(-res, libc::EINTR | libc::EAGAIN) {
-                    backlog.push_back((slot, seg));
-                    continue;
-                }
-                let off = p.job.offset + (start + p.done[seg]) as u64;
-                p.error.get_or_insert_with(|| {
-                    let full = if -res == libc::ENOSPC || -res == libc::EDQUOT {
-                        ": the target is out of space"
-                    } else {
-                        ""
-                    };
-                    Error::io(
-                        format!("writing {} at offset {off}{full}", target.describe()),
-                        err,
-                    )
-                });
-            } else if res == 0 {
-                let off = p.job.offset + (start + p.done[seg]) as u64;
-                p.error.get_or_insert_with(|| {
-                    Error::new(
-                        ErrorKind::Io,
-                        format!(
-                            "writing {} at offset {off}: wrote 0 bytes",
-                            target.describe()
-                        ),
-                    )
-                });
-            } else {
-                p.done[seg] += res as usize;
-                if p.done[seg] < len {
-                    backlog.push_back((slot, seg));
-                    continue;
-                }
-                target.written(p.job.offset + start as u64, len as u64);
-            }
-            complete_segment(&mut slots, slot, &mut freed);
+            self.inflight -= 1;
+            self.completed((user >> 32) as usize, (user & 0xffff_ffff) as usize, res);
         }
     }
-}
 
-fn complete_segment(slots: &mut [Option<Pending>], slot: usize, freed: &mut Vec<usize>) {
-    let p = slots[slot].as_mut().expect("live slot");
-    p.remaining -= 1;
-    if p.remaining == 0 {
-        let p = slots[slot].take().expect("live slot");
-        freed.push(slot);
-        let r = match p.error {
-            Some(e) => Err(e),
-            None => Ok(p.job.buf),
-        };
-        drop(p.reply.send(r));
+    /// One completion of segment `seg` of the job in `slot`: `res` bytes written, or `-errno`.
+    /// A short write or EINTR/EAGAIN goes back to the backlog; an error is kept for the job.
+    fn completed(&mut self, slot: usize, seg: usize, res: i32) {
+        let target = self.target.clone();
+        let p = self.slots[slot]
+            .as_mut()
+            .expect("completion for a live slot");
+        let (start, len) = p.job.segments[seg];
+        let off = p.job.offset + (start + p.done[seg]) as u64;
+        if res < 0 {
+            if matches!(-res, libc::EINTR | libc::EAGAIN) {
+                self.backlog.push_back((slot, seg));
+                return;
+            }
+            p.error.get_or_insert_with(|| {
+                let full = if -res == libc::ENOSPC || -res == libc::EDQUOT {
+                    ": the target is out of space"
+                } else {
+                    ""
+                };
+                Error::io(
+                    format!("writing {} at offset {off}{full}", target.describe()),
+                    std::io::Error::from_raw_os_error(-res),
+                )
+            });
+        } else if res == 0 {
+            p.error.get_or_insert_with(|| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "writing {} at offset {off}: wrote 0 bytes",
+                        target.describe()
+                    ),
+                )
+            });
+        } else {
+            p.done[seg] += res as usize;
+            if p.done[seg] < len {
+                self.backlog.push_back((slot, seg));
+                return;
+            }
+            target.written(p.job.offset + start as u64, len as u64);
+        }
+        self.complete_segment(slot);
+    }
+
+    /// Counts one segment of the job in `slot` as finished; the last one answers the job and
+    /// frees the slot.
+    fn complete_segment(&mut self, slot: usize) {
+        let p = self.slots[slot].as_mut().expect("live slot");
+        p.remaining -= 1;
+        if p.remaining == 0 {
+            let p = self.slots[slot].take().expect("live slot");
+            self.freed.push(slot);
+            let r = match p.error {
+                Some(e) => Err(e),
+                None => Ok(p.job.buf),
+            };
+            drop(p.reply.send(r));
+        }
     }
 }
 

@@ -42,12 +42,15 @@ pub async fn read_runs(inner: &dyn BlockSource, runs: &[Run], buf: &mut Buffer) 
 
 /// A compressed unit's part of a read.
 pub struct Packed {
-    /// Where in the caller's buffer, where in the unit, and how many bytes.
+    /// Where in the caller's buffer.
     pub at: usize,
+    /// Where in the unit.
     pub within: u64,
+    /// How many bytes.
     pub len: usize,
-    /// Where its compressed bytes start in the file, and at most how many there are.
+    /// Where its compressed bytes start in the file.
     pub host: u64,
+    /// At most how many compressed bytes there are.
     pub max: u64,
     /// Bytes of the unit that must inflate (less than a unit only at the end of a disk).
     pub need: usize,

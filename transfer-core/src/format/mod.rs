@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod compose;
+pub mod mapped;
 pub mod ova;
 pub mod ovf;
 pub mod qcow2;

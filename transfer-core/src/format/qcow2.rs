@@ -8,17 +8,15 @@
 //! [`L2Entry::decode`]) is apart from I/O ([`Qcow2Source`]). Every table size a header claims
 //! is checked before anything is allocated.
 
-use std::collections::HashMap;
 use std::io::Read;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::buffer::Buffer;
-use crate::error::{Error, ErrorKind, Result};
-use crate::extent::{Extent, ExtentKind};
-use crate::format::batch::{push_run, read_packed, read_runs, Packed};
-use crate::format::{read_exact, unit_extents};
+use crate::error::{ErrorKind, Result};
+use crate::format::batch::Packed;
+use crate::format::mapped::{MappedSource, Mapping, TableCache, Unit};
+use crate::format::read_exact;
 use crate::source::{BlockSource, SourceCaps};
 
 /// The magic at offset 0: `QFI\xfb`.
@@ -34,14 +32,6 @@ const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 const L2_COMPRESSED: u64 = 1 << 62;
 /// L2 (version 3): the cluster reads as zeros.
 const L2_ZERO: u64 = 1;
-
-fn corrupt(why: impl std::fmt::Display) -> Error {
-    Error::new(ErrorKind::Protocol, format!("qcow2: {why}"))
-}
-
-fn unsupported(why: impl std::fmt::Display) -> Error {
-    Error::new(ErrorKind::Unsupported, format!("qcow2: {why}"))
-}
 
 fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
@@ -74,54 +64,56 @@ impl Header {
     /// reader does not read.
     pub fn parse(b: &[u8]) -> Result<Header> {
         if b.len() < 72 || b[..4] != MAGIC {
-            return Err(corrupt("not a qcow2 image (no QFI\\xfb magic)"));
+            return Err(ErrorKind::Damaged.about("qcow2", "not a qcow2 image (no QFI\\xfb magic)"));
         }
         let version = be32(b, 4);
         if version != 2 && version != 3 {
-            return Err(unsupported(format!("version {version} (2 and 3 are read)")));
+            return Err(ErrorKind::Unsupported
+                .about("qcow2", format!("version {version} (2 and 3 are read)")));
         }
         if be64(b, 8) != 0 || be32(b, 16) != 0 {
-            return Err(unsupported(
+            return Err(ErrorKind::Unsupported.about("qcow2", 
                 "the image has a backing file: convert it to a standalone image first (qemu-img convert), or copy the whole chain's top with its base",
             ));
         }
         let cluster_bits = be32(b, 20);
         if !(9..=21).contains(&cluster_bits) {
-            return Err(corrupt(format!("cluster_bits {cluster_bits} out of 9-21")));
+            return Err(ErrorKind::Damaged
+                .about("qcow2", format!("cluster_bits {cluster_bits} out of 9-21")));
         }
         let size = be64(b, 24);
         if be32(b, 32) != 0 {
-            return Err(unsupported("the image is encrypted"));
+            return Err(ErrorKind::Unsupported.about("qcow2", "the image is encrypted"));
         }
         let l1_size = be32(b, 36);
         let l1_offset = be64(b, 40);
         if version == 3 {
             if b.len() < Self::MIN_LEN {
-                return Err(corrupt("version 3 header shorter than 104 bytes"));
+                return Err(
+                    ErrorKind::Damaged.about("qcow2", "version 3 header shorter than 104 bytes")
+                );
             }
             let incompatible = be64(b, 72);
             if incompatible & 2 != 0 {
-                return Err(corrupt("the image is marked corrupt"));
+                return Err(ErrorKind::Damaged.about("qcow2", "the image is marked corrupt"));
             }
             if incompatible & 4 != 0 {
-                return Err(unsupported(
-                    "the image keeps its data in an external data file",
-                ));
+                return Err(ErrorKind::Unsupported
+                    .about("qcow2", "the image keeps its data in an external data file"));
             }
             if incompatible & 8 != 0 {
-                return Err(unsupported(
-                    "the image uses zstd compression (deflate is read)",
-                ));
+                return Err(ErrorKind::Unsupported
+                    .about("qcow2", "the image uses zstd compression (deflate is read)"));
             }
             if incompatible & 16 != 0 {
-                return Err(unsupported(
-                    "the image uses extended L2 entries (subclusters)",
-                ));
+                return Err(ErrorKind::Unsupported
+                    .about("qcow2", "the image uses extended L2 entries (subclusters)"));
             }
             if incompatible & !0x1f != 0 {
-                return Err(unsupported(format!(
-                    "unknown incompatible features {incompatible:#x}"
-                )));
+                return Err(ErrorKind::Unsupported.about(
+                    "qcow2",
+                    format!("unknown incompatible features {incompatible:#x}"),
+                ));
             }
         }
         let h = Header {
@@ -133,17 +125,24 @@ impl Header {
         };
         let needed = h.l1_entries_needed();
         if (l1_size as u64) < needed {
-            return Err(corrupt(format!(
-                "an L1 table of {l1_size} entries cannot map {size} bytes (needs {needed})"
-            )));
+            return Err(ErrorKind::Damaged.about(
+                "qcow2",
+                format!(
+                    "an L1 table of {l1_size} entries cannot map {size} bytes (needs {needed})"
+                ),
+            ));
         }
         if needed * 8 > MAX_L1_BYTES {
-            return Err(corrupt(format!(
-                "a disk of {size} bytes needs an L1 table larger than {MAX_L1_BYTES} bytes"
-            )));
+            return Err(ErrorKind::Damaged.about(
+                "qcow2",
+                format!(
+                    "a disk of {size} bytes needs an L1 table larger than {MAX_L1_BYTES} bytes"
+                ),
+            ));
         }
         if needed > 0 && (l1_offset == 0 || !l1_offset.is_multiple_of(h.cluster_size())) {
-            return Err(corrupt(format!("L1 table at unaligned offset {l1_offset}")));
+            return Err(ErrorKind::Damaged
+                .about("qcow2", format!("L1 table at unaligned offset {l1_offset}")));
         }
         Ok(h)
     }
@@ -198,9 +197,10 @@ impl L2Entry {
             return Ok(L2Entry::Zero);
         }
         if offset & ((1 << cluster_bits) - 1) != 0 {
-            return Err(corrupt(format!(
-                "data cluster at unaligned offset {offset}"
-            )));
+            return Err(ErrorKind::Damaged.about(
+                "qcow2",
+                format!("data cluster at unaligned offset {offset}"),
+            ));
         }
         Ok(if offset == 0 {
             L2Entry::Unallocated
@@ -210,25 +210,22 @@ impl L2Entry {
     }
 }
 
-/// What the handles of one image share: its header, L1 table and cached L2 tables.
-struct Image {
+/// A qcow2 image: its header, L1 table and cached L2 tables, shared by every handle.
+pub struct Qcow2Image {
     header: Header,
     l1: Vec<u64>,
-    l2: Mutex<HashMap<u64, Arc<Vec<u64>>>>,
+    l2: TableCache<u64, u64>,
     desc: String,
 }
 
-/// A qcow2 image on `inner`, read as a raw disk.
-pub struct Qcow2Source {
-    inner: Arc<dyn BlockSource>,
-    image: Arc<Image>,
-}
+/// A qcow2 image on a source, read as a raw disk.
+pub type Qcow2Source = MappedSource<Qcow2Image>;
 
-impl Qcow2Source {
+impl MappedSource<Qcow2Image> {
     /// Opens the image on `inner` (a positional source).
     pub async fn open(inner: Arc<dyn BlockSource>) -> Result<Qcow2Source> {
         if inner.caps().sequential {
-            return Err(unsupported(format!(
+            return Err(ErrorKind::Unsupported.about("qcow2", format!(
                 "{} can only be read front to back; a qcow2 image needs random access (a server with Range support, or a file)",
                 inner.describe()
             )));
@@ -238,61 +235,82 @@ impl Qcow2Source {
         let header = Header::parse(head.as_slice())?;
         let n = header.l1_entries_needed() as usize;
         let raw = read_exact(&*inner, header.l1_offset, n * 8).await?;
-        let l1: Vec<u64> = raw
-            .as_slice()
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
-            .collect();
+        let l1 = be_words(raw.as_slice());
         let desc = format!("qcow2 v{} image on {}", header.version, inner.describe());
-        Ok(Qcow2Source {
-            inner,
-            image: Arc::new(Image {
-                header,
-                l1,
-                l2: Mutex::new(HashMap::new()),
-                desc,
-            }),
-        })
+        let image = Qcow2Image {
+            header,
+            l1,
+            l2: TableCache::new(L2_CACHE),
+            desc,
+        };
+        Ok(MappedSource::new(inner, image))
     }
+}
 
+fn be_words(b: &[u8]) -> Vec<u64> {
+    b.chunks_exact(8)
+        .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+        .collect()
+}
+
+impl Qcow2Image {
     /// The L2 entry of guest cluster `c`.
-    async fn entry(&self, c: u64) -> Result<L2Entry> {
-        let h = &self.image.header;
+    async fn entry(&self, inner: &dyn BlockSource, c: u64) -> Result<L2Entry> {
+        let h = &self.header;
         let (l1i, l2i) = (c / h.l2_entries(), c % h.l2_entries());
-        let l1e = self.image.l1[l1i as usize];
-        let table_at = l1e & OFFSET_MASK;
+        let table_at = self.l1[l1i as usize] & OFFSET_MASK;
         if table_at == 0 {
             return Ok(L2Entry::Unallocated);
         }
         if !table_at.is_multiple_of(h.cluster_size()) {
-            return Err(corrupt(format!("L2 table at unaligned offset {table_at}")));
+            return Err(ErrorKind::Damaged
+                .about("qcow2", format!("L2 table at unaligned offset {table_at}")));
         }
-        let cached = self
-            .image
+        let table = self
             .l2
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&table_at)
-            .cloned();
-        let table = match cached {
-            Some(t) => t,
-            None => {
-                let raw = read_exact(&*self.inner, table_at, h.cluster_size() as usize).await?;
-                let t: Arc<Vec<u64>> = Arc::new(
-                    raw.as_slice()
-                        .chunks_exact(8)
-                        .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
-                        .collect(),
-                );
-                let mut cache = self.image.l2.lock().unwrap_or_else(|e| e.into_inner());
-                if cache.len() >= L2_CACHE {
-                    cache.clear();
-                }
-                cache.insert(table_at, t.clone());
-                t
-            }
-        };
+            .get(table_at, async {
+                let raw = read_exact(inner, table_at, h.cluster_size() as usize).await?;
+                Ok(be_words(raw.as_slice()))
+            })
+            .await?;
         L2Entry::decode(table[l2i as usize], h.cluster_bits, h.version)
+    }
+}
+
+#[async_trait]
+impl Mapping for Qcow2Image {
+    fn describe(&self) -> &str {
+        &self.desc
+    }
+
+    fn size(&self) -> u64 {
+        self.header.size
+    }
+
+    fn unit(&self) -> u64 {
+        self.header.cluster_size()
+    }
+
+    fn preferred_request(&self, inner: &SourceCaps) -> usize {
+        (self.header.cluster_size() as usize).max(inner.preferred_request)
+    }
+
+    async fn locate(&self, inner: &dyn BlockSource, c: u64) -> Result<Unit> {
+        let cs = self.header.cluster_size();
+        Ok(match self.entry(inner, c).await? {
+            L2Entry::Unallocated => Unit::Hole,
+            L2Entry::Zero => Unit::Zero,
+            L2Entry::Data(host) => Unit::Plain(host),
+            L2Entry::Compressed { offset, len } => Unit::Packed {
+                host: offset,
+                max: len.min(2 * cs),
+                need: cs as usize,
+            },
+        })
+    }
+
+    fn inflate(&self, raw: &[u8], out: &mut [u8], part: &Packed) -> Result<()> {
+        inflate_cluster(raw, out).map_err(|e| e.context_prefix(format!("cluster at {}", part.host)))
     }
 }
 
@@ -305,108 +323,23 @@ pub fn inflate_cluster(raw: &[u8], out: &mut [u8]) -> Result<()> {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) => {
-                return Err(corrupt(format!(
-                    "a compressed cluster does not inflate: {e}"
-                )))
+                return Err(ErrorKind::Damaged.about(
+                    "qcow2",
+                    format!("a compressed cluster does not inflate: {e}"),
+                ))
             }
         }
     }
     if filled < out.len() {
-        return Err(corrupt(format!(
-            "a compressed cluster inflates to {filled} bytes, not {}",
-            out.len()
-        )));
+        return Err(ErrorKind::Damaged.about(
+            "qcow2",
+            format!(
+                "a compressed cluster inflates to {filled} bytes, not {}",
+                out.len()
+            ),
+        ));
     }
     Ok(())
-}
-
-#[async_trait]
-impl BlockSource for Qcow2Source {
-    fn describe(&self) -> String {
-        self.image.desc.clone()
-    }
-
-    fn size(&self) -> u64 {
-        self.image.header.size
-    }
-
-    fn caps(&self) -> SourceCaps {
-        let inner = self.inner.caps();
-        SourceCaps {
-            can_extents: true,
-            preferred_request: (self.image.header.cluster_size() as usize)
-                .max(inner.preferred_request),
-            ..inner
-        }
-    }
-
-    async fn read_at(&self, offset: u64, mut buf: Buffer) -> Result<Buffer> {
-        let len = buf.len() as u64;
-        if offset.checked_add(len).is_none_or(|e| e > self.size()) {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!(
-                    "{}: read of {len} bytes at {offset} past the end",
-                    self.describe()
-                ),
-            ));
-        }
-        let cs = self.image.header.cluster_size();
-        let mut runs = Vec::new();
-        let mut packed = Vec::new();
-        let mut pos = offset;
-        while pos < offset + len {
-            let c = pos / cs;
-            let within = pos % cs;
-            let n = (cs - within).min(offset + len - pos) as usize;
-            let at = (pos - offset) as usize;
-            match self.entry(c).await? {
-                L2Entry::Unallocated | L2Entry::Zero => buf.as_mut_slice()[at..at + n].fill(0),
-                L2Entry::Data(host) => push_run(&mut runs, at, host + within, n),
-                L2Entry::Compressed { offset: host, len } => packed.push(Packed {
-                    at,
-                    within,
-                    len: n,
-                    host,
-                    max: len.min(2 * cs),
-                    need: cs as usize,
-                }),
-            }
-            pos += n as u64;
-        }
-        read_runs(&*self.inner, &runs, &mut buf).await?;
-        if packed.is_empty() {
-            return Ok(buf);
-        }
-        read_packed(&*self.inner, cs as usize, packed, buf, |raw, out, p| {
-            inflate_cluster(raw, out)
-                .map_err(|e| e.context_prefix(format!("cluster at {}", p.host)))
-        })
-        .await
-    }
-
-    async fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        let cs = self.image.header.cluster_size();
-        unit_extents(offset, len, self.size(), cs, |c| async move {
-            Ok(match self.entry(c).await? {
-                L2Entry::Unallocated => ExtentKind::Hole,
-                L2Entry::Zero => ExtentKind::Zero,
-                L2Entry::Data(_) | L2Entry::Compressed { .. } => ExtentKind::Data,
-            })
-        })
-        .await
-    }
-
-    async fn open_another(&self) -> Result<Arc<dyn BlockSource>> {
-        Ok(Arc::new(Qcow2Source {
-            inner: self.inner.open_another().await?,
-            image: self.image.clone(),
-        }))
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
-    }
 }
 
 #[cfg(test)]

@@ -4,18 +4,16 @@
 //! lie next to each other in the file are read with one request, and compressed grains are
 //! inflated on the blocking pool, so a large read decodes in parallel with the others.
 
-use std::collections::HashMap;
 use std::io::Read;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use super::header::{corrupt, parse_footer, Marker, SparseHeader, GD_AT_END, SECTOR};
-use crate::buffer::Buffer;
 use crate::error::{Error, ErrorKind, Result};
-use crate::extent::{Extent, ExtentKind};
-use crate::format::batch::{push_run, read_packed, read_runs, Packed};
-use crate::format::{read_exact, unit_extents};
+use crate::format::batch::Packed;
+use crate::format::mapped::{MappedSource, Mapping, TableCache, Unit};
+use crate::format::read_exact;
 use crate::source::{BlockSource, SourceCaps};
 
 /// Cached grain tables, in bytes.
@@ -90,22 +88,19 @@ pub fn inflate_grain(data: &[u8], markers: bool, out: &mut [u8], need: usize) ->
     }
 }
 
-/// What the handles of one extent share.
-struct Shared {
+/// A sparse extent: its header, grain directory and cached grain tables, shared by every
+/// handle.
+pub struct SparseExtent {
     header: SparseHeader,
     gd: Vec<u32>,
-    gts: Mutex<HashMap<u64, Arc<Vec<u32>>>>,
-    max_gts: usize,
+    gts: TableCache<u64, u32>,
     desc: String,
 }
 
-/// A sparse extent on `inner`, read as a raw disk.
-pub struct SparseSource {
-    inner: Arc<dyn BlockSource>,
-    x: Arc<Shared>,
-}
+/// A sparse extent on a source, read as a raw disk.
+pub type SparseSource = MappedSource<SparseExtent>;
 
-impl SparseSource {
+impl MappedSource<SparseExtent> {
     /// Opens the sparse extent on `inner` (a positional source).
     pub async fn open(inner: Arc<dyn BlockSource>) -> Result<SparseSource> {
         if inner.caps().sequential {
@@ -160,64 +155,43 @@ impl SparseSource {
             },
             inner.describe()
         );
-        Ok(SparseSource {
-            inner,
-            x: Arc::new(Shared {
-                max_gts: (GT_CACHE_BYTES / gt_bytes).max(2),
-                header,
-                gd,
-                gts: Mutex::new(HashMap::new()),
-                desc,
-            }),
-        })
+        let extent = SparseExtent {
+            gts: TableCache::new((GT_CACHE_BYTES / gt_bytes).max(2)),
+            header,
+            gd,
+            desc,
+        };
+        Ok(MappedSource::new(inner, extent))
     }
+}
 
-    /// The header in use (the footer's for a stream-optimized extent).
-    pub fn header(&self) -> &SparseHeader {
-        &self.x.header
-    }
-
+impl SparseExtent {
     /// Where grain `g` is.
-    async fn grain(&self, g: u64) -> Result<Grain> {
-        let h = &self.x.header;
+    async fn grain(&self, inner: &dyn BlockSource, g: u64) -> Result<Grain> {
+        let h = &self.header;
         let per = h.gtes_per_gt as u64;
         let gd_index = g / per;
-        let gt_sector = self.x.gd[gd_index as usize];
+        let gt_sector = self.gd[gd_index as usize];
         if gt_sector == 0 {
             return Ok(Grain::Unallocated);
         }
-        let cached = self
-            .x
+        let table = self
             .gts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&gd_index)
-            .cloned();
-        let table = match cached {
-            Some(t) => t,
-            None => {
-                let raw =
-                    read_exact(&*self.inner, gt_sector as u64 * SECTOR, per as usize * 4).await?;
-                let t: Arc<Vec<u32>> = Arc::new(
-                    raw.as_slice()
-                        .chunks_exact(4)
-                        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-                        .collect(),
-                );
-                let mut cache = self.x.gts.lock().unwrap_or_else(|e| e.into_inner());
-                if cache.len() >= self.x.max_gts {
-                    cache.clear();
-                }
-                cache.insert(gd_index, t.clone());
-                t
-            }
-        };
+            .get(gd_index, async {
+                let raw = read_exact(inner, gt_sector as u64 * SECTOR, per as usize * 4).await?;
+                Ok(raw
+                    .as_slice()
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+                    .collect())
+            })
+            .await?;
         let grain = Grain::decode(table[(g % per) as usize]);
         if let Grain::At(s) = grain {
-            if s.checked_mul(SECTOR).is_none_or(|b| b >= self.inner.size()) {
+            if s.checked_mul(SECTOR).is_none_or(|b| b >= inner.size()) {
                 return Err(corrupt(format!(
                     "grain {g} at sector {s}, past the end of {}: truncated?",
-                    self.inner.describe()
+                    inner.describe()
                 )));
             }
         }
@@ -226,108 +200,49 @@ impl SparseSource {
 }
 
 #[async_trait]
-impl BlockSource for SparseSource {
-    fn describe(&self) -> String {
-        self.x.desc.clone()
+impl Mapping for SparseExtent {
+    fn describe(&self) -> &str {
+        &self.desc
     }
 
     fn size(&self) -> u64 {
-        self.x.header.size()
+        self.header.size()
     }
 
-    fn caps(&self) -> SourceCaps {
-        let inner = self.inner.caps();
-        let preferred = if self.x.header.compressed() {
+    fn unit(&self) -> u64 {
+        self.header.grain_bytes()
+    }
+
+    fn preferred_request(&self, inner: &SourceCaps) -> usize {
+        let preferred = if self.header.compressed() {
             4 << 20
         } else {
             1 << 20
         };
-        SourceCaps {
-            can_extents: true,
-            preferred_request: preferred
-                .max(inner.preferred_request)
-                .min(inner.max_request),
-            ..inner
-        }
+        preferred
+            .max(inner.preferred_request)
+            .min(inner.max_request)
     }
 
-    async fn read_at(&self, offset: u64, mut buf: Buffer) -> Result<Buffer> {
-        let len = buf.len() as u64;
-        if offset.checked_add(len).is_none_or(|e| e > self.size()) {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!(
-                    "{}: read of {len} bytes at {offset} past the end",
-                    self.x.desc
-                ),
-            ));
-        }
-        let gb = self.x.header.grain_bytes();
-        let compressed = self.x.header.compressed();
-        // A compressed grain takes at most a grain, its marker and deflate's few bytes of
-        // overhead, rounded to sectors.
-        let bound = gb + 4096;
-        let (mut runs, mut packed) = (Vec::new(), Vec::new());
-        let mut pos = offset;
-        while pos < offset + len {
-            let g = pos / gb;
-            let within = pos % gb;
-            let n = (gb - within).min(offset + len - pos) as usize;
-            let at = (pos - offset) as usize;
-            match self.grain(g).await? {
-                Grain::Unallocated | Grain::Zero => buf.as_mut_slice()[at..at + n].fill(0),
-                Grain::At(s) if compressed => packed.push(Packed {
-                    at,
-                    within,
-                    len: n,
-                    host: s * SECTOR,
-                    max: bound,
-                    need: (self.size() - g * gb).min(gb) as usize,
-                }),
-                Grain::At(s) => push_run(&mut runs, at, s * SECTOR + within, n),
-            }
-            pos += n as u64;
-        }
-        read_runs(&*self.inner, &runs, &mut buf).await?;
-        if packed.is_empty() {
-            return Ok(buf);
-        }
-        let markers = self.x.header.markers();
-        let desc = self.x.desc.clone();
-        read_packed(
-            &*self.inner,
-            gb as usize,
-            packed,
-            buf,
-            move |raw, out, p| {
-                inflate_grain(raw, markers, out, p.need)
-                    .map_err(|e| e.context_prefix(format!("{desc}, sector {}", p.host / SECTOR)))
+    async fn locate(&self, inner: &dyn BlockSource, g: u64) -> Result<Unit> {
+        let gb = self.header.grain_bytes();
+        Ok(match self.grain(inner, g).await? {
+            Grain::Unallocated => Unit::Hole,
+            Grain::Zero => Unit::Zero,
+            // A compressed grain takes at most a grain, its marker and deflate's few bytes of
+            // overhead, rounded to sectors.
+            Grain::At(s) if self.header.compressed() => Unit::Packed {
+                host: s * SECTOR,
+                max: gb + 4096,
+                need: (self.size() - g * gb).min(gb) as usize,
             },
-        )
-        .await
-    }
-
-    async fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        let gb = self.x.header.grain_bytes();
-        unit_extents(offset, len, self.size(), gb, |g| async move {
-            Ok(match self.grain(g).await? {
-                Grain::Unallocated => ExtentKind::Hole,
-                Grain::Zero => ExtentKind::Zero,
-                Grain::At(_) => ExtentKind::Data,
-            })
+            Grain::At(s) => Unit::Plain(s * SECTOR),
         })
-        .await
     }
 
-    async fn open_another(&self) -> Result<Arc<dyn BlockSource>> {
-        Ok(Arc::new(SparseSource {
-            inner: self.inner.open_another().await?,
-            x: self.x.clone(),
-        }))
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
+    fn inflate(&self, raw: &[u8], out: &mut [u8], part: &Packed) -> Result<()> {
+        inflate_grain(raw, self.header.markers(), out, part.need)
+            .map_err(|e| e.context_prefix(format!("{}, sector {}", self.desc, part.host / SECTOR)))
     }
 }
 

@@ -9,6 +9,8 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 # The library's minimal feature set (no HTTP family, VDDK or io_uring), as an embedder that
 # copies NBD exports or files builds it.
 cargo clippy -p transfer-core --all-targets --release --no-default-features -- -D warnings
+# The API docs build without a warning (broken links, undocumented public items).
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

@@ -4,6 +4,8 @@
 //! engine's image transfer around an imageio download ([`ovirt`]) and read Forklift's secret
 //! from the environment ([`forklift`]).
 
+#![warn(missing_docs)]
+
 pub mod forklift;
 pub mod metrics;
 pub mod ovirt;

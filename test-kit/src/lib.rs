@@ -672,23 +672,10 @@ pub fn allocated_bytes(path: &Path) -> u64 {
     path.metadata().expect("target metadata").blocks() * 512
 }
 
-/// The nginx peer of the HTTP(S) source tests.
-pub mod nginx;
-
-/// In-test Keystone v3 + Glance v2 and oVirt engine servers.
-pub mod keystone;
-
-/// The oVirt imageio daemon peer of the imageio source tests.
 pub mod imageio;
-
-/// ferry's fake VDDK (`vddk-sys/fake`) set up for the VDDK source tests.
-pub mod vddk;
-
-/// Scraping progress metrics over HTTPS as the controllers read them.
-pub mod metrics;
-
-/// govmomi's vCenter simulator with changed-block tracking (`.peers/bin/vcsim-ferry`).
-pub mod vcsim;
-
-/// Reference disk images made by the real tools (qemu-img, VMDKstream.py, tar, gzip).
 pub mod images;
+pub mod keystone;
+pub mod metrics;
+pub mod nginx;
+pub mod vcsim;
+pub mod vddk;

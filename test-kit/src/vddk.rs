@@ -101,7 +101,7 @@ impl FakeVddk {
         self.dir.path().join("calls.log")
     }
 
-    /// Writes `bytes` as the raw disk "[datastore1] NAME/NAME.vmdk", leaving all-zero 64 KiB
+    /// Writes `bytes` as the raw disk `"[datastore1] NAME/NAME.vmdk"`, leaving all-zero 64 KiB
     /// blocks as holes (so the default allocation map has them), and returns that path.
     pub fn add_disk(&self, name: &str, bytes: &[u8]) -> String {
         let path = format!("[{DATASTORE}] {name}/{name}.vmdk");
@@ -116,7 +116,7 @@ impl FakeVddk {
         write_holey(Path::new(&format!("{}@{snapshot}", s(&file))), bytes);
     }
 
-    /// The local file behind the datastore path "[DATASTORE] rel".
+    /// The local file behind the datastore path `"[DATASTORE] rel"`.
     pub fn file_of(&self, path: &str) -> PathBuf {
         let (datastore, rel) = path
             .strip_prefix('[')

@@ -65,6 +65,8 @@
 //! [`job::SourceSpec::Opened`]; a delta is [`job::Mode::Delta`] with where its changed ranges
 //! come from, and checkpoint ids that the target's chain checks.
 
+#![warn(missing_docs)]
+
 pub mod buffer;
 pub mod delta;
 #[cfg(feature = "http")]

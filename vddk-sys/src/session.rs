@@ -363,7 +363,7 @@ fn note_version(msg: &str) {
 }
 
 /// The host VDDK opened a disk on, from its log line
-/// "DISKLIB-LINK  : Opened 'vpxa-nfcssl://[ds] vm/vm.vmdk@esx1.example.com:902' (0xa): ...".
+/// `"DISKLIB-LINK  : Opened 'vpxa-nfcssl://[ds] vm/vm.vmdk@esx1.example.com:902' (0xa): ..."`.
 pub fn parse_host(msg: &str) -> Option<String> {
     let rest = &msg[msg.find("DISKLIB-LINK")?..];
     let rest = &rest[rest.find("Opened '")? + "Opened '".len()..];

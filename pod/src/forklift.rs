@@ -1,13 +1,38 @@
-//! Forklift's OpenStack secret, as its openstack-populator gets it in the environment.
+//! Forklift's populator secrets, as its populators get them in the environment: the OpenStack
+//! credentials and the TLS trust of either populator.
 
+use std::path::Path;
+
+use transfer_core::http::TlsTrust;
 use transfer_core::source::glance::GlanceAuth;
+use transfer_core::{Error, Result};
+
+fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.is_empty())
+}
+
+/// TLS trust from the secret: `insecureSkipVerify`, or `cacert` (PEM text, written to
+/// `dir/ca.pem` for the HTTP layer to read), else the system's roots.
+pub fn tls_trust(dir: &Path) -> Result<TlsTrust> {
+    if env("insecureSkipVerify").as_deref() == Some("true") {
+        return Ok(TlsTrust::Insecure);
+    }
+    match env("cacert") {
+        Some(pem) => {
+            let p = dir.join("ca.pem");
+            std::fs::write(&p, pem).map_err(|e| Error::io("writing the CA certificate", e))?;
+            Ok(TlsTrust::CaBundle(p))
+        }
+        None => Ok(TlsTrust::System),
+    }
+}
 
 /// Reads the keys of Forklift's OpenStack secret (`authType`, `username`, `userID`,
 /// `password`, `token`, `applicationCredentialID`/`Name`/`Secret`, `projectName`,
 /// `projectID`, `userDomainName`/`ID`, `projectDomainName`/`ID`, `domainName`/`ID` for both
 /// when the specific ones are absent, `regionName`, `availability`).
 pub fn glance_auth() -> GlanceAuth {
-    let v = |k: &str| std::env::var(k).ok().filter(|s| !s.is_empty());
+    let v = env;
     let domain_name = v("domainName");
     let domain_id = v("domainID");
     GlanceAuth {

@@ -99,6 +99,26 @@ impl Metrics {
         out
     }
 
+    /// Starts the counters `names` of `owner_uid` on a populator pod's :8443, or, when
+    /// `FERRY_METRICS_ADDR_FILE` is set (tests only), on a free loopback port whose address is
+    /// written to the file it names.
+    pub async fn start_for_populator(names: &[&str], owner_uid: &str) -> Result<Arc<Metrics>> {
+        let metrics = Metrics::new(names, owner_uid);
+        match std::env::var("FERRY_METRICS_ADDR_FILE")
+            .ok()
+            .filter(|f| !f.is_empty())
+        {
+            Some(file) => {
+                let bound = metrics.serve("127.0.0.1:0").await?;
+                let _ = std::fs::write(file, bound.to_string());
+            }
+            None => {
+                metrics.serve("0.0.0.0:8443").await?;
+            }
+        }
+        Ok(metrics)
+    }
+
     /// Serves the counters over HTTPS on `addr` (any path); returns the bound address.
     pub async fn serve(self: &Arc<Self>, addr: &str) -> Result<SocketAddr> {
         let tls = tls_config()?;

@@ -20,7 +20,7 @@ use std::time::Duration;
 use ferry_pod::metrics::Metrics;
 use ferry_pod::ovirt::Engine;
 use transfer_core::engine::Progress;
-use transfer_core::http::{HttpOptions, TlsTrust};
+use transfer_core::http::HttpOptions;
 use transfer_core::job::{Resume, SourceSpec, TargetSpec, Transfer, TransferSpec};
 use transfer_core::open::SourceOptions;
 use transfer_core::source::glance::GlanceSource;
@@ -42,9 +42,6 @@ const KNOWN: [&str; 10] = [
 ];
 /// How long the finished progress stays scrapeable when no scrape has seen it yet.
 const GRACE: Duration = Duration::from_secs(3);
-/// Under this variable (tests only) the metrics listen on a free loopback port whose address
-/// is written to the file it names.
-const METRICS_ADDR_FILE: &str = "FERRY_METRICS_ADDR_FILE";
 
 /// The populator's flags.
 #[derive(Debug, Default)]
@@ -169,39 +166,9 @@ fn env(k: &str) -> Option<String> {
     std::env::var(k).ok().filter(|v| !v.is_empty())
 }
 
-/// TLS trust from Forklift's secret: `insecureSkipVerify`, or `cacert` (PEM text) written to
-/// a file the HTTP layer reads.
-fn trust(dir: &tempfile::TempDir) -> Result<TlsTrust> {
-    if env("insecureSkipVerify").as_deref() == Some("true") {
-        return Ok(TlsTrust::Insecure);
-    }
-    match env("cacert") {
-        Some(pem) => {
-            let p = dir.path().join("ca.pem");
-            std::fs::write(&p, pem).map_err(|e| Error::io("writing the CA certificate", e))?;
-            Ok(TlsTrust::CaBundle(p))
-        }
-        None => Ok(TlsTrust::System),
-    }
-}
-
-async fn start_metrics(names: &[&str], owner: &str) -> Result<Arc<Metrics>> {
-    let metrics = Metrics::new(names, owner);
-    match env(METRICS_ADDR_FILE) {
-        Some(file) => {
-            let bound = metrics.serve("127.0.0.1:0").await?;
-            let _ = std::fs::write(file, bound.to_string());
-        }
-        None => {
-            metrics.serve("0.0.0.0:8443").await?;
-        }
-    }
-    Ok(metrics)
-}
-
 async fn openstack(flags: &Flags) -> Result<()> {
     let owner = flags.get("owner-uid").unwrap_or("").to_owned();
-    let metrics = start_metrics(
+    let metrics = Metrics::start_for_populator(
         &[
             "openstack_populator_progress",
             "kubevirt_cdi_openstack_populator_progress_total",
@@ -221,7 +188,7 @@ async fn openstack(flags: &Flags) -> Result<()> {
     })?;
     let dir = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
     let opts = HttpOptions {
-        trust: trust(&dir)?,
+        trust: ferry_pod::forklift::tls_trust(dir.path())?,
         ..HttpOptions::default()
     };
     let auth = ferry_pod::forklift::glance_auth();
@@ -289,7 +256,7 @@ async fn populate(
 /// finalized on success and cancelled on failure.
 async fn ovirt(flags: &Flags) -> Result<()> {
     let owner = flags.get("owner-uid").unwrap_or("").to_owned();
-    let metrics = start_metrics(
+    let metrics = Metrics::start_for_populator(
         &["ovirt_progress", "kubevirt_cdi_ovirt_progress_total"],
         &owner,
     )
@@ -316,7 +283,7 @@ async fn ovirt(flags: &Flags) -> Result<()> {
     };
     let dir = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
     let opts = HttpOptions {
-        trust: trust(&dir)?,
+        trust: ferry_pod::forklift::tls_trust(dir.path())?,
         ..HttpOptions::default()
     };
     let engine = Engine::login(&api, &need("user")?, &need("password")?, &opts).await?;

@@ -12,9 +12,9 @@
 use std::time::Duration;
 
 use ferry_fuzz::debug;
+use ferry_pod::ovirt::{keep_alive_period, parse_token, parse_transfer};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use ferry_pod::ovirt::{keep_alive_period, parse_token, parse_transfer};
 
 fuzz_target!(|data: &[u8]| {
     debug(|| {

@@ -147,6 +147,39 @@ struct Shared {
 }
 
 impl Shared {
+    /// The state of a copy of `size` bytes (`caps`: the source's) through `io`.
+    fn new(
+        size: u64,
+        caps: &SourceCaps,
+        target: &dyn BlockTarget,
+        opts: &CopyOptions,
+        sizes: &Sizes,
+        io: Arc<dyn IoEngine>,
+        layout: Layout,
+    ) -> Shared {
+        Shared {
+            size,
+            plan: layout.items,
+            size_known: caps.size_known,
+            streamed: AtomicU64::new(0),
+            request_size: sizes.request_size,
+            read_gaps: opts.read_gaps,
+            next_range: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            first_error: Mutex::new(None),
+            budget: Arc::new(Semaphore::new(sizes.max_buffers)),
+            pool: BufferPool::new(sizes.request_size),
+            io,
+            target_zero: target.reads_as_zero(),
+            bytes_data: AtomicU64::new(0),
+            bytes_zero: AtomicU64::new(0),
+            progress: opts.progress.clone(),
+            skip: layout.skip,
+            remaining: layout.item_bytes.into_iter().map(AtomicU64::new).collect(),
+            journal: layout.journal,
+        }
+    }
+
     fn fail(&self, e: Error) {
         let mut g = self.first_error.lock().unwrap();
         if g.is_none() {
@@ -262,76 +295,111 @@ async fn plan(
             ),
         ));
     }
-    let request_size = opts
-        .request_size
-        .clamp(MIN_REQUEST, MAX_REQUEST)
-        .min(caps.max_request)
-        .max(4096)
-        / 4096
-        * 4096;
-    let max_buffers = (opts.memory / request_size).max(2);
-    let items = work_items(source, opts, request_size)?;
+    let sizes = Sizes::new(opts, &caps);
+    let items = work_items(source, opts, sizes.request_size)?;
     let handles = open_handles(source, opts.connections).await?;
-    let requests = opts.requests.clamp(1, caps.max_requests.max(1));
     let io = create_engine(
         opts.io_engine,
         target.clone(),
         opts.writer_threads,
-        (max_buffers * 4).next_power_of_two() as u32,
+        (sizes.max_buffers * 4).next_power_of_two() as u32,
         opts.direct,
     )?;
     let io_name = io.name();
     tracing::debug!(
         connections = handles.len(),
-        requests,
-        request_size,
-        max_buffers,
+        requests = sizes.requests,
+        request_size = sizes.request_size,
+        max_buffers = sizes.max_buffers,
         io = io_name,
         "copy plan"
     );
-    let planned: u64 = items.iter().flatten().map(|r| r.1).sum();
-    let item_bytes: Vec<u64> = items.iter().map(|w| w.iter().map(|r| r.1).sum()).collect();
-    let journal = opts.journal.clone().filter(|_| !caps.sequential);
-    let skip = match &journal {
-        Some(j) => j.bind(items.len()),
-        None => vec![false; items.len()],
-    };
-    let resumed = resumed_bytes(&item_bytes, &skip);
+    let layout = Layout::new(items, opts, &caps);
     if let Some(p) = &opts.progress {
-        p.set_total(if caps.size_known { planned } else { size });
-        p.add(resumed);
+        p.set_total(if caps.size_known {
+            layout.planned
+        } else {
+            size
+        });
+        p.add(layout.resumed);
     }
-    let shared = Arc::new(Shared {
-        size,
-        plan: items,
-        size_known: caps.size_known,
-        streamed: AtomicU64::new(0),
-        request_size,
-        read_gaps: opts.read_gaps,
-        next_range: AtomicU64::new(0),
-        failed: AtomicBool::new(false),
-        first_error: Mutex::new(None),
-        budget: Arc::new(Semaphore::new(max_buffers)),
-        pool: BufferPool::new(request_size),
-        io,
-        target_zero: target.reads_as_zero(),
-        bytes_data: AtomicU64::new(0),
-        bytes_zero: AtomicU64::new(0),
-        progress: opts.progress.clone(),
-        skip,
-        remaining: item_bytes.into_iter().map(AtomicU64::new).collect(),
-        journal: journal.clone(),
-    });
+    let (planned, resumed, journal) = (layout.planned, layout.resumed, layout.journal.clone());
+    let shared = Shared::new(size, &caps, &**target, opts, &sizes, io, layout);
     Ok(Planned {
-        shared,
+        shared: Arc::new(shared),
         handles,
         caps,
-        requests,
+        requests: sizes.requests,
         journal,
         planned,
         resumed,
         io_name,
     })
+}
+
+/// The sizes of a copy's requests and of its in-flight budget.
+struct Sizes {
+    /// Bytes per read request: the option within 256 KiB-4 MiB, capped by the source, in
+    /// whole 4 KiB blocks.
+    request_size: usize,
+    /// Buffers in flight at most, all handles together (the memory budget).
+    max_buffers: usize,
+    /// Requests in flight per handle.
+    requests: usize,
+}
+
+impl Sizes {
+    fn new(opts: &CopyOptions, caps: &SourceCaps) -> Sizes {
+        let request_size = opts
+            .request_size
+            .clamp(MIN_REQUEST, MAX_REQUEST)
+            .min(caps.max_request)
+            .max(4096)
+            / 4096
+            * 4096;
+        Sizes {
+            request_size,
+            max_buffers: (opts.memory / request_size).max(2),
+            requests: opts.requests.clamp(1, caps.max_requests.max(1)),
+        }
+    }
+}
+
+/// The work items of a copy, bound to the resume journal.
+struct Layout {
+    items: Vec<Vec<(u64, u64)>>,
+    /// Bytes of each work item.
+    item_bytes: Vec<u64>,
+    /// Work items the journal has on the target already.
+    skip: Vec<bool>,
+    /// The journal (none for a sequential source).
+    journal: Option<Arc<Journal>>,
+    /// Bytes the work items cover.
+    planned: u64,
+    /// Bytes of the items the journal has on the target already.
+    resumed: u64,
+}
+
+impl Layout {
+    /// Binds the journal of `opts` (unless the source is sequential) to `items`.
+    fn new(items: Vec<Vec<(u64, u64)>>, opts: &CopyOptions, caps: &SourceCaps) -> Layout {
+        let planned: u64 = items.iter().flatten().map(|r| r.1).sum();
+        let item_bytes: Vec<u64> = items.iter().map(|w| w.iter().map(|r| r.1).sum()).collect();
+        let journal = opts.journal.clone().filter(|_| !caps.sequential);
+        let skip = match &journal {
+            Some(j) => j.bind(items.len()),
+            None => vec![false; items.len()],
+        };
+        let resumed = resumed_bytes(&item_bytes, &skip);
+        Layout {
+            items,
+            item_bytes,
+            skip,
+            journal,
+            planned,
+            resumed,
+        }
+    }
 }
 
 /// The work items of a copy: the delta's changed ranges, or the whole disk, grouped per range.

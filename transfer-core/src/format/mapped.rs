@@ -39,7 +39,6 @@ pub enum Unit {
 }
 
 /// What a table-mapped image format knows; shared by every handle of one image.
-#[async_trait]
 pub trait Mapping: Send + Sync + 'static {
     /// The image, for messages.
     fn describe(&self) -> &str;
@@ -50,7 +49,11 @@ pub trait Mapping: Send + Sync + 'static {
     /// The request size to prefer, given what the file's source prefers.
     fn preferred_request(&self, inner: &SourceCaps) -> usize;
     /// Where unit `index` is, reading tables from `inner` when they are not cached.
-    async fn locate(&self, inner: &dyn BlockSource, index: u64) -> Result<Unit>;
+    fn locate(
+        &self,
+        inner: &dyn BlockSource,
+        index: u64,
+    ) -> impl Future<Output = Result<Unit>> + Send;
     /// Inflates compressed unit bytes `raw` into `out` (a unit long); `part` says which.
     fn inflate(&self, raw: &[u8], out: &mut [u8], part: &Packed) -> Result<()>;
 }
@@ -68,6 +71,11 @@ impl<M: Mapping> MappedSource<M> {
             inner,
             map: Arc::new(map),
         }
+    }
+
+    /// The image's mapping.
+    pub fn mapping(&self) -> &M {
+        &self.map
     }
 }
 
@@ -158,6 +166,14 @@ impl<M: Mapping> BlockSource for MappedSource<M> {
     async fn close(&self) -> Result<()> {
         self.inner.close().await
     }
+}
+
+/// Decodes a table of `N`-byte entries with `decode` (`u64::from_be_bytes`,
+/// `u32::from_le_bytes`, ...); a partial entry at the end is left out.
+pub fn entries<const N: usize, T>(b: &[u8], decode: fn([u8; N]) -> T) -> Vec<T> {
+    b.chunks_exact(N)
+        .map(|c| decode(c.try_into().expect("N bytes")))
+        .collect()
 }
 
 /// Mapping tables (qcow2 L2 tables, VMDK grain tables) read on demand and kept, at most `max`

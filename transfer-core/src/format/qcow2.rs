@@ -11,11 +11,9 @@
 use std::io::Read;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-
 use crate::error::{ErrorKind, Result};
 use crate::format::batch::Packed;
-use crate::format::mapped::{MappedSource, Mapping, TableCache, Unit};
+use crate::format::mapped::{entries, MappedSource, Mapping, TableCache, Unit};
 use crate::format::read_exact;
 use crate::source::{BlockSource, SourceCaps};
 
@@ -235,7 +233,7 @@ impl MappedSource<Qcow2Image> {
         let header = Header::parse(head.as_slice())?;
         let n = header.l1_entries_needed() as usize;
         let raw = read_exact(&*inner, header.l1_offset, n * 8).await?;
-        let l1 = be_words(raw.as_slice());
+        let l1 = entries(raw.as_slice(), u64::from_be_bytes);
         let desc = format!("qcow2 v{} image on {}", header.version, inner.describe());
         let image = Qcow2Image {
             header,
@@ -245,12 +243,6 @@ impl MappedSource<Qcow2Image> {
         };
         Ok(MappedSource::new(inner, image))
     }
-}
-
-fn be_words(b: &[u8]) -> Vec<u64> {
-    b.chunks_exact(8)
-        .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
-        .collect()
 }
 
 impl Qcow2Image {
@@ -270,14 +262,13 @@ impl Qcow2Image {
             .l2
             .get(table_at, async {
                 let raw = read_exact(inner, table_at, h.cluster_size() as usize).await?;
-                Ok(be_words(raw.as_slice()))
+                Ok(entries(raw.as_slice(), u64::from_be_bytes))
             })
             .await?;
         L2Entry::decode(table[l2i as usize], h.cluster_bits, h.version)
     }
 }
 
-#[async_trait]
 impl Mapping for Qcow2Image {
     fn describe(&self) -> &str {
         &self.desc

@@ -181,10 +181,12 @@ impl Ring {
                 .build()
                 .user_data(user);
             // SAFETY: the SQE points into `p.job.buf`, whose heap storage is owned by the slot
-            // entry; the entry is neither dropped nor replaced until every SQE of the job has
-            // completed (`complete_segment` frees it only when `remaining` reaches 0), and moving
-            // the `Pending` inside `slots` does not move the heap bytes. `fd` belongs to the
-            // target, which this ring keeps alive through its `Arc` until the thread exits.
+            // entry until the completion arrives: the entry is neither dropped nor replaced until
+            // every SQE of the job has completed (`complete_segment` frees it only when
+            // `remaining` reaches 0; `fail_all`, after the ring itself failed, leaks the buffer
+            // instead of freeing it), and moving the `Pending` inside `slots` does not move the
+            // heap bytes. `fd` belongs to the target, which this ring keeps alive through its
+            // `Arc` until the thread exits.
             if unsafe { self.ring.submission().push(&sqe) }.is_err() {
                 break;
             }
@@ -193,10 +195,14 @@ impl Ring {
         }
     }
 
-    /// The ring itself failed: fails every job in a slot.
+    /// The ring itself failed: fails every job in a slot. Writes of those jobs may still be in
+    /// the kernel and read their buffers, so the buffers are leaked, never freed: the copy has
+    /// failed, and a few leaked buffers are better than a write of freed memory.
     fn fail_all(&mut self, e: &std::io::Error) {
         for p in self.slots.drain(..).flatten() {
-            drop(p.reply.send(Err(Error::io(
+            let Pending { job, reply, .. } = p;
+            std::mem::forget(job);
+            drop(reply.send(Err(Error::io(
                 "io_uring submit",
                 std::io::Error::from(e.kind()),
             ))));
@@ -219,7 +225,7 @@ impl Ring {
     /// One completion of segment `seg` of the job in `slot`: `res` bytes written, or `-errno`.
     /// A short write or EINTR/EAGAIN goes back to the backlog; an error is kept for the job.
     fn completed(&mut self, slot: usize, seg: usize, res: i32) {
-        let target = self.target.clone();
+        let target = &self.target;
         let p = self.slots[slot]
             .as_mut()
             .expect("completion for a live slot");

@@ -7,12 +7,10 @@
 use std::io::Read;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-
 use super::header::{corrupt, parse_footer, Marker, SparseHeader, GD_AT_END, SECTOR};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::batch::Packed;
-use crate::format::mapped::{MappedSource, Mapping, TableCache, Unit};
+use crate::format::mapped::{entries, MappedSource, Mapping, TableCache, Unit};
 use crate::format::read_exact;
 use crate::source::{BlockSource, SourceCaps};
 
@@ -112,22 +110,7 @@ impl MappedSource<SparseExtent> {
                 ),
             ));
         }
-        let head = read_exact(&*inner, 0, SparseHeader::LEN.min(inner.size() as usize)).await?;
-        let mut header = SparseHeader::parse(head.as_slice())?;
-        if header.gd_offset == GD_AT_END {
-            let size = inner.size();
-            if size < 1536 + 512 {
-                return Err(corrupt("the extent is too short for a footer: truncated?"));
-            }
-            let tail = read_exact(&*inner, size - 1536, 1536).await?;
-            let footer = parse_footer(tail.as_slice())?;
-            if (footer.capacity, footer.grain_sectors, footer.gtes_per_gt)
-                != (header.capacity, header.grain_sectors, header.gtes_per_gt)
-            {
-                return Err(corrupt("the footer and the header disagree on the layout"));
-            }
-            header = footer;
-        }
+        let header = read_header(&*inner).await?;
         let n = header.gd_entries() as usize;
         let gd: Vec<u32> = if n == 0 {
             Vec::new()
@@ -140,10 +123,7 @@ impl MappedSource<SparseExtent> {
                 .checked_mul(SECTOR)
                 .ok_or_else(|| corrupt("grain directory offset out of range"))?;
             let raw = read_exact(&*inner, at, n * 4).await?;
-            raw.as_slice()
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect()
+            entries(raw.as_slice(), u32::from_le_bytes)
         };
         let gt_bytes = header.gtes_per_gt as usize * 4;
         let desc = format!(
@@ -163,6 +143,33 @@ impl MappedSource<SparseExtent> {
         };
         Ok(MappedSource::new(inner, extent))
     }
+
+    /// The header in use (the footer's for a stream-optimized extent).
+    pub fn header(&self) -> &SparseHeader {
+        &self.mapping().header
+    }
+}
+
+/// The header in use: the extent's, or the footer's when the grain directory is at the end (a
+/// stream-optimized extent), which must agree with the header on the layout.
+async fn read_header(inner: &dyn BlockSource) -> Result<SparseHeader> {
+    let head = read_exact(inner, 0, SparseHeader::LEN.min(inner.size() as usize)).await?;
+    let header = SparseHeader::parse(head.as_slice())?;
+    if header.gd_offset != GD_AT_END {
+        return Ok(header);
+    }
+    let size = inner.size();
+    if size < 1536 + 512 {
+        return Err(corrupt("the extent is too short for a footer: truncated?"));
+    }
+    let tail = read_exact(inner, size - 1536, 1536).await?;
+    let footer = parse_footer(tail.as_slice())?;
+    if (footer.capacity, footer.grain_sectors, footer.gtes_per_gt)
+        != (header.capacity, header.grain_sectors, header.gtes_per_gt)
+    {
+        return Err(corrupt("the footer and the header disagree on the layout"));
+    }
+    Ok(footer)
 }
 
 impl SparseExtent {
@@ -179,11 +186,7 @@ impl SparseExtent {
             .gts
             .get(gd_index, async {
                 let raw = read_exact(inner, gt_sector as u64 * SECTOR, per as usize * 4).await?;
-                Ok(raw
-                    .as_slice()
-                    .chunks_exact(4)
-                    .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-                    .collect())
+                Ok(entries(raw.as_slice(), u32::from_le_bytes))
             })
             .await?;
         let grain = Grain::decode(table[(g % per) as usize]);
@@ -199,7 +202,6 @@ impl SparseExtent {
     }
 }
 
-#[async_trait]
 impl Mapping for SparseExtent {
     fn describe(&self) -> &str {
         &self.desc

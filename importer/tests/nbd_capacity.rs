@@ -8,14 +8,13 @@
 //! a probe connection would use up a server that serves one client and then exits).
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tempfile::TempDir;
+use test_kit::{require_peers, run_ok, s, tempdir};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -25,63 +24,6 @@ const SERVER_START: Duration = Duration::from_secs(30);
 /// How long one importer run may take before the test gives up on it: a hang guard, not a
 /// timing assertion.
 const IMPORTER_WATCHDOG: Duration = Duration::from_secs(180);
-
-/// True when every binary in `bins` is on PATH. A missing one fails the test under CI
-/// (`CI=true`), where scripts/install-peers.sh must have installed it; elsewhere the test is
-/// skipped with a SKIP line on stderr.
-fn peers_present(bins: &[&str]) -> bool {
-    let on_path = |bin: &str| {
-        std::env::var_os("PATH").is_some_and(|p| {
-            std::env::split_paths(&p).any(|d| {
-                d.join(bin)
-                    .metadata()
-                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            })
-        })
-    };
-    let missing: Vec<&str> = bins.iter().copied().filter(|b| !on_path(b)).collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let test = std::thread::current().name().unwrap_or("?").to_owned();
-    let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
-    assert!(
-        !ci,
-        "{test}: test peer(s) {missing:?} not installed; CI must run scripts/install-peers.sh"
-    );
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "SKIP {test}: test peer(s) {missing:?} not installed (scripts/install-peers.sh installs them)"
-    );
-    false
-}
-
-fn tempdir() -> TempDir {
-    tempfile::Builder::new()
-        .prefix("ferry-nbd-capacity-")
-        .tempdir()
-        .expect("a temporary directory")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 path")
-}
-
-/// Runs `program args...` and panics with its stderr unless it succeeds.
-fn run_ok(program: &str, args: &[&str]) -> Output {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// Whether a Unix socket bound at `path` is listening (`__SO_ACCEPTCON` in /proc/net/unix).
 fn listening(path: &Path) -> bool {
@@ -258,7 +200,7 @@ fn disk_bytes(size: usize, seed: u64) -> Vec<u8> {
 
 #[test]
 fn a_delta_from_a_default_qemu_nbd_uses_one_connection() {
-    if !peers_present(&["qemu-nbd", "qemu-img", "qemu-io"]) {
+    if !require_peers(&["qemu-nbd", "qemu-img", "qemu-io"]) {
         return;
     }
     let dir = tempdir();
@@ -324,7 +266,7 @@ fn a_delta_from_a_default_qemu_nbd_uses_one_connection() {
 
 #[test]
 fn a_server_that_takes_two_clients_still_gets_a_full_copy() {
-    if !peers_present(&["qemu-nbd"]) {
+    if !require_peers(&["qemu-nbd"]) {
         return;
     }
     let dir = tempdir();

@@ -274,8 +274,11 @@ fn a_snapshot_moref_reads_the_disk_as_of_that_snapshot() {
 }
 
 #[test]
-fn the_password_never_appears_in_logs_output_or_the_library_log() {
-    let fake = FakeVddk::new().knob("FAKE_VDDK_PASSWORD", PASSWORD);
+fn the_password_never_appears_in_logs_output_argv_environment_or_what_vddk_is_given() {
+    // Slow reads keep the importer running while its /proc entries are read.
+    let fake = FakeVddk::new()
+        .knob("FAKE_VDDK_PASSWORD", PASSWORD)
+        .knob("FAKE_VDDK_LATENCY_US", "200000");
     let disk = fake.add_disk("vm-42", &disk_bytes(MIB, 16));
     let dir = tempdir();
     let pw = dir.path().join("password");
@@ -284,8 +287,8 @@ fn the_password_never_appears_in_logs_output_or_the_library_log() {
     let file = format!("file={disk}");
     let target = dir.path().join("disk.img");
 
-    // Debug level: VDDK's own log lines and the per-call statistics are printed too.
-    let out = spawn_importer_env(
+    // Trace level: every log line of ferry and of VDDK, the per-call statistics included.
+    let run = spawn_importer_env(
         &[
             "copy",
             &url,
@@ -295,24 +298,54 @@ fn the_password_never_appears_in_logs_output_or_the_library_log() {
             "--password-file",
             s(&pw),
             "--log-level",
-            "debug",
+            "trace",
         ],
         &fake.env(),
-    )
-    .finish();
+    );
+    // What other processes of the pod could read while the copy runs.
+    let proc_dir = PathBuf::from(format!("/proc/{}", run.pid()));
+    let mut seen_proc = String::new();
+    for _ in 0..20 {
+        if let Ok(b) = std::fs::read(proc_dir.join("cmdline")) {
+            seen_proc.push_str(&String::from_utf8_lossy(&b));
+        }
+        // The environment, less the fake's own knob that tells it which password to expect.
+        if let Ok(b) = std::fs::read(proc_dir.join("environ")) {
+            for var in String::from_utf8_lossy(&b).split('\0') {
+                if !var.starts_with("FAKE_VDDK_PASSWORD=") {
+                    seen_proc.push_str(var);
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = run.finish();
 
     assert!(out.status.success(), "{}", out.stderr);
     assert!(
         out.stderr.contains("VDDK call statistics"),
-        "statistics at debug: {}",
+        "statistics at trace: {}",
         out.stderr
     );
-    assert!(out.stderr.contains("ReadAsync"), "{}", out.stderr);
+    // The password reached VDDK in the one field meant for it.
     assert_eq!(calls(&fake.calls(), "ConnectEx")[0]["password"], "ok");
+    // The fake records every other string ConnectEx got (server, user, vmxSpec, thumbprint) as
+    // it got it: a password passed in any of them would show there. The user name shows that
+    // the search reads what ferry passed.
+    let vddk_got = fake.log_text();
+    assert!(
+        vddk_got.contains("administrator@vsphere.local"),
+        "{vddk_got}"
+    );
+    assert!(
+        seen_proc.contains("--password-file"),
+        "the process was sampled while it ran"
+    );
     for (what, text) in [
         ("stderr", &out.stderr),
         ("stdout", &out.stdout),
-        ("fake log", &fake.log_text()),
+        ("argv or environment", &seen_proc),
+        ("the strings VDDK was given", &vddk_got),
     ] {
         assert!(!text.contains(PASSWORD), "the password leaked into {what}");
     }

@@ -2,10 +2,12 @@
 //! paths and TLS material in a temporary directory, listening for HTTP and HTTPS on free
 //! 127.0.0.1 ports, killed when dropped. Nothing of the system nginx (port 80, /etc/nginx) is used.
 //!
-//! The same docroot is served at three locations:
+//! The same docroot is served at these locations:
 //! - `/range/`: plain static files, Range honoured (206 with Content-Range);
 //! - `/norange/`: `max_ranges 0`, so Range is ignored and every GET is a 200 with the whole file;
-//! - `/secret/`: 403 unless the request carries `X-Ferry-Test: yes`.
+//! - `/secret/`: 403 unless the request carries `X-Ferry-Test: yes`;
+//! - `/export/`: 403 unless the request carries the export token;
+//! - `/to-http/`: a 302 to the file at `/range/` over plain http.
 //!
 //! The TLS material is made with openssl: a test CA, a server certificate for `127.0.0.1` and
 //! `localhost` signed by it, and a second, unrelated CA for the "wrong CA" cases.
@@ -43,6 +45,8 @@ pub enum Location {
     /// Like a KubeVirt VirtualMachineExport: 403 unless `x-kubevirt-export-token` is
     /// [`EXPORT_TOKEN`].
     Export,
+    /// A 302 to the same file at `/range/` over plain http (a downgrade when asked over https).
+    ToHttp,
 }
 
 /// The token the `/export/` location accepts.
@@ -55,6 +59,7 @@ impl Location {
             Location::NoRange => "norange",
             Location::Secret => "secret",
             Location::Export => "export",
+            Location::ToHttp => "to-http",
         }
     }
 }
@@ -380,6 +385,9 @@ http {{
                 return 403;
             }}
             alias {docroot}/;
+        }}
+        location /to-http/ {{
+            rewrite ^/to-http/(.*)$ http://127.0.0.1:{http_port}/range/$1 redirect;
         }}
         location /export/ {{
             if ($http_x_kubevirt_export_token != "{token}") {{

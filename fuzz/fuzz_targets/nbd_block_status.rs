@@ -132,6 +132,7 @@ async fn status(
         "fuzz".into(),
         Box::new(r),
         Box::new(w),
+        transfer_core::source::nbd::DEFAULT_IDLE_TIMEOUT,
     ));
     let c = conn.clone();
     let task = tokio::spawn(async move {

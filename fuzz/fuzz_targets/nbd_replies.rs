@@ -118,6 +118,7 @@ async fn run(info: ExportInfo, replies: Vec<u8>) -> Vec<Outcome> {
         "fuzz".into(),
         Box::new(r),
         Box::new(w),
+        transfer_core::source::nbd::DEFAULT_IDLE_TIMEOUT,
     ));
     let requests = [
         Request::Read(0, 4096),

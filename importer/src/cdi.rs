@@ -449,7 +449,11 @@ fn http_options(paths: &Paths) -> Result<HttpOptions> {
         };
         headers.push(HttpOptions::parse_header(&h)?);
     }
-    Ok(HttpOptions { trust, headers })
+    Ok(HttpOptions {
+        trust,
+        headers,
+        ..HttpOptions::default()
+    })
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ pub async fn run(a: ChecksumArgs) -> transfer_core::Result<ExitCode> {
     let mut opts = a
         .http
         .source_options(&a.source, &a.vddk, a.tuning.connections)?;
-    opts.retry = a.tuning.retry();
+    a.tuning.apply(&mut opts);
     let src = open_source(&a.source, &opts).await?;
     let size = src.size();
     let copts = ChecksumOptions {

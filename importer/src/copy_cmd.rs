@@ -186,7 +186,7 @@ impl CopyOpts {
                 "a delta applies to a raw disk: --format and --disk cannot be combined with it",
             ));
         }
-        sopts.retry = self.tuning.retry();
+        self.tuning.apply(&mut sopts);
         sopts.nbd.dirty_bitmap = self.delta.dirty_bitmap();
         let mut spec = TransferSpec {
             source: Some(SourceSpec::Uri {

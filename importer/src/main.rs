@@ -82,6 +82,11 @@ pub(crate) struct Tuning {
     /// Seconds before the first retry; each further one waits twice as long, up to 30 s.
     #[arg(long, default_value_t = 1.0, value_parser = seconds_arg)]
     retry_delay: f64,
+    /// Seconds a request may wait without a byte from the server (NBD, HTTP, imageio) before
+    /// the connection is given up and the read retried on a new one. A slow server that keeps
+    /// sending never trips it.
+    #[arg(long, default_value_t = 120.0, value_parser = seconds_arg)]
+    idle_timeout: f64,
 }
 
 impl Tuning {
@@ -90,6 +95,15 @@ impl Tuning {
             retries: self.retries,
             delay: std::time::Duration::from_secs_f64(self.retry_delay),
         }
+    }
+
+    /// Sets the retry policy and the idle timeouts of `opts`.
+    pub(crate) fn apply(&self, opts: &mut SourceOptions) {
+        opts.retry = self.retry();
+        // 0 would time out every request at once: take it as the shortest timeout.
+        let idle = std::time::Duration::from_secs_f64(self.idle_timeout.max(0.1));
+        opts.nbd.idle_timeout = idle;
+        opts.http.idle_timeout = idle;
     }
 }
 
@@ -184,7 +198,11 @@ impl HttpArgs {
                 token.trim()
             ))?);
         }
-        Ok(HttpOptions { trust, headers })
+        Ok(HttpOptions {
+            trust,
+            headers,
+            ..HttpOptions::default()
+        })
     }
 }
 
@@ -324,12 +342,12 @@ async fn run_verify(a: VerifyArgs) -> transfer_core::Result<ExitCode> {
     let mut opts = a
         .http
         .source_options(&a.source, &a.vddk, a.tuning.connections)?;
-    opts.retry = a.tuning.retry();
+    a.tuning.apply(&mut opts);
     let x = open_source(&a.source, &opts).await?;
     let mut topts = a
         .http
         .source_options(&a.target, &a.vddk, a.tuning.connections)?;
-    topts.retry = a.tuning.retry();
+    a.tuning.apply(&mut topts);
     // --disk picks a disk of the first (an OVA); the second is compared with it.
     topts.disk = None;
     let y = open_source(&a.target, &topts).await?;

@@ -195,10 +195,14 @@ fn a_failed_download_leaves_no_disk_and_says_why() {
 
 #[test]
 fn the_block_volume_is_used_when_it_exists() {
+    // A real block device where the kubelet puts the pod's block volume: a device node of a
+    // loop device, dirty all over.
+    let Some(loop_dev) = test_kit::host::LoopDev::new(2 * MIB as u64, 0xFF, false) else {
+        return;
+    };
     let pod = Pod::new();
-    // A regular file standing in for the block device path: it exists, so it is the target.
     let dev = pod.root.path().join("dev/cdi-block-volume");
-    std::fs::write(&dev, vec![0xFFu8; 2 * MIB]).unwrap();
+    loop_dev.node_at(&dev);
 
     let out = pod.run(&[
         ("IMPORTER_SOURCE", "none"),
@@ -210,9 +214,47 @@ fn the_block_volume_is_used_when_it_exists() {
     complete(&pod, false);
     assert!(!pod.disk().exists(), "nothing on the filesystem volume");
     assert!(
-        std::fs::read(&dev).unwrap().iter().all(|&b| b == 0),
+        std::fs::read(loop_dev.path())
+            .unwrap()
+            .iter()
+            .all(|&b| b == 0),
         "the volume is zeroed"
     );
+}
+
+#[test]
+fn a_compressed_image_that_expands_past_the_volume_needs_a_larger_pvc() {
+    if !require_nginx() {
+        return;
+    }
+    let pod = Pod::new();
+    // A 16 MiB volume, and a gzip body of 64 MiB (of zeros: it is 64 KiB on the wire, and a
+    // sparse disk.img would hold it without filling the volume).
+    let Some(_volume) = test_kit::host::Tmpfs::mount_on(&pod.root.path().join("data"), "16M")
+    else {
+        return;
+    };
+    let gz = std::process::Command::new("sh")
+        .args(["-c", "head -c 64M /dev/zero | gzip -c"])
+        .output()
+        .unwrap();
+    assert!(gz.status.success());
+    let nginx = Nginx::start();
+    nginx.put("bomb.img.gz", &gz.stdout);
+    let url = nginx.http(Location::Range, "bomb.img.gz");
+
+    let out = pod.run(&[
+        ("IMPORTER_SOURCE", "http"),
+        ("IMPORTER_ENDPOINT", &url),
+        ("IMPORTER_IMAGE_SIZE", "16Mi"),
+        ("PREALLOCATION", "false"),
+    ]);
+
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    let message = pod.message();
+    assert!(message.contains("A larger PVC is required"), "{message}");
+    assert!(message.contains("expands past"), "{message}");
+    assert!(!pod.disk().exists(), "no partial disk is left");
 }
 
 #[test]

@@ -425,3 +425,29 @@ fn partial_content_for_another_range_from_the_start_fails_naming_content_range()
     out.assert_clean_failure(&["Content-Range"]);
     assert!(!target.exists());
 }
+
+#[test]
+fn a_redirect_from_https_to_plain_http_is_refused() {
+    let Some(nginx) = serve() else {
+        return;
+    };
+    let dir = tempdir();
+    let ca = nginx.tls().ca_cert();
+    // The same redirect over plain http is followed: only the downgrade is refused.
+    let (plain, plain_target) = copy(dir.path(), &nginx.http(Location::ToHttp, DISK), &[]);
+    assert!(plain.status.success(), "{}", plain.stderr);
+    assert_file_holds(&plain_target, &disk_bytes(DISK_SIZE, 21));
+    std::fs::remove_file(&plain_target).unwrap();
+
+    let (out, target) = copy(
+        dir.path(),
+        &nginx.https(Location::ToHttp, DISK),
+        &["--cacert", s(&ca)],
+    );
+
+    out.assert_clean_failure(&["refusing a redirect from https to http://127.0.0.1"]);
+    assert!(
+        !target.exists(),
+        "nothing is read over the downgraded connection"
+    );
+}

@@ -497,3 +497,26 @@ fn server_that_is_not_nbd_fails_as_not_an_nbd_server() {
     out.assert_clean_failure(&["not an NBD server"]);
     assert!(!target.exists());
 }
+
+#[test]
+fn a_server_claiming_an_impossible_disk_size_is_refused_before_anything_is_planned() {
+    if !require_peer("nbdkit") {
+        return;
+    }
+    // 2 EiB: nbdkit serves it (its null plugin reads zeros), a sparse file on most filesystems
+    // would take it, and a plan of it would exhaust memory.
+    let server = Peer::nbdkit(&["null", "size=2E"]);
+    let dir = tempdir();
+    let target = dir.path().join("target.img");
+
+    let started = Instant::now();
+    let out = copy(&server.uri(), &target);
+
+    out.assert_clean_failure(&["past the largest disk ferry copies", "256 TiB"]);
+    assert!(!target.exists(), "no target is created");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "refused at once, not after planning: {:?}",
+        started.elapsed()
+    );
+}

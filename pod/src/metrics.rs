@@ -34,6 +34,15 @@ pub struct Metrics {
     seen_done: AtomicBool,
 }
 
+/// Connections the metrics server serves at once; more are closed on accept.
+const MAX_CONNECTIONS: usize = 16;
+
+/// How long a client has for the TLS handshake, and then for its request's headers.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one connection may last (keep-alive scrapes included).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+
 impl Metrics {
     /// Progress metrics named exactly `names`, labelled `ownerUID=owner_uid` only. A name that
     /// ends in `_total` is a counter (CDI's names); any other is exposed under that very name
@@ -130,14 +139,25 @@ impl Metrics {
             .map_err(|e| Error::io("reading the metrics address", e))?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let me = self.clone();
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
+                    // EMFILE and the like: wait instead of spinning on the error.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                // Past the limit a connection is closed at once: a scraper retries, and a
+                // flood of idle sockets cannot exhaust the pod's descriptors.
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    drop(tcp);
                     continue;
                 };
                 let (acceptor, me) = (acceptor.clone(), me.clone());
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
+                    let _slot = slot;
+                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                    let Ok(Ok(tls)) = handshake.await else {
                         return;
                     };
                     let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
@@ -153,9 +173,12 @@ impl Metrics {
                             Ok::<_, std::convert::Infallible>(resp)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
+                    // A scrape is one short request: a connection that stays longer is cut.
+                    let serve = hyper::server::conn::http1::Builder::new()
+                        .header_read_timeout(HANDSHAKE_TIMEOUT)
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .serve_connection(TokioIo::new(tls), svc);
+                    let _ = tokio::time::timeout(CONNECTION_LIFETIME, serve).await;
                 });
             }
         });
@@ -229,5 +252,39 @@ mod tests {
             line,
             r#"kubevirt_cdi_import_progress_total{ownerUID="uid-1"} 100.0"#
         );
+    }
+
+    /// Whether the server closed `c` within `within` (a read returns end of file or fails).
+    async fn closed_within(c: &mut tokio::net::TcpStream, within: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut b = [0u8; 1];
+        matches!(
+            tokio::time::timeout(within, c.read(&mut b)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_limited_and_cut_after_the_handshake_timeout() {
+        let m = Metrics::new(&["kubevirt_cdi_import_progress_total"], "uid-1");
+        let addr = m.serve("127.0.0.1:0").await.unwrap();
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        // Give the server time to take them all on.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(
+            closed_within(&mut extra, Duration::from_secs(2)).await,
+            "a connection past the limit is closed at once"
+        );
+        for c in &mut idle {
+            assert!(
+                closed_within(c, HANDSHAKE_TIMEOUT + Duration::from_secs(3)).await,
+                "a connection that never starts its TLS handshake is cut"
+            );
+        }
     }
 }

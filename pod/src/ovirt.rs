@@ -171,7 +171,7 @@ impl Engine {
                     v["detail"]
                         .as_str()
                         .or(v["reason"].as_str())
-                        .map(str::to_owned)
+                        .map(transfer_core::error::peer_text)
                 })
                 .unwrap_or_default();
             let kind = if status.as_u16() == 404 {

@@ -44,6 +44,9 @@ pub enum ErrorKind {
     Damaged,
     /// The caller cancelled the transfer (its [`crate::job::CancelToken`]).
     Cancelled,
+    /// The peer stopped answering: requests waited longer than the idle timeout without a
+    /// byte from it (a frozen host, a half-open connection). A new connection may work.
+    TimedOut,
 }
 
 /// What the caller can do about an error, for each front end to say in its own terms (a
@@ -96,6 +99,7 @@ impl ErrorKind {
                 | ErrorKind::Io
                 | ErrorKind::Disconnected
                 | ErrorKind::Busy
+                | ErrorKind::TimedOut
         )
     }
 }
@@ -149,6 +153,7 @@ impl Error {
                 | io::ErrorKind::ConnectionReset
                 | io::ErrorKind::BrokenPipe
                 | io::ErrorKind::ConnectionAborted => ErrorKind::Disconnected,
+                io::ErrorKind::TimedOut => ErrorKind::TimedOut,
                 _ => ErrorKind::Io,
             },
         };
@@ -201,6 +206,45 @@ impl std::error::Error for Error {
     }
 }
 
+/// Characters of peer-controlled text a message carries at most ([`peer_text`]).
+pub const PEER_TEXT_MAX: usize = 300;
+
+/// Text a peer controls (a server's error message, a SOAP fault string, an API's `detail`),
+/// fit for a one-line message, a log line and a termination message: control and
+/// text-direction characters (newlines, terminal escapes) become spaces, runs of spaces one,
+/// and at most [`PEER_TEXT_MAX`] characters are kept ("..." marks a cut).
+pub fn peer_text(raw: &str) -> String {
+    let mut out = String::new();
+    let mut kept = 0;
+    let mut after_space = true;
+    for c in raw.chars() {
+        let c = if c.is_control() || is_direction_mark(c) || c.is_whitespace() {
+            ' '
+        } else {
+            c
+        };
+        if c == ' ' && after_space {
+            continue;
+        }
+        if kept == PEER_TEXT_MAX {
+            out.truncate(out.trim_end().len());
+            out.push_str("...");
+            return out;
+        }
+        after_space = c == ' ';
+        out.push(c);
+        kept += 1;
+    }
+    out.truncate(out.trim_end().len());
+    out
+}
+
+/// Unicode's bidirectional overrides, embeddings and isolates: they reorder what a terminal
+/// shows after them.
+fn is_direction_mark(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// Shorthand constructors used throughout the crate.
 pub(crate) fn protocol(context: impl Into<String>) -> Error {
     Error::new(ErrorKind::Protocol, context)
@@ -232,5 +276,21 @@ mod tests {
             io::Error::from(io::ErrorKind::UnexpectedEof),
         );
         assert_eq!(e.kind(), ErrorKind::Disconnected);
+    }
+
+    #[test]
+    fn peer_text_is_one_bounded_line_without_control_characters() {
+        assert_eq!(
+            peer_text("  No such ticket\r\n  abc\t\x1b[31mred "),
+            "No such ticket abc [31mred"
+        );
+        assert_eq!(peer_text("left\u{202e}right"), "left right");
+        assert_eq!(peer_text(""), "");
+        let long = "x".repeat(10 * PEER_TEXT_MAX);
+        let t = peer_text(&long);
+        assert_eq!(t.len(), PEER_TEXT_MAX + 3);
+        assert!(t.ends_with("..."));
+        let wide = "\u{00e9}".repeat(2 * PEER_TEXT_MAX);
+        assert_eq!(peer_text(&wide).chars().count(), PEER_TEXT_MAX + 3);
     }
 }

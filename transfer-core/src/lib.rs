@@ -91,5 +91,6 @@ pub mod target;
 pub use engine::{copy, CopyOptions, CopyStats};
 pub use error::{Error, ErrorKind, Result};
 pub use extent::{Extent, ExtentKind};
+pub use size::{check_disk_size, MAX_DISK_SIZE};
 pub use source::{BlockSource, SourceCaps};
 pub use target::{BlockTarget, TargetOptions};

@@ -17,6 +17,7 @@ use crate::source::glance::{GlanceAuth, GlanceSource};
 use crate::source::http::HttpSource;
 #[cfg(feature = "http")]
 use crate::source::imageio::{ImageioSource, Transport};
+pub use crate::source::nbd::NbdOptions;
 use crate::source::nbd::{NbdSource, NbdUri};
 use crate::source::retry::{RetryPolicy, RetrySource, RetryStats};
 use crate::source::synth::SynthSource;
@@ -60,25 +61,6 @@ pub struct SourceOptions {
     /// `vddk://` sources.
     #[cfg(feature = "vddk")]
     pub vddk: VddkOptions,
-}
-
-/// What an NBD source takes besides its URI.
-#[derive(Debug, Clone)]
-pub struct NbdOptions {
-    /// Ask for structured replies and block status.
-    pub structured: bool,
-    /// The qemu dirty bitmap (`qemu-nbd -B NAME`) whose changed ranges the source reports,
-    /// negotiated on the same connection as the data.
-    pub dirty_bitmap: Option<String>,
-}
-
-impl Default for NbdOptions {
-    fn default() -> Self {
-        NbdOptions {
-            structured: true,
-            dirty_bitmap: None,
-        }
-    }
 }
 
 #[cfg(feature = "vddk")]
@@ -291,6 +273,12 @@ pub async fn open_source(uri: &str, opts: &SourceOptions) -> Result<Arc<dyn Bloc
 /// Opens a parsed source URI (see [`open_source`]).
 pub async fn open_parsed(uri: &SourceUri, opts: &SourceOptions) -> Result<Arc<dyn BlockSource>> {
     let src = open_plain(uri, opts).await?;
+    // A size a peer or an image claims is checked here; a synthetic disk's is the caller's
+    // own (a blank disk of a requested size), checked against the room the target has.
+    let claimed = !matches!(uri, SourceUri::Synth(_));
+    if claimed {
+        crate::check_disk_size(&src.describe(), src.size())?;
+    }
     let src = RetrySource::wrap(src, opts.retry, opts.retry_stats.clone());
     let format = match opts.format {
         Format::Auto if !uri.file_like() && opts.disk.is_none() => Format::Raw,
@@ -301,7 +289,11 @@ pub async fn open_parsed(uri: &SourceUri, opts: &SourceOptions) -> Result<Arc<dy
         siblings: siblings_of(uri, opts),
         disk: opts.disk.clone(),
     };
-    open_format(src, format, &ctx).await
+    let src = open_format(src, format, &ctx).await?;
+    if claimed {
+        crate::check_disk_size(&src.describe(), src.size())?;
+    }
+    Ok(src)
 }
 
 /// The disks of the OVA at `uri` (only its descriptor is read).
@@ -390,12 +382,7 @@ async fn open_plain(uri: &SourceUri, opts: &SourceOptions) -> Result<Arc<dyn Blo
     Ok(match uri {
         SourceUri::File(p) => Arc::new(FileSource::open(p)?),
         SourceUri::Nbd(u) => Arc::new(
-            NbdSource::connect_with_bitmap(
-                u.clone(),
-                opts.nbd.structured,
-                opts.nbd.dirty_bitmap.clone(),
-            )
-            .await?,
+            NbdSource::open(u.clone(), opts.nbd.clone()).await?,
         ),
         SourceUri::Synth(u) => Arc::new(SynthSource::from_url(u)?),
         #[cfg(feature = "http")]

@@ -2,9 +2,11 @@
 //! into libc directly. Each helper takes a borrowed file, so the descriptor is open for the whole
 //! call, and turns the C return convention into `io::Result`.
 
-use std::fs::File;
-use std::io;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 // _IOR(0x12, 114, size_t) and _IO(0x12, 127)/(0x12, 119) from <linux/fs.h>.
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
@@ -159,6 +161,36 @@ pub fn drop_cache(f: &File, offset: u64, len: u64) -> io::Result<()> {
         return Err(io::Error::from_raw_os_error(r));
     }
     Ok(())
+}
+
+/// Reads the whole of the small file at `path` (a state file, a journal, a changed-areas
+/// list): at most `limit` bytes, and never through a symbolic link at its last component
+/// (`O_NOFOLLOW`: a link planted there does not redirect what ferry reads).
+pub fn read_small_file(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let mut body = Vec::new();
+    f.take(limit + 1).read_to_end(&mut body)?;
+    if body.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {} MiB", limit >> 20),
+        ));
+    }
+    Ok(body)
+}
+
+/// Creates or truncates `path` for writing, never through a symbolic link at its last
+/// component (`O_NOFOLLOW`): the temporary files of state and journal updates.
+pub fn create_nofollow(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
 }
 
 #[cfg(test)]

@@ -32,7 +32,13 @@ fn connection(size: u64) -> (Arc<Connection>, DuplexStream) {
         base_allocation: Some(1),
         dirty_bitmap: None,
     };
-    let conn = Connection::start(info, "fuzz regression".into(), Box::new(r), Box::new(w));
+    let conn = Connection::start(
+        info,
+        "fuzz regression".into(),
+        Box::new(r),
+        Box::new(w),
+        transfer_core::source::nbd::DEFAULT_IDLE_TIMEOUT,
+    );
     (Arc::new(conn), server)
 }
 

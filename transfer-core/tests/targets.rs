@@ -1,13 +1,13 @@
 //! Target tests over real files and loop devices: the same checks run against every target kind,
 //! plus sizing, sparseness, preallocation, O_DIRECT, zeroing of a dirty device, a too-small device
 //! and a read-only device. Loop devices need root and losetup: under CI=true their absence fails
-//! the run; elsewhere the test says SKIP.
+//! the run; elsewhere the test says SKIP (test-kit's one skip helper).
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
+use test_kit::host::LoopDev;
 use transfer_core::engine::verify::{verify, VerifyOptions, VerifyResult};
 use transfer_core::engine::{copy, CopyOptions, CopyStats};
 use transfer_core::io::IoEngineKind;
@@ -17,47 +17,9 @@ use transfer_core::ErrorKind;
 
 const M: u64 = 1 << 20;
 
-struct LoopDev {
-    dev: PathBuf,
-    _backing: tempfile::NamedTempFile,
-}
-
-impl Drop for LoopDev {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
-    }
-}
-
-/// A loop device of `size` bytes whose every byte is `fill`; `None` (with a SKIP line) when loop
-/// devices cannot be used here and CI is not set.
+/// A loop device of `size` bytes whose every byte is `fill` (test-kit's; `None` is a skip).
 fn loop_device(size: u64, fill: u8, read_only: bool) -> Option<LoopDev> {
-    let backing = tempfile::NamedTempFile::new().unwrap();
-    backing
-        .as_file()
-        .write_all_at(&vec![fill; size as usize], 0)
-        .unwrap();
-    let mut cmd = Command::new("losetup");
-    if read_only {
-        cmd.arg("-r");
-    }
-    let out = cmd.args(["--find", "--show"]).arg(backing.path()).output();
-    match out {
-        Ok(o) if o.status.success() => {
-            let dev = PathBuf::from(String::from_utf8(o.stdout).unwrap().trim());
-            Some(LoopDev {
-                dev,
-                _backing: backing,
-            })
-        }
-        other => {
-            let why = format!("{other:?}");
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("loop devices are required under CI=true: losetup failed: {why}");
-            }
-            eprintln!("SKIP: loop devices unavailable (need root and losetup): {why}");
-            None
-        }
-    }
+    LoopDev::new(size, fill, read_only)
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -92,6 +54,22 @@ fn verify_against(uri: &str, path: &Path) -> VerifyResult {
             .unwrap();
         verify(a, b, &VerifyOptions::default()).await.unwrap()
     })
+}
+
+/// Copies [`SPARSE`] to `target` (a device, or a link to one) and checks that `device` holds
+/// it in its first 24 MiB (the device is larger than the source).
+fn copy_sparse_onto_device(target: &Path, device: &Path) {
+    copy_synth(
+        SPARSE,
+        target,
+        &TargetOptions::default(),
+        IoEngineKind::Pwrite,
+    )
+    .unwrap();
+    let got = read_back(device, 0, 24 * M as usize);
+    let p = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(p.path(), &got).unwrap();
+    assert_eq!(verify_against(SPARSE, p.path()), VerifyResult::Equal);
 }
 
 fn read_back(path: &Path, offset: u64, len: usize) -> Vec<u8> {
@@ -139,8 +117,8 @@ fn every_target_kind_writes_zeroes_and_flushes() {
     exercise(&*open_target(&direct, 4 * M, &dopts).unwrap(), &direct);
     if let Some(l) = loop_device(4 * M, 0xFF, false) {
         exercise(
-            &*open_target(&l.dev, 4 * M, &TargetOptions::default()).unwrap(),
-            &l.dev,
+            &*open_target(l.path(), 4 * M, &TargetOptions::default()).unwrap(),
+            l.path(),
         );
     }
 }
@@ -217,19 +195,8 @@ fn dirty_block_device_is_zeroed_where_the_source_is_zero() {
     let Some(l) = loop_device(32 * M, 0xFF, false) else {
         return;
     };
-    copy_synth(
-        SPARSE,
-        &l.dev,
-        &TargetOptions::default(),
-        IoEngineKind::Pwrite,
-    )
-    .unwrap();
-    // The device is larger than the source: compare the source's extent only.
-    let got = read_back(&l.dev, 0, 24 * M as usize);
-    let p = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(p.path(), &got).unwrap();
-    assert_eq!(verify_against(SPARSE, p.path()), VerifyResult::Equal);
-    assert_eq!(read_back(&l.dev, 24 * M, 4096), vec![0xFF; 4096]);
+    copy_sparse_onto_device(l.path(), l.path());
+    assert_eq!(read_back(l.path(), 24 * M, 4096), vec![0xFF; 4096]);
 }
 
 #[test]
@@ -241,8 +208,8 @@ fn target_is_zero_skips_zeroing_of_a_block_device() {
         target_is_zero: true,
         ..TargetOptions::default()
     };
-    copy_synth(SPARSE, &l.dev, &opts, IoEngineKind::Pwrite).unwrap();
-    assert_eq!(verify_against(SPARSE, &l.dev), VerifyResult::Equal);
+    copy_synth(SPARSE, l.path(), &opts, IoEngineKind::Pwrite).unwrap();
+    assert_eq!(verify_against(SPARSE, l.path()), VerifyResult::Equal);
 }
 
 #[test]
@@ -252,7 +219,7 @@ fn too_small_block_device_is_refused_before_any_write() {
     };
     let err = copy_synth(
         SPARSE,
-        &l.dev,
+        l.path(),
         &TargetOptions::default(),
         IoEngineKind::Pwrite,
     )
@@ -260,7 +227,7 @@ fn too_small_block_device_is_refused_before_any_write() {
     assert_eq!(err.kind(), ErrorKind::TargetTooSmall);
     assert!(err.to_string().contains("smaller than the source"), "{err}");
     assert_eq!(
-        read_back(&l.dev, 0, 8 * M as usize),
+        read_back(l.path(), 0, 8 * M as usize),
         vec![0xEE; 8 * M as usize]
     );
 }
@@ -272,7 +239,7 @@ fn read_only_block_device_is_refused() {
     };
     let err = copy_synth(
         SPARSE,
-        &l.dev,
+        l.path(),
         &TargetOptions::default(),
         IoEngineKind::Pwrite,
     )
@@ -346,4 +313,43 @@ fn in_place_a_file_target_is_kept_grown_never_truncated_and_holes_stay_holes() {
         std::fs::metadata(&p).unwrap().blocks() <= before,
         "zeroing a hole allocates nothing"
     );
+}
+
+#[test]
+fn a_symbolic_link_to_a_file_or_to_nothing_is_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let to_file = dir.path().join("disk.img");
+    std::os::unix::fs::symlink(&victim, &to_file).unwrap();
+    let dangling = dir.path().join("dangling.img");
+    let nowhere = dir.path().join("created-through-the-link");
+    std::os::unix::fs::symlink(&nowhere, &dangling).unwrap();
+
+    for link in [&to_file, &dangling] {
+        let e = copy_synth(
+            SPARSE,
+            link,
+            &TargetOptions::default(),
+            IoEngineKind::Pwrite,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+    }
+
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(!nowhere.exists(), "nothing was created through the link");
+}
+
+#[test]
+fn a_symbolic_link_to_a_block_device_is_followed() {
+    let Some(l) = loop_device(32 * M, 0xFF, false) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("by-id-link");
+    std::os::unix::fs::symlink(l.path(), &link).unwrap();
+
+    copy_sparse_onto_device(&link, l.path());
 }

@@ -70,7 +70,7 @@ fn sync_dir(path: &Path) {
 impl Chain {
     /// Reads the chain at `path` (none yet: an empty chain).
     pub fn load(path: &Path) -> Result<Chain> {
-        let body = match std::fs::read(path) {
+        let body = match crate::sys::read_small_file(path, crate::engine::journal::MAX_STATE_FILE) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(Chain {
@@ -212,7 +212,7 @@ impl Chain {
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
         let ctx = |what: &str| format!("{what} checkpoint state {}", self.path.display());
-        let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(ctx("writing"), e))?;
+        let mut f = crate::sys::create_nofollow(&tmp).map_err(|e| Error::io(ctx("writing"), e))?;
         f.write_all(&body)
             .and_then(|()| f.sync_all())
             .map_err(|e| Error::io(ctx("writing"), e))?;

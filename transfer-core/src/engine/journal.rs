@@ -21,6 +21,10 @@ const VERSION: u64 = 1;
 /// The largest plan a journal describes (16 M items: 1 PiB of 64 MiB items).
 const MAX_ITEMS: u64 = 1 << 24;
 
+/// Largest state file ferry reads (a journal, a checkpoint chain, a changed-areas list): a
+/// journal of the largest plan (16 M items) fits with room to spare.
+pub const MAX_STATE_FILE: u64 = 256 << 20;
+
 /// What a journal file says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalState {
@@ -174,7 +178,7 @@ impl Journal {
     /// copy, or an unreadable one, is replaced.
     pub fn open(path: &Path, identity: &str) -> Result<(Journal, bool)> {
         let shown = path.display().to_string();
-        let resumed = match std::fs::read(path) {
+        let resumed = match crate::sys::read_small_file(path, MAX_STATE_FILE) {
             Ok(bytes) => match parse(&bytes, &shown) {
                 Ok(s) if s.identity == identity => Some(s),
                 Ok(_) => {
@@ -332,7 +336,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let shown = path.display();
     let tmp = path.with_extension("journal-tmp");
     let io = |what: &str, e| Error::io(format!("{what} resume journal {shown}"), e);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io("writing", e))?;
+    let mut f = crate::sys::create_nofollow(&tmp).map_err(|e| io("writing", e))?;
     f.write_all(bytes).map_err(|e| io("writing", e))?;
     f.sync_data().map_err(|e| io("syncing", e))?;
     std::fs::rename(&tmp, path).map_err(|e| io("replacing", e))?;

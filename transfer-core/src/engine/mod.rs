@@ -18,8 +18,10 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::io::{create_engine, IoEngine, IoEngineKind};
 use crate::source::{BlockSource, SourceCaps};
 use crate::target::BlockTarget;
+use items::Items;
 
 pub mod checksum;
+mod items;
 pub mod journal;
 pub mod progress;
 pub mod verify;
@@ -62,6 +64,10 @@ pub struct CopyOptions {
     pub journal: Option<Arc<Journal>>,
     /// How often the journal is brought up to date (each time after a flush of the target).
     pub journal_interval: std::time::Duration,
+    /// For a source whose size is known only at its end (a compressed stream): the most
+    /// bytes the target takes. A stream that expands past it fails ([`ErrorKind::NoSpace`])
+    /// instead of filling the volume. Never more than [`crate::MAX_DISK_SIZE`].
+    pub stream_limit: Option<u64>,
 }
 
 impl Default for CopyOptions {
@@ -80,6 +86,7 @@ impl Default for CopyOptions {
             delta: None,
             journal: None,
             journal_interval: std::time::Duration::from_secs(1),
+            stream_limit: None,
         }
     }
 }
@@ -124,9 +131,10 @@ struct Shared {
     size_known: bool,
     /// Bytes read so far by the sequential reader.
     streamed: AtomicU64,
-    /// The work items, taken in turn by the workers: groups of ranges `(offset, length)`
-    /// within one range size of the disk, whose extents are asked for at once.
-    plan: Vec<Vec<(u64, u64)>>,
+    /// The most bytes a stream of unknown size may bring.
+    stream_limit: u64,
+    /// The work items, taken in turn by the workers.
+    plan: Items,
     request_size: usize,
     read_gaps: u64,
     next_range: AtomicU64,
@@ -162,6 +170,10 @@ impl Shared {
             plan: layout.items,
             size_known: caps.size_known,
             streamed: AtomicU64::new(0),
+            stream_limit: opts
+                .stream_limit
+                .unwrap_or(crate::MAX_DISK_SIZE)
+                .min(crate::MAX_DISK_SIZE),
             request_size: sizes.request_size,
             read_gaps: opts.read_gaps,
             next_range: AtomicU64::new(0),
@@ -210,20 +222,6 @@ impl Shared {
         self.done(Some(item), 0, len);
         Ok(())
     }
-}
-
-/// Groups sorted `pieces` into work items: consecutive pieces whose span stays within
-/// `range_size`, so that a delta of many small areas asks for extents once per span of the
-/// disk instead of once per area.
-fn group(pieces: Vec<(u64, u64)>, range_size: u64) -> Vec<Vec<(u64, u64)>> {
-    let mut out: Vec<Vec<(u64, u64)>> = Vec::new();
-    for p in pieces {
-        match out.last_mut() {
-            Some(g) if p.0 + p.1 - g[0].0 <= range_size => g.push(p),
-            _ => out.push(vec![p]),
-        }
-    }
-    out
 }
 
 /// Opens up to `n` handles on `source` (the first is `source` itself).
@@ -285,6 +283,7 @@ async fn plan(
 ) -> Result<Planned> {
     let size = source.size();
     let caps = source.caps();
+    crate::check_disk_size(&source.describe(), size)?;
     if caps.size_known && target.size() < size {
         return Err(Error::new(
             ErrorKind::TargetTooSmall,
@@ -367,7 +366,7 @@ impl Sizes {
 
 /// The work items of a copy, bound to the resume journal.
 struct Layout {
-    items: Vec<Vec<(u64, u64)>>,
+    items: Items,
     /// Bytes of each work item.
     item_bytes: Vec<u64>,
     /// Work items the journal has on the target already.
@@ -382,9 +381,9 @@ struct Layout {
 
 impl Layout {
     /// Binds the journal of `opts` (unless the source is sequential) to `items`.
-    fn new(items: Vec<Vec<(u64, u64)>>, opts: &CopyOptions, caps: &SourceCaps) -> Layout {
-        let planned: u64 = items.iter().flatten().map(|r| r.1).sum();
-        let item_bytes: Vec<u64> = items.iter().map(|w| w.iter().map(|r| r.1).sum()).collect();
+    fn new(items: Items, opts: &CopyOptions, caps: &SourceCaps) -> Layout {
+        let planned = items.total();
+        let item_bytes: Vec<u64> = (0..items.len()).map(|i| items.bytes(i)).collect();
         let journal = opts.journal.clone().filter(|_| !caps.sequential);
         let skip = match &journal {
             Some(j) => j.bind(items.len()),
@@ -407,7 +406,7 @@ fn work_items(
     source: &Arc<dyn BlockSource>,
     opts: &CopyOptions,
     request_size: usize,
-) -> Result<Vec<Vec<(u64, u64)>>> {
+) -> Result<Items> {
     let size = source.size();
     let range_size = opts.range_size.max(request_size as u64);
     match &opts.delta {
@@ -426,11 +425,8 @@ fn work_items(
                 source.describe()
             ),
         )),
-        Some(d) => Ok(group(d.pieces(range_size), range_size)),
-        None => Ok(group(
-            DeltaSet::new(size, [(0, size)])?.pieces(range_size),
-            range_size,
-        )),
+        Some(d) => Ok(Items::grouped(d.pieces(range_size), range_size)),
+        None => Ok(Items::whole(size, range_size)),
     }
 }
 
@@ -584,8 +580,11 @@ mod tests {
             (300, 100),
             (400, 100),
         ];
+        let Items::Grouped(g) = Items::grouped(pieces, 100) else {
+            unreachable!("pieces are grouped")
+        };
         assert_eq!(
-            group(pieces, 100),
+            g,
             vec![
                 vec![(0, 10), (20, 10), (95, 5)],
                 vec![(100, 10)],

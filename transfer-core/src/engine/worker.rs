@@ -84,7 +84,7 @@ pub(super) async fn positional(
                 return Ok(());
             };
             if !sh.skip[i] {
-                item(&src, &sh, i, work, can_extents, &slots, &mut tasks).await?;
+                item(&src, &sh, i, &work, can_extents, &slots, &mut tasks).await?;
             }
         }
     }
@@ -151,13 +151,30 @@ async fn item(
 pub(super) async fn sequential(src: Arc<dyn BlockSource>, sh: Arc<Shared>) -> Result<()> {
     let mut tasks = Tasks::new(&sh);
     let mut pos = 0u64;
-    let limit = if sh.size_known { sh.size } else { u64::MAX };
+    // A stream of unknown size is read one byte past its limit, to tell "ends there" from
+    // "goes on".
+    let limit = if sh.size_known {
+        sh.size
+    } else {
+        sh.stream_limit + 1
+    };
     let result = async {
         while pos < limit && !sh.failed.load(Ordering::Relaxed) {
             let n = (limit - pos).min(sh.request_size as u64) as usize;
             let mem = memory(&sh).await;
             let buf = src.read_at(pos, sh.pool.get(n)).await?;
             let got = buf.len();
+            if !sh.size_known && pos + got as u64 > sh.stream_limit {
+                sh.pool.put(buf);
+                return Err(Error::new(
+                    ErrorKind::NoSpace,
+                    format!(
+                        "{}: the image expands past the {} bytes the target can take",
+                        src.describe(),
+                        sh.stream_limit
+                    ),
+                ));
+            }
             if got < n && sh.size_known {
                 return Err(Error::new(
                     ErrorKind::Protocol,

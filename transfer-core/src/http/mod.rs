@@ -18,7 +18,18 @@ pub const MAX_ANSWER: usize = 64 << 20;
 
 /// Reads a whole response body of at most `limit` bytes (API answers, never disk data): a
 /// longer or broken body is an error naming `at`.
-pub async fn read_bounded(mut resp: Response, at: &Url, limit: usize) -> Result<Vec<u8>> {
+pub async fn read_bounded(resp: Response, at: &Url, limit: usize) -> Result<Vec<u8>> {
+    read_within(resp, at, limit).await?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::Protocol,
+            format!("{}: answer larger than {} MiB", redact(at), limit >> 20),
+        )
+    })
+}
+
+/// [`read_bounded`], but a body longer than `limit` is `Ok(None)` (read no further), for a
+/// caller that has a way around a large answer.
+pub async fn read_within(mut resp: Response, at: &Url, limit: usize) -> Result<Option<Vec<u8>>> {
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| {
         Error::new(
@@ -27,26 +38,67 @@ pub async fn read_bounded(mut resp: Response, at: &Url, limit: usize) -> Result<
         )
     })? {
         if body.len() + chunk.len() > limit {
-            return Err(Error::new(
-                ErrorKind::Protocol,
-                format!("{}: answer larger than {} MiB", redact(at), limit >> 20),
-            ));
+            return Ok(None);
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body)
+    Ok(Some(body))
+}
+
+/// The start of an error answer's body (at most 4 KiB, read no further, lossy UTF-8), for the
+/// reason a server gives; pass it through [`crate::error::peer_text`] before it goes into a
+/// message. A broken body gives what arrived.
+pub async fn read_excerpt(mut resp: Response) -> String {
+    const LIMIT: usize = 4096;
+    let mut body = Vec::new();
+    while body.len() < LIMIT {
+        match resp.chunk().await {
+            Ok(Some(c)) => body.extend_from_slice(&c[..c.len().min(LIMIT - body.len())]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// Redirects followed at most.
 pub const MAX_REDIRECTS: usize = 10;
 
+/// How long a request may wait for the next byte of an answer by default: a slow server that
+/// keeps sending never trips it; one that sends nothing for two minutes has stopped.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Options shared by every HTTP-family source.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone)]
 pub struct HttpOptions {
     /// How the server's certificate is checked.
     pub trust: TlsTrust,
-    /// Extra request headers (`Name: value`), sent to the original origin only.
+    /// Extra request headers (`Name: value`), sent to the original origin only. Their values
+    /// may be secrets: [`Debug`](std::fmt::Debug) prints only the names.
     pub headers: Vec<(String, String)>,
+    /// How long a request waits for the next byte before it fails (retryable, as
+    /// [`ErrorKind::TimedOut`]).
+    pub idle_timeout: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            trust: TlsTrust::default(),
+            headers: Vec::new(),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+impl std::fmt::Debug for HttpOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("HttpOptions")
+            .field("trust", &self.trust)
+            .field("headers", &names)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish()
+    }
 }
 
 impl HttpOptions {
@@ -71,14 +123,25 @@ pub struct HttpClient {
     headers: HeaderMap,
 }
 
-/// A URL without user info, query or fragment: safe for messages (tickets and tokens often sit
-/// in the query).
+/// A URL without user info, query or fragment, and without an oVirt imageio ticket id (the
+/// segment after a top-level `/images/`, a bearer capability): safe for messages, logs and
+/// termination messages (tickets and tokens often sit in the query).
 pub fn redact(url: &Url) -> String {
     let mut u = url.clone();
     let _ = u.set_username("");
     let _ = u.set_password(None);
     u.set_query(None);
     u.set_fragment(None);
+    if let Some(rest) = u.path().strip_prefix("/images/") {
+        if !rest.is_empty() {
+            let tail = rest.split_once('/').map(|(_, t)| t.to_owned());
+            let path = match tail {
+                Some(t) => format!("/images/[ticket]/{t}"),
+                None => "/images/[ticket]".to_owned(),
+            };
+            u.set_path(&path);
+        }
+    }
     u.to_string()
 }
 
@@ -146,7 +209,10 @@ fn request_error(url: &Url, e: reqwest::Error) -> Error {
         return Error::new(kind, format!("cannot connect to {target}: {detail}"));
     }
     if e.is_timeout() {
-        return Error::new(ErrorKind::Connect, format!("{target}: timed out: {detail}"));
+        return Error::new(
+            ErrorKind::TimedOut,
+            format!("{target}: timed out: {detail}"),
+        );
     }
     Error::new(ErrorKind::Io, format!("{target}: {detail}"))
 }
@@ -183,10 +249,16 @@ impl HttpClient {
         let mut b = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(30));
+            .connect_timeout(Duration::from_secs(30))
+            .read_timeout(opts.idle_timeout);
         b = match unix {
             Some(path) => b.unix_socket(path),
-            None => b.tcp_nodelay(true),
+            // Keepalive as on NBD sockets: a vanished peer is noticed between requests too.
+            None => b
+                .tcp_nodelay(true)
+                .tcp_keepalive(Duration::from_secs(60))
+                .tcp_keepalive_interval(Duration::from_secs(10))
+                .tcp_keepalive_retries(3),
         };
         let client = b
             .build()
@@ -250,12 +322,23 @@ impl HttpClient {
                         format!("{}: redirect without Location", redact(&cur)),
                     )
                 })?;
-            cur = cur.join(loc).map_err(|e| {
+            let next = cur.join(loc).map_err(|e| {
                 Error::new(
                     ErrorKind::Protocol,
                     format!("{}: bad redirect: {e}", redact(&cur)),
                 )
             })?;
+            if cur.scheme() == "https" && next.scheme() != "https" {
+                return Err(Error::new(
+                    ErrorKind::Denied,
+                    format!(
+                        "{}: refusing a redirect from https to {}",
+                        redact(&cur),
+                        redact(&next)
+                    ),
+                ));
+            }
+            cur = next;
         }
         Err(Error::new(
             ErrorKind::Protocol,
@@ -307,8 +390,31 @@ mod tests {
 
     #[test]
     fn redact_drops_credentials_query_and_fragment() {
-        let u = Url::parse("https://user:pw@host:8443/images/abc?token=secret#x").unwrap();
-        assert_eq!(redact(&u), "https://host:8443/images/abc");
+        let u = Url::parse("https://user:pw@host:8443/disks/abc?token=secret#x").unwrap();
+        assert_eq!(redact(&u), "https://host:8443/disks/abc");
+    }
+
+    #[test]
+    fn redact_hides_an_imageio_ticket_id() {
+        let u =
+            Url::parse("https://host:54322/images/6f1c0c5e-2b1d-4b9e-a1f0-1f2e3d4c5b6a").unwrap();
+        assert_eq!(redact(&u), "https://host:54322/images/[ticket]");
+        let u = Url::parse("https://host:54322/images/6f1c0c5e/extents?context=dirty").unwrap();
+        assert_eq!(redact(&u), "https://host:54322/images/[ticket]/extents");
+        // Glance's image ids are names, not capabilities.
+        let u = Url::parse("https://glance:9292/v2/images/1234/file").unwrap();
+        assert_eq!(redact(&u), "https://glance:9292/v2/images/1234/file");
+    }
+
+    #[test]
+    fn header_values_never_show_in_debug_output() {
+        let opts = HttpOptions {
+            headers: vec![("Authorization".into(), "Bearer s3cret-token".into())],
+            ..HttpOptions::default()
+        };
+        let shown = format!("{opts:?}");
+        assert!(shown.contains("Authorization"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 
     #[test]

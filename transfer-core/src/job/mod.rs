@@ -253,6 +253,7 @@ impl Transfer {
             let _ = std::fs::set_permissions(&target_path, std::fs::Permissions::from_mode(mode));
         }
         let delta_bytes = planned.delta.as_ref().map(DeltaSet::bytes);
+        let stream_limit = stream_limit(spec, &*source, is_block, &*target)?;
         let e = &spec.engine;
         let opts = CopyOptions {
             connections: e.connections,
@@ -268,6 +269,7 @@ impl Transfer {
             read_gaps: e.read_gaps,
             delta: planned.delta.take().map(Arc::new),
             journal: journal.as_ref().map(|(j, _)| j.clone()),
+            stream_limit,
             ..CopyOptions::default()
         };
         let copied = tokio::select! {
@@ -277,6 +279,13 @@ impl Transfer {
         let stats = match copied {
             Ok(s) => s,
             Err(e) => {
+                let e = match (e.kind(), spec.target.volume) {
+                    (ErrorKind::NoSpace, Some(_)) if stream_limit.is_some() => Error::new(
+                        ErrorKind::NoSpace,
+                        format!("{}. A larger PVC is required.", e.context()),
+                    ),
+                    _ => e,
+                };
                 let kept = journal::after_failure(
                     &target_path,
                     created,
@@ -368,6 +377,27 @@ fn target_size(
         ));
     }
     Ok(v.requested.map_or(size, |r| size.max(r.min(usable))))
+}
+
+/// The most bytes a source of unknown size (a compressed stream) may bring: a block device's
+/// size, or a filesystem volume's usable space. Elsewhere the filesystem's own limit
+/// (ENOSPC) stops it.
+fn stream_limit(
+    spec: &TransferSpec,
+    source: &dyn BlockSource,
+    is_block: bool,
+    target: &dyn crate::target::BlockTarget,
+) -> Result<Option<u64>> {
+    if source.caps().size_known {
+        return Ok(None);
+    }
+    if is_block {
+        return Ok(Some(target.size()));
+    }
+    match spec.target.volume {
+        Some(v) => Ok(Some(usable_bytes(&spec.target.path, v.overhead)?)),
+        None => Ok(None),
+    }
 }
 
 /// Bytes of a filesystem volume a disk image may use: what is available, less the

@@ -148,7 +148,7 @@ async fn changed(changes: &Changes, source: &Arc<dyn BlockSource>) -> Result<Del
     match changes {
         Changes::Ranges(r) => DeltaSet::new(size, r.iter().copied()),
         Changes::File(file) => {
-            let body = std::fs::read(file)
+            let body = crate::sys::read_small_file(file, crate::engine::journal::MAX_STATE_FILE)
                 .map_err(|e| Error::io(format!("reading changed areas {}", file.display()), e))?;
             DeltaSet::from_json(&body, size).map_err(|e| e.context_prefix(file.display()))
         }

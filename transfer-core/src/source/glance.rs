@@ -192,6 +192,41 @@ async fn json_body(resp: reqwest::Response, at: &Url, what: &str) -> Result<Valu
         .map_err(|e| Error::new(ErrorKind::Protocol, format!("{what} is not JSON: {e}")))
 }
 
+/// The URL of `image` at the catalog's image `endpoint` (`.../v2/images/ID`, the id escaped as
+/// one path segment). The token goes to that endpoint, so a plain-http endpoint is refused
+/// when Keystone itself was reached over https.
+pub fn image_url(keystone: &Url, endpoint: &str, image: &str) -> Result<Url> {
+    let ep = endpoint.trim_end_matches('/');
+    let ep = ep.strip_suffix("/v2").unwrap_or(ep);
+    let mut url = Url::parse(&format!("{ep}/v2/images")).map_err(|e| {
+        invalid(format!(
+            "invalid image endpoint in the Keystone catalog: {e}"
+        ))
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(format!(
+            "image endpoint {} in the Keystone catalog is not http(s)",
+            redact(&url)
+        )));
+    }
+    if keystone.scheme() == "https" && url.scheme() != "https" {
+        return Err(Error::new(
+            ErrorKind::Denied,
+            format!(
+                "the Keystone catalog's image endpoint {} is plain http: the token would travel unencrypted",
+                redact(&url)
+            ),
+        ));
+    }
+    if matches!(image, "" | "." | "..") {
+        return Err(invalid(format!("'{image}' is not a Glance image id")));
+    }
+    url.path_segments_mut()
+        .expect("an http(s) URL has a path")
+        .push(image);
+    Ok(url)
+}
+
 /// Picks the `image` endpoint from a Keystone v3 catalog.
 pub fn image_endpoint(catalog: &Value, region: Option<&str>, interface: &str) -> Option<String> {
     catalog
@@ -287,10 +322,7 @@ impl GlanceSource {
                     ),
                 )
             })?;
-        let ep = endpoint.trim_end_matches('/');
-        let ep = ep.strip_suffix("/v2").unwrap_or(ep);
-        let meta_url = Url::parse(&format!("{ep}/v2/images/{image}"))
-            .map_err(|e| invalid(format!("invalid image endpoint: {e}")))?;
+        let meta_url = image_url(&keystone, &endpoint, image)?;
         let mut h = HeaderMap::new();
         let mut token = token;
         token.set_sensitive(true);
@@ -310,7 +342,11 @@ impl GlanceSource {
             })?;
         let meta: Value = json_body(resp, &answered, "Glance image reply").await?;
         let checksum = image_checksum(&meta)?;
-        let file_url = Url::parse(&format!("{ep}/v2/images/{image}/file")).expect("valid");
+        let mut file_url = meta_url.clone();
+        file_url
+            .path_segments_mut()
+            .expect("an http(s) URL has a path")
+            .push("file");
         let (resp, at) = client
             .send_ok_with(Method::GET, &file_url, None, None, &h)
             .await?;
@@ -483,5 +519,34 @@ mod tests {
         assert!(
             image_checksum(&json!({ "os_hash_algo": "sha512", "os_hash_value": "xyz" })).is_err()
         );
+    }
+
+    #[test]
+    fn the_image_id_is_one_escaped_path_segment() {
+        let ks = Url::parse("https://keystone.example:5000/v3").unwrap();
+        let u = image_url(&ks, "https://glance.example:9292/v2/", "ab/../../v3 x?y").unwrap();
+        assert_eq!(
+            u.as_str(),
+            "https://glance.example:9292/v2/images/ab%2F..%2F..%2Fv3%20x%3Fy"
+        );
+        let u = image_url(&ks, "https://glance.example/image", "1234").unwrap();
+        assert_eq!(u.as_str(), "https://glance.example/image/v2/images/1234");
+        for bad in ["", ".", ".."] {
+            assert!(
+                image_url(&ks, "https://glance.example", bad).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_plain_http_image_endpoint_never_gets_a_token_from_an_https_keystone() {
+        let ks = Url::parse("https://keystone.example:5000/v3").unwrap();
+        let e = image_url(&ks, "http://glance.example:9292", "1234").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Denied, "{e}");
+        assert!(e.to_string().contains("plain http"), "{e}");
+        // A Keystone reached over plain http already sends the credentials in clear.
+        let ks = Url::parse("http://keystone.example:5000/v3").unwrap();
+        assert!(image_url(&ks, "http://glance.example:9292", "1234").is_ok());
     }
 }

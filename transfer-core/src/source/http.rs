@@ -73,6 +73,15 @@ async fn next_chunk(
     want: usize,
 ) -> Result<Option<bytes::Bytes>> {
     resp.chunk().await.map_err(|e| {
+        if e.is_timeout() {
+            return Error::new(
+                ErrorKind::TimedOut,
+                format!(
+                    "{}: read at offset {offset}: the server stopped sending after {got} of {want} bytes (idle timeout)",
+                    redact(url)
+                ),
+            );
+        }
         let mut cause = String::new();
         let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
         while let Some(c) = cur {

@@ -31,7 +31,7 @@ use url::Url;
 use crate::buffer::Buffer;
 use crate::error::{Error, ErrorKind, Result};
 use crate::extent::{clip, Extent, ExtentKind};
-use crate::http::{read_bounded, redact, HttpClient, HttpOptions, MAX_ANSWER};
+use crate::http::{read_bounded, read_within, redact, HttpClient, HttpOptions, MAX_ANSWER};
 use crate::source::http::{fill_from_range_reply, parse_content_range, ContentRange};
 use crate::source::{BlockSource, ChangeTracking, SourceCaps};
 
@@ -262,6 +262,19 @@ pub struct ImageioSource {
     extents: Arc<OnceCell<Vec<Extent>>>,
 }
 
+/// `text` (a server's explanation, which names the ticket: "No such ticket X") without the
+/// ticket id of `url`: the id is a bearer capability and stays out of messages.
+fn without_ticket(text: &str, url: &Url) -> String {
+    match url
+        .path()
+        .strip_prefix("/images/")
+        .map(|r| r.split('/').next().unwrap_or(""))
+    {
+        Some(id) if !id.is_empty() => text.replace(id, "[ticket]"),
+        _ => text.to_owned(),
+    }
+}
+
 impl ImageioSource {
     /// Opens the ticket URL `url` (`.../images/TICKET`); `connections` bounds the parallel
     /// readers together with the ticket's `max_readers`. Uses the local socket when it can.
@@ -307,12 +320,12 @@ impl ImageioSource {
                 }
             }
         }
-        if src.options.has("extents") {
-            let list = src.read_zero_extents().await?;
-            src.size = list.last().map_or(0, Extent::end);
-            let _ = src.extents.set(list);
-        } else {
-            src.size = src.probe_size().await?;
+        match src.read_zero_extents().await? {
+            Some(list) => {
+                src.size = list.last().map_or(0, Extent::end);
+                let _ = src.extents.set(list);
+            }
+            None => src.size = src.probe_size().await?,
         }
         Ok(src)
     }
@@ -370,11 +383,35 @@ impl ImageioSource {
 
     /// Dirty byte ranges `(offset, length)` of the ticket (`?context=dirty`): sorted, merged
     /// and within the image. Needs a ticket created with `"dirty": true` on an NBD export with
-    /// a dirty bitmap.
+    /// a dirty bitmap. A list larger than [`MAX_ANSWER`] is left unread, with a warning, and
+    /// the whole image counts as changed: slower, never wrong.
     pub async fn dirty_extents(&self) -> Result<Vec<(u64, u64)>> {
-        let url = self.extents_url("dirty");
-        let (body, at) = self.get_body(Method::GET, &url).await?;
+        let Some((body, at)) = self
+            .extents_body("dirty", "copying the whole image")
+            .await?
+        else {
+            return Ok(vec![(0, self.size)]
+                .into_iter()
+                .filter(|r| r.1 > 0)
+                .collect());
+        };
         parse_dirty_extents(&body, self.size).map_err(|e| e.context_prefix(redact(&at)))
+    }
+
+    /// The answer to `GET .../extents?context=CONTEXT` and where it came from; `None`, with a
+    /// warning that says `instead`, when it is larger than [`MAX_ANSWER`].
+    async fn extents_body(&self, context: &str, instead: &str) -> Result<Option<(Vec<u8>, Url)>> {
+        let url = self.extents_url(context);
+        let (resp, at) = self.request(Method::GET, &url, None).await?;
+        let body = read_within(resp, &at, MAX_ANSWER).await?;
+        if body.is_none() {
+            tracing::warn!(
+                "{}: the {context} extents are larger than {} MiB: {instead}",
+                redact(&at),
+                MAX_ANSWER >> 20
+            );
+        }
+        Ok(body.map(|b| (b, at)))
     }
 
     fn extents_url(&self, context: &str) -> Url {
@@ -385,10 +422,22 @@ impl ImageioSource {
         u
     }
 
-    async fn read_zero_extents(&self) -> Result<Vec<Extent>> {
-        let url = self.extents_url("zero");
-        let (body, at) = self.get_body(Method::GET, &url).await?;
-        parse_zero_extents(&body).map_err(|e| e.context_prefix(redact(&at)))
+    /// The zero extents, when the daemon has the `extents` feature and their list fits in
+    /// [`MAX_ANSWER`]; a larger list (a large, fragmented disk) is left unread, with a warning:
+    /// every byte is then read as data (zeros are still found in the buffers).
+    async fn read_zero_extents(&self) -> Result<Option<Vec<Extent>>> {
+        if !self.options.has("extents") {
+            return Ok(None);
+        }
+        let Some((body, at)) = self
+            .extents_body("zero", "reading every byte as data")
+            .await?
+        else {
+            return Ok(None);
+        };
+        parse_zero_extents(&body)
+            .map(Some)
+            .map_err(|e| e.context_prefix(redact(&at)))
     }
 
     /// The size from the `Content-Range` total of a one-byte ranged GET.
@@ -435,17 +484,14 @@ impl ImageioSource {
         }
         // imageio explains a refusal in a short text body ("No such ticket X",
         // "Transfer=X expired"): keep its first line, bounded.
-        let why = resp
-            .text()
-            .await
-            .ok()
-            .and_then(|t| {
-                t.lines()
-                    .next()
-                    .map(|l| l.chars().take(200).collect::<String>())
-            })
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| format!(" ({})", l.trim()))
+        let why = crate::http::read_excerpt(resp).await;
+        let why = why
+            .lines()
+            .next()
+            .map(|l| without_ticket(l, &self.public_url))
+            .map(|l| crate::error::peer_text(&l))
+            .filter(|l| !l.is_empty())
+            .map(|l| format!(" ({l})"))
             .unwrap_or_default();
         let (kind, what) = match st {
             StatusCode::FORBIDDEN => (

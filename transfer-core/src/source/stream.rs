@@ -50,6 +50,14 @@ async fn pump(
             None => match resp.chunk().await {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
+                Err(e) if e.is_timeout() => {
+                    let msg = format!(
+                        "{}: the server stopped sending after {total} bytes (idle timeout)",
+                        redact(&url)
+                    );
+                    let _ = tx.send(Err(Error::new(ErrorKind::TimedOut, msg))).await;
+                    return;
+                }
                 Err(e) => {
                     let cause = std::error::Error::source(&e)
                         .map(|c| c.to_string())

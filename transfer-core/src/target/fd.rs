@@ -33,10 +33,14 @@ impl DiskFd {
     /// descriptor. `desc` names the target in messages.
     pub fn new(desc: String, path: &Path, file: File, direct: bool) -> Result<Self> {
         let direct = if direct {
+            // The same open file, not whatever sits at `path` by now: through /proc when it
+            // is mounted.
+            let own = Path::new("/proc/self/fd").join(file.as_raw_fd().to_string());
+            let reopen = if own.exists() { own.as_path() } else { path };
             let d = OpenOptions::new()
                 .write(true)
                 .custom_flags(libc::O_DIRECT)
-                .open(path)
+                .open(reopen)
                 .map_err(|e| Error::io(format!("opening {desc} with O_DIRECT"), e))?;
             Some(d)
         } else {

@@ -4,6 +4,7 @@
 
 use std::fs::OpenOptions;
 use std::os::fd::RawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -24,7 +25,12 @@ impl FileTarget {
     /// Opens or creates `path` for a source of `size` bytes.
     pub fn open(path: &Path, size: u64, opts: &TargetOptions) -> Result<Self> {
         let ctx = |what: &str| format!("{what} target {}", path.display());
-        let (file, existed) = match OpenOptions::new().write(true).read(true).open(path) {
+        let (file, existed) = match OpenOptions::new()
+            .write(true)
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+        {
             Ok(f) => (f, true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && opts.in_place => {
                 return Err(Error::new(
@@ -40,6 +46,7 @@ impl FileTarget {
                     .write(true)
                     .read(true)
                     .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
                     .open(path)
                     .map_err(|e| Error::io(ctx("creating"), e))?;
                 (f, false)

@@ -91,6 +91,7 @@ pub fn open_target(
     source_size: u64,
     opts: &TargetOptions,
 ) -> Result<Arc<dyn BlockTarget>> {
+    refuse_link_to_file(path)?;
     match std::fs::metadata(path) {
         Ok(m) if m.file_type().is_block_device() => {
             Ok(Arc::new(BlockDeviceTarget::open(path, source_size, opts)?))
@@ -111,6 +112,25 @@ pub fn open_target(
             e,
         )),
     }
+}
+
+/// A symbolic link is a target only when it names a block device (`/dev/mapper/NAME`,
+/// `/dev/disk/by-id/...`): a link where a disk file is written would redirect the writes to
+/// whatever it points at. (File targets are then opened with `O_NOFOLLOW`, so a link planted
+/// after this check fails the open instead.)
+fn refuse_link_to_file(path: &Path) -> Result<()> {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    let to_device = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
+    if is_link && !to_device {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "target {} is a symbolic link: name the disk file itself (links are followed only to block devices)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A target URI or path: `file:///path` or a plain path.

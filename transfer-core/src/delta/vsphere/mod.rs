@@ -31,6 +31,10 @@ const SESSION_COOKIE: &str = "vmware_soap_session";
 /// Most pages of changed areas read for one disk (a guard against a server that never ends).
 const MAX_PAGES: usize = 1_000_000;
 
+/// Most changed areas kept for one disk, after adjacent ones are merged (64 MiB of ranges):
+/// past it a delta is no cheaper than a full copy, and the server's answer is not trusted.
+const MAX_AREAS: usize = 1 << 22;
+
 /// A logged-in vSphere API session.
 pub struct Client {
     http: HttpClient,
@@ -312,11 +316,28 @@ impl Client {
                     )));
                 }
             }
-            areas.extend(page.areas);
+            merge_into(&mut areas, &page.areas);
+            if areas.len() > MAX_AREAS {
+                return Err(full_copy(Error::new(
+                    ErrorKind::Protocol,
+                    format!("vSphere {what}: more than {MAX_AREAS} separate changed areas"),
+                )));
+            }
             start = end;
         }
         tracing::debug!(pages, areas = areas.len(), "vSphere changed disk areas");
         DeltaSet::new(capacity, areas).map_err(full_copy)
+    }
+}
+
+/// Appends a page's `areas` (in order, within the page) to `areas`, merging an area into the
+/// one before it when they touch or overlap.
+fn merge_into(areas: &mut Vec<(u64, u64)>, page: &[(u64, u64)]) {
+    for &(a, l) in page.iter().filter(|(_, l)| *l > 0) {
+        match areas.last_mut() {
+            Some((s, n)) if a >= *s && a <= *s + *n => *n = (*n).max(a + l - *s),
+            _ => areas.push((a, l)),
+        }
     }
 }
 
@@ -478,5 +499,13 @@ mod tests {
         ] {
             assert!(!is_snapshot_moref(id), "{id}");
         }
+    }
+
+    #[test]
+    fn touching_areas_are_merged_as_pages_arrive() {
+        let mut areas = Vec::new();
+        merge_into(&mut areas, &[(0, 10), (10, 5), (20, 5), (22, 10)]);
+        merge_into(&mut areas, &[(32, 8), (50, 0), (64, 1)]);
+        assert_eq!(areas, vec![(0, 15), (20, 20), (64, 1)]);
     }
 }

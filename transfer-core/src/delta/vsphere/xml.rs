@@ -198,7 +198,7 @@ pub fn fault(body: &Node) -> Option<Fault> {
     if body.name != "Fault" {
         return None;
     }
-    let message = body.text_of("faultstring").unwrap_or("").to_owned();
+    let message = crate::error::peer_text(body.text_of("faultstring").unwrap_or(""));
     let kind = body
         .child("detail")
         .and_then(|d| d.children.first())
@@ -207,6 +207,7 @@ pub fn fault(body: &Node) -> Option<Fault> {
                 .clone()
                 .unwrap_or_else(|| d.name.strip_suffix("Fault").unwrap_or(&d.name).to_owned())
         })
+        .map(|k| crate::error::peer_text(&k))
         .unwrap_or_else(|| "unknown".to_owned());
     Some(Fault { kind, message })
 }

@@ -5,11 +5,15 @@
 //! NBD_OPT_GO, structured replies, block status and pipelining; libnbd would need C bindings.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::handshake::ExportInfo;
 use super::proto::*;
@@ -26,7 +30,7 @@ enum Op {
         buf: Buffer,
         /// Byte ranges of `buf` filled so far (chunks must not overlap: a server that sends
         /// overlapping chunks could otherwise leave stale bytes in a reused buffer).
-        covered: Vec<(u64, u64)>,
+        covered: Covered,
         error: Option<Error>,
         tx: oneshot::Sender<Result<Buffer>>,
     },
@@ -114,6 +118,8 @@ impl Op {
 
 struct Shared {
     ops: HashMap<u64, Op>,
+    /// Whether the reply being read took its request out of `ops`.
+    in_hand: bool,
     /// Set when the connection is gone: every later request fails with this message.
     dead: Option<(ErrorKind, String)>,
 }
@@ -144,10 +150,19 @@ fn server_error(what: &str, offset: u64, errno: u32, msg: &str) -> Error {
 }
 
 impl Connection {
-    /// Starts the transmission phase on an already negotiated stream.
-    pub fn start(info: ExportInfo, desc: String, reader: Reader, writer: Writer) -> Self {
+    /// Starts the transmission phase on an already negotiated stream. While a request waits
+    /// for its reply and the server sends nothing for `idle`, the connection is given up
+    /// ([`ErrorKind::TimedOut`]): a peer that stopped answering must not hang the copy.
+    pub fn start(
+        info: ExportInfo,
+        desc: String,
+        reader: Reader,
+        writer: Writer,
+        idle: Duration,
+    ) -> Self {
         let shared = Arc::new(Mutex::new(Shared {
             ops: HashMap::new(),
+            in_hand: false,
             dead: None,
         }));
         let task = tokio::spawn(reader_task(
@@ -155,6 +170,7 @@ impl Connection {
             shared.clone(),
             info.clone(),
             desc.clone(),
+            idle,
         ));
         Connection {
             info,
@@ -234,7 +250,7 @@ impl Connection {
         let op = Op::Read {
             offset,
             buf,
-            covered: Vec::new(),
+            covered: Covered::new(),
             error: None,
             tx,
         };
@@ -353,12 +369,44 @@ impl Drop for Connection {
     }
 }
 
-async fn reader_task(reader: Reader, shared: Arc<Mutex<Shared>>, info: ExportInfo, desc: String) {
-    let mut r = BufReader::with_capacity(64 * 1024, reader);
-    let err = loop {
-        match read_one(&mut r, &shared, &info).await {
-            Ok(()) => continue,
-            Err(e) => break e,
+async fn reader_task(
+    reader: Reader,
+    shared: Arc<Mutex<Shared>>,
+    info: ExportInfo,
+    desc: String,
+    idle: Duration,
+) {
+    let received = Arc::new(AtomicU64::new(0));
+    let counting = Counting {
+        inner: reader,
+        received: received.clone(),
+    };
+    let mut r = BufReader::with_capacity(64 * 1024, counting);
+    let mut watch = IdleWatch::new(idle, received);
+    let mut ticks = tokio::time::interval(watch.tick());
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let err = 'conn: loop {
+        // A reply being read holds its request outside `ops` (taken, then put back or
+        // finished): `in_hand` says the rest of it is awaited.
+        shared.lock().unwrap().in_hand = false;
+        let one = read_one(&mut r, &shared, &info);
+        tokio::pin!(one);
+        loop {
+            tokio::select! {
+                res = &mut one => match res {
+                    Ok(()) => continue 'conn,
+                    Err(e) => break 'conn e,
+                },
+                _ = ticks.tick() => {
+                    let waiting = {
+                        let sh = shared.lock().unwrap();
+                        sh.in_hand || !sh.ops.is_empty()
+                    };
+                    if let Some(e) = watch.check(waiting) {
+                        break 'conn e;
+                    }
+                }
+            }
         }
     };
     let (kind, msg) = match err.kind() {
@@ -369,6 +417,71 @@ async fn reader_task(reader: Reader, shared: Arc<Mutex<Shared>>, info: ExportInf
         k => (k, format!("{desc}: {err}")),
     };
     fail_all(&shared, kind, msg);
+}
+
+/// A reader that counts the bytes it delivers, for [`IdleWatch`].
+struct Counting {
+    inner: Reader,
+    received: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Counting {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        self.received.fetch_add(n, Ordering::Relaxed);
+        r
+    }
+}
+
+/// Whether a connection with requests waiting has received nothing for too long. Checked on
+/// a tick of a quarter of the timeout, so it fires between `idle` and 1.25 x `idle` after the
+/// last byte (or after the first request of an idle connection).
+struct IdleWatch {
+    idle: Duration,
+    received: Arc<AtomicU64>,
+    seen: u64,
+    since: Instant,
+}
+
+impl IdleWatch {
+    fn new(idle: Duration, received: Arc<AtomicU64>) -> IdleWatch {
+        IdleWatch {
+            idle,
+            received,
+            seen: 0,
+            since: Instant::now(),
+        }
+    }
+
+    fn tick(&self) -> Duration {
+        (self.idle / 4).max(Duration::from_millis(50))
+    }
+
+    /// The timeout error when requests are `waiting` and nothing came for the idle time.
+    fn check(&mut self, waiting: bool) -> Option<Error> {
+        let now = Instant::now();
+        let n = self.received.load(Ordering::Relaxed);
+        if n != self.seen || !waiting {
+            self.seen = n;
+            self.since = now;
+            return None;
+        }
+        (now - self.since >= self.idle).then(|| {
+            Error::new(
+                ErrorKind::TimedOut,
+                format!(
+                    "no answer for {} s while requests were waiting: giving up the connection",
+                    self.idle.as_secs_f64()
+                ),
+            )
+        })
+    }
 }
 
 /// Marks the connection dead with `kind`/`msg` (the first reason stays) and fails every
@@ -387,12 +500,10 @@ fn fail_all(shared: &Mutex<Shared>, kind: ErrorKind, msg: String) {
 }
 
 fn take(shared: &Mutex<Shared>, cookie: u64) -> Result<Op> {
-    shared
-        .lock()
-        .unwrap()
-        .ops
-        .remove(&cookie)
-        .ok_or_else(|| protocol(format!("reply with unknown cookie {cookie}")))
+    let mut sh = shared.lock().unwrap();
+    let op = sh.ops.remove(&cookie);
+    sh.in_hand = op.is_some();
+    op.ok_or_else(|| protocol(format!("reply with unknown cookie {cookie}")))
 }
 
 /// Returns `op` to the pending requests before a fatal error: the reader task then fails it
@@ -617,6 +728,11 @@ mod tests {
     const DESC: &str = "NBD server test";
 
     fn connection() -> (Connection, DuplexStream) {
+        connection_with(Duration::from_secs(30))
+    }
+
+    /// A connection whose idle timeout is `idle`, and the server's end of it.
+    fn connection_with(idle: Duration) -> (Connection, DuplexStream) {
         let (client, server) = duplex(1 << 20);
         let (r, w) = split(client);
         let info = ExportInfo {
@@ -629,7 +745,7 @@ mod tests {
             base_allocation: None,
             dirty_bitmap: None,
         };
-        let conn = Connection::start(info, DESC.into(), Box::new(r), Box::new(w));
+        let conn = Connection::start(info, DESC.into(), Box::new(r), Box::new(w), idle);
         (conn, server)
     }
 
@@ -744,5 +860,76 @@ mod tests {
         let buf = read.await.unwrap().unwrap();
 
         assert!(buf.iter().all(|&b| b == 0x5a));
+    }
+
+    /// The structured reply that ends a read of `len` bytes at `offset` with its data.
+    fn data_reply(cookie: u64, offset: u64, len: u32) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+        m.extend_from_slice(&REPLY_FLAG_DONE.to_be_bytes());
+        m.extend_from_slice(&CHUNK_OFFSET_DATA.to_be_bytes());
+        m.extend_from_slice(&cookie.to_be_bytes());
+        m.extend_from_slice(&(len + 8).to_be_bytes());
+        m.extend_from_slice(&offset.to_be_bytes());
+        m.extend(std::iter::repeat_n(0x5a, len as usize));
+        m
+    }
+
+    #[tokio::test]
+    async fn a_server_that_stops_answering_fails_the_waiting_read_as_timed_out() {
+        let (conn, mut server) = connection_with(Duration::from_millis(200));
+        let started = Instant::now();
+        let read = tokio::spawn(async move { conn.read(0, Buffer::new(4096)).await });
+        let (cookie, offset, len) = request(&mut server).await;
+        // Half of the reply, then nothing: a frozen peer behind a live TCP connection.
+        let reply = data_reply(cookie, offset, len);
+        server.write_all(&reply[..reply.len() / 2]).await.unwrap();
+
+        let e = read.await.unwrap().expect_err("the read fails");
+
+        assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+        assert!(
+            e.kind().is_transient(),
+            "a retry on a new connection may work"
+        );
+        assert!(e.to_string().starts_with(DESC), "{e}");
+        assert!(e.to_string().contains("no answer for 0.2 s"), "{e}");
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_secs(5), "gave up after {waited:?}");
+        drop(server);
+    }
+
+    #[tokio::test]
+    async fn a_slow_server_that_keeps_sending_is_not_timed_out() {
+        let (conn, mut server) = connection_with(Duration::from_millis(200));
+        let read = tokio::spawn(async move { conn.read(0, Buffer::new(4096)).await });
+        let (cookie, offset, len) = request(&mut server).await;
+        // The reply in ten pieces 100 ms apart: a full second in all, five idle timeouts,
+        // but never 200 ms without a byte.
+        let reply = data_reply(cookie, offset, len);
+        for piece in reply.chunks(reply.len().div_ceil(10)) {
+            server.write_all(piece).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        let buf = read.await.unwrap().expect("the read succeeds");
+
+        assert!(buf.iter().all(|&b| b == 0x5a));
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_without_requests_is_not_timed_out() {
+        let (conn, mut server) = connection_with(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let conn = Arc::new(conn);
+        let c = conn.clone();
+        let read = tokio::spawn(async move { c.read(0, Buffer::new(4096)).await });
+        let (cookie, offset, len) = request(&mut server).await;
+        server
+            .write_all(&data_reply(cookie, offset, len))
+            .await
+            .unwrap();
+
+        read.await.unwrap().expect("the read succeeds");
     }
 }

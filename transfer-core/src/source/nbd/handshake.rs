@@ -81,8 +81,7 @@ async fn read_opt_reply<S: AsyncRead + Unpin>(
 }
 
 fn rep_error(opt: &str, export: &str, h: &OptReplyHeader, payload: &[u8]) -> Error {
-    let msg = String::from_utf8_lossy(payload);
-    let msg = msg.trim();
+    let msg = crate::error::peer_text(&String::from_utf8_lossy(payload));
     let kind = if h.reply == REP_ERR_UNKNOWN {
         ErrorKind::NotFound
     } else {

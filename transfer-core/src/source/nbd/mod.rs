@@ -40,6 +40,56 @@ pub struct NbdUri {
 /// Default NBD port.
 pub const DEFAULT_PORT: u16 = 10809;
 
+/// How long requests may wait without a byte from the server before the connection is given
+/// up (and, with retries, replaced). A slow server that keeps sending never trips it; a server
+/// that answers nothing at all for two minutes has stopped.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What an NBD source takes besides its URI.
+#[derive(Debug, Clone)]
+pub struct NbdOptions {
+    /// Ask for structured replies and block status.
+    pub structured: bool,
+    /// The qemu dirty bitmap (`qemu-nbd -B NAME`) whose changed ranges the source reports,
+    /// negotiated on the same connection as the data.
+    pub dirty_bitmap: Option<String>,
+    /// How long requests may wait without a byte from the server
+    /// ([`DEFAULT_IDLE_TIMEOUT`]).
+    pub idle_timeout: Duration,
+}
+
+impl Default for NbdOptions {
+    fn default() -> Self {
+        NbdOptions {
+            structured: true,
+            dirty_bitmap: None,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+impl NbdOptions {
+    fn handshake(&self, export: &str, with_bitmap: bool) -> HandshakeOptions {
+        let dirty_bitmap = self.dirty_bitmap.clone().filter(|_| with_bitmap);
+        HandshakeOptions {
+            export: export.to_owned(),
+            structured: self.structured || dirty_bitmap.is_some(),
+            dirty_bitmap,
+        }
+    }
+}
+
+/// TCP keepalive on every NBD socket: a peer that vanished without a word (a host powered
+/// off, a connection dropped by a load balancer) is noticed by the kernel after about a
+/// minute and a half of silence, even between requests.
+fn keepalive(s: &TcpStream) -> std::io::Result<()> {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    socket2::SockRef::from(s).set_tcp_keepalive(&ka)
+}
+
 impl NbdUri {
     /// Parses `nbd://host[:port]/export` or `nbd+unix:///export?socket=PATH`.
     pub fn parse(url: &url::Url) -> Result<Self> {
@@ -93,7 +143,7 @@ pub async fn connect(uri: &NbdUri, structured: bool) -> Result<Connection> {
         structured,
         dirty_bitmap: None,
     };
-    connect_with(uri, &opts).await
+    connect_with(uri, &opts, DEFAULT_IDLE_TIMEOUT).await
 }
 
 /// How long the first connection may take to connect, to be greeted, and to negotiate.
@@ -107,9 +157,13 @@ const MORE_CONNECTIONS_WAIT: Duration = Duration::from_secs(2);
 /// The ranges `(offset, length)` that qemu's dirty bitmap `bitmap` of the export marks as
 /// changed (`qemu:dirty-bitmap:NAME`, e.g. `qemu-nbd -B NAME`), sorted and merged, read over a
 /// connection of their own. A source that copies reads them over its own connection instead:
-/// [`NbdSource::connect_with_bitmap`] and [`BlockSource::changes`].
+/// [`NbdSource::open`] with [`NbdOptions::dirty_bitmap`], and [`BlockSource::changes`].
 pub async fn dirty_ranges(uri: &NbdUri, bitmap: &str) -> Result<Vec<(u64, u64)>> {
-    let src = NbdSource::connect_with_bitmap(uri.clone(), true, Some(bitmap.to_owned())).await?;
+    let opts = NbdOptions {
+        dirty_bitmap: Some(bitmap.to_owned()),
+        ..NbdOptions::default()
+    };
+    let src = NbdSource::open(uri.clone(), opts).await?;
     let tracker = src
         .changes()
         .expect("a source connected with a dirty bitmap tracks changes");
@@ -118,9 +172,14 @@ pub async fn dirty_ranges(uri: &NbdUri, bitmap: &str) -> Result<Vec<(u64, u64)>>
     ranges
 }
 
-/// Connects with `opts`, negotiates and starts the transmission phase.
-pub async fn connect_with(uri: &NbdUri, opts: &HandshakeOptions) -> Result<Connection> {
-    connect_within(uri, opts, FIRST_CONNECTION_WAIT)
+/// Connects with `opts`, negotiates and starts the transmission phase; requests wait at most
+/// `idle` without a byte from the server ([`Connection::start`]).
+pub async fn connect_with(
+    uri: &NbdUri,
+    opts: &HandshakeOptions,
+    idle: Duration,
+) -> Result<Connection> {
+    connect_within(uri, opts, FIRST_CONNECTION_WAIT, idle)
         .await?
         .ok_or_else(|| {
             Error::new(
@@ -141,6 +200,7 @@ async fn connect_within(
     uri: &NbdUri,
     opts: &HandshakeOptions,
     answer: Duration,
+    idle: Duration,
 ) -> Result<Option<Connection>> {
     let desc = uri.describe();
     let conn_err = |e: std::io::Error| {
@@ -166,6 +226,7 @@ async fn connect_within(
                 return Ok(None);
             };
             s.set_nodelay(true).map_err(conn_err)?;
+            keepalive(&s).map_err(conn_err)?;
             // The greeting is the server's first word: none means it has not taken us on.
             if tokio::time::timeout(answer, s.readable()).await.is_err() {
                 return Ok(None);
@@ -189,7 +250,7 @@ async fn connect_within(
             (info, Box::new(r), Box::new(w))
         }
     };
-    Ok(Some(Connection::start(info, desc, r, w)))
+    Ok(Some(Connection::start(info, desc, r, w, idle)))
 }
 
 type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
@@ -215,9 +276,9 @@ where
 pub struct NbdSource {
     uri: NbdUri,
     conn: Arc<Connection>,
-    structured: bool,
-    /// The dirty bitmap negotiated on this connection, if one was asked for.
-    dirty_bitmap: Option<String>,
+    /// The options it was opened with; the dirty bitmap is negotiated on this connection
+    /// only, never on the ones [`BlockSource::open_another`] adds.
+    opts: NbdOptions,
     /// Whether "at capacity" has been logged for this source (once, for all its handles).
     capacity_logged: Arc<AtomicBool>,
 }
@@ -225,29 +286,24 @@ pub struct NbdSource {
 impl NbdSource {
     /// Connects to `uri`; `structured` asks for structured replies and block status.
     pub async fn connect(uri: NbdUri, structured: bool) -> Result<Self> {
-        NbdSource::connect_with_bitmap(uri, structured, None).await
+        let opts = NbdOptions {
+            structured,
+            ..NbdOptions::default()
+        };
+        NbdSource::open(uri, opts).await
     }
 
-    /// Connects to `uri`, negotiating `base:allocation` and, when named, the qemu dirty bitmap
-    /// `qemu:dirty-bitmap:NAME` on the same connection: its changed ranges are then
+    /// Connects to `uri` with `opts`. A dirty bitmap, when named, is negotiated together with
+    /// `base:allocation` on the same connection: its changed ranges are then
     /// [`BlockSource::changes`] without a second connection, which a server that serves one
     /// client (`qemu-nbd` by default) would never accept.
-    pub async fn connect_with_bitmap(
-        uri: NbdUri,
-        structured: bool,
-        dirty_bitmap: Option<String>,
-    ) -> Result<Self> {
-        let opts = HandshakeOptions {
-            export: uri.export.clone(),
-            structured: structured || dirty_bitmap.is_some(),
-            dirty_bitmap: dirty_bitmap.clone(),
-        };
-        let conn = connect_with(&uri, &opts).await?;
+    pub async fn open(uri: NbdUri, opts: NbdOptions) -> Result<Self> {
+        let conn =
+            connect_with(&uri, &opts.handshake(&uri.export, true), opts.idle_timeout).await?;
         Ok(NbdSource {
             uri,
             conn: Arc::new(conn),
-            structured,
-            dirty_bitmap,
+            opts,
             capacity_logged: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -292,12 +348,10 @@ impl BlockSource for NbdSource {
     }
 
     async fn open_another(&self) -> Result<Arc<dyn BlockSource>> {
-        let opts = HandshakeOptions {
-            export: self.uri.export.clone(),
-            structured: self.structured,
-            dirty_bitmap: None,
-        };
-        let Some(conn) = connect_within(&self.uri, &opts, MORE_CONNECTIONS_WAIT).await? else {
+        let opts = self.opts.handshake(&self.uri.export, false);
+        let idle = self.opts.idle_timeout;
+        let Some(conn) = connect_within(&self.uri, &opts, MORE_CONNECTIONS_WAIT, idle).await?
+        else {
             let wait = MORE_CONNECTIONS_WAIT.as_secs();
             if !self.capacity_logged.swap(true, Ordering::Relaxed) {
                 tracing::info!(
@@ -316,8 +370,10 @@ impl BlockSource for NbdSource {
         let other = NbdSource {
             uri: self.uri.clone(),
             conn: Arc::new(conn),
-            structured: self.structured,
-            dirty_bitmap: None,
+            opts: NbdOptions {
+                dirty_bitmap: None,
+                ..self.opts.clone()
+            },
             capacity_logged: self.capacity_logged.clone(),
         };
         if other.size() != self.size() {
@@ -337,7 +393,7 @@ impl BlockSource for NbdSource {
     }
 
     fn changes(&self) -> Option<Arc<dyn ChangeTracking>> {
-        let bitmap = self.dirty_bitmap.clone()?;
+        let bitmap = self.opts.dirty_bitmap.clone()?;
         Some(Arc::new(DirtyBitmap {
             conn: self.conn.clone(),
             what: format!("{}: the dirty bitmap '{bitmap}'", self.describe()),
@@ -377,6 +433,14 @@ mod tests {
 
     const SIZE: u64 = 1 << 20;
     const GRAIN: u32 = 64 << 10;
+
+    /// Options that ask for the dirty bitmap `name`.
+    fn bitmap(name: &str) -> NbdOptions {
+        NbdOptions {
+            dirty_bitmap: Some(name.to_owned()),
+            ..NbdOptions::default()
+        }
+    }
 
     /// An in-process NBD server on a Unix socket that serves `clients` connections (at most
     /// one at a time, like `qemu-nbd` by default) and leaves any further one in its listen
@@ -546,7 +610,7 @@ mod tests {
     async fn one_connection_carries_allocation_and_the_dirty_bitmap() {
         let server = FakeServer::start(&["b0"], 1);
 
-        let src = NbdSource::connect_with_bitmap(server.uri.clone(), true, Some("b0".into()))
+        let src = NbdSource::open(server.uri.clone(), bitmap("b0"))
             .await
             .unwrap();
         let extents = crate::source::extents_covering(&src, 0, SIZE)
@@ -592,7 +656,7 @@ mod tests {
     async fn an_unknown_dirty_bitmap_fails_in_one_line_naming_it() {
         let server = FakeServer::start(&["b0"], 1);
 
-        let e = NbdSource::connect_with_bitmap(server.uri.clone(), true, Some("nope".into()))
+        let e = NbdSource::open(server.uri.clone(), bitmap("nope"))
             .await
             .err()
             .expect("no such bitmap");

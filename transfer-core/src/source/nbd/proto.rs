@@ -402,7 +402,7 @@ pub fn parse_error_chunk(kind: u16, b: &[u8]) -> Result<ErrorChunk> {
     let error = be32(b, 0);
     let mlen = be16(b, 4) as usize;
     need(b, 6 + mlen, "error chunk message")?;
-    let message = String::from_utf8_lossy(&b[6..6 + mlen]).trim().to_owned();
+    let message = crate::error::peer_text(&String::from_utf8_lossy(&b[6..6 + mlen]));
     let offset = if kind == CHUNK_ERROR_OFFSET {
         if b.len() != 6 + mlen + 8 {
             return Err(protocol("error-offset chunk has the wrong length"));
@@ -539,17 +539,30 @@ pub fn chunk_in_request(
         })
 }
 
+/// The byte ranges of a read's buffer that reply chunks filled so far: start -> end.
+pub type Covered = std::collections::BTreeMap<u64, u64>;
+
 /// Records that bytes `[start, start+len)` of the buffer of the read at `offset` are filled,
-/// in `covered` (the ranges filled so far): chunks must not overlap, or a server could leave
-/// stale bytes in a reused buffer while the lengths still add up.
-pub fn claim(covered: &mut Vec<(u64, u64)>, start: u64, len: u64, offset: u64) -> Result<()> {
+/// in `covered`: chunks must not overlap, or a server could leave stale bytes in a reused
+/// buffer while the lengths still add up; and a chunk is never empty, so a read takes at most
+/// one chunk per byte and each check costs a lookup, whatever the server sends.
+pub fn claim(covered: &mut Covered, start: u64, len: u64, offset: u64) -> Result<()> {
     let end = start + len;
-    if covered.iter().any(|&(s, e)| start < e && s < end) {
+    if len == 0 {
         return Err(protocol(format!(
-            "overlapping reply chunks for the read at offset {offset} (bytes {start}..{end})"
+            "empty reply chunk for the read at offset {offset} (at byte {start})"
         )));
     }
-    covered.push((start, end));
+    // The one range that starts before `end` and begins last is the only one that can reach
+    // past `start` (ranges in `covered` never overlap one another).
+    if let Some((s, e)) = covered.range(..end).next_back() {
+        if *e > start {
+            return Err(protocol(format!(
+                "overlapping reply chunks for the read at offset {offset} (bytes {start}..{end} and {s}..{e})"
+            )));
+        }
+    }
+    covered.insert(start, end);
     Ok(())
 }
 

@@ -243,11 +243,20 @@ fn read_chunks_land_inside_their_request_or_fail() {
     assert!(e.to_string().contains("outside the request"), "{e}");
     assert!(chunk_in_request("data", 0, 512, 4096, 4096).is_err());
     assert!(chunk_in_request("hole", u64::MAX - 3, 8, 0, 4096).is_err());
-    let mut covered = Vec::new();
+    let mut covered = Covered::new();
     claim(&mut covered, 0, 2048, 0).unwrap();
     claim(&mut covered, 2048, 2048, 0).unwrap();
     let e = claim(&mut covered, 1024, 2048, 0).unwrap_err();
     assert!(e.to_string().contains("overlapping"), "{e}");
+    // A chunk that swallows an earlier one, or starts inside it, overlaps too.
+    let mut covered = Covered::new();
+    claim(&mut covered, 1000, 10, 0).unwrap();
+    assert!(claim(&mut covered, 0, 4096, 0).is_err());
+    assert!(claim(&mut covered, 1005, 1, 0).is_err());
+    assert!(claim(&mut covered, 1010, 1, 0).is_ok());
+    // An empty chunk never counts: a server cannot send them without end.
+    let e = claim(&mut covered, 3000, 0, 0).unwrap_err();
+    assert!(e.to_string().contains("empty reply chunk"), "{e}");
     assert_eq!(unknown_error_errno(&28u32.to_be_bytes()), 28);
     assert_eq!(unknown_error_errno(&[1, 2]), 5);
 }

@@ -421,6 +421,7 @@ fn vddk_options(paths: &Paths, snapshot: Option<&str>) -> Result<VddkOptions> {
         params,
         password: Some(Secret::new(&need("IMPORTER_SECRET_KEY")?)),
         changed_since: None,
+        timeout: None,
     })
 }
 

@@ -84,7 +84,7 @@ pub(crate) struct Tuning {
     retry_delay: f64,
     /// Seconds a request may wait without a byte from the server (NBD, HTTP, imageio) before
     /// the connection is given up and the read retried on a new one. A slow server that keeps
-    /// sending never trips it.
+    /// sending never trips it. VDDK: how long opening, one read or closing may take.
     #[arg(long, default_value_t = 120.0, value_parser = seconds_arg)]
     idle_timeout: f64,
 }
@@ -104,6 +104,7 @@ impl Tuning {
         let idle = std::time::Duration::from_secs_f64(self.idle_timeout.max(0.1));
         opts.nbd.idle_timeout = idle;
         opts.http.idle_timeout = idle;
+        opts.vddk.timeout = Some(idle);
     }
 }
 

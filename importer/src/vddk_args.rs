@@ -72,6 +72,7 @@ impl VddkArgs {
             params: self.pairs(thumbprint)?,
             password,
             changed_since: None,
+            timeout: None,
         })
     }
 

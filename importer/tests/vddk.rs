@@ -588,3 +588,98 @@ fn the_extents_command_prints_vddks_allocation() {
         ]
     );
 }
+
+/// A copy of `bytes` from a fake with `knob` set: its output and wall time, and the case.
+fn timed_copy(knob: (&str, &str), bytes: &[u8], extra: &[&str]) -> (Out, f64, Case) {
+    let case = Case::new(FakeVddk::new().knob(knob.0, knob.1), bytes);
+    let t = std::time::Instant::now();
+    let out = case.copy(extra);
+    (out, t.elapsed().as_secs_f64(), case)
+}
+
+#[test]
+fn a_vddk_read_that_never_completes_is_given_up_and_retried_on_a_new_handle() {
+    let bytes = disk_bytes(8 * MIB, 31);
+    let extra = ["--idle-timeout", "1", "--retry-delay", "0.01"];
+
+    let (out, secs, case) = timed_copy(("FAKE_VDDK_HANG_READ", "3"), &bytes, &extra);
+
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_file_holds(&case.target, &bytes);
+    let v: Value = serde_json::from_str(out.stdout.lines().last().unwrap_or("")).expect("summary");
+    assert_eq!(v["retries"], 1, "one read retried: {}", out.stderr);
+    assert!(
+        out.stderr.contains("did not complete a read"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        case.fake.calls_of("Open").len(),
+        2,
+        "a fresh handle for the retry"
+    );
+    // The stuck handle (its Wait would never return) is abandoned: neither the copy nor the
+    // process's end waits for it.
+    assert!(secs < 15.0, "took {secs:.1} s");
+}
+
+#[test]
+fn a_vddk_connect_that_never_returns_fails_in_one_line_within_the_timeout() {
+    let knob = ("FAKE_VDDK_HANG", "ConnectEx");
+
+    let (out, secs, case) = timed_copy(knob, &disk_bytes(MIB, 2), &["--idle-timeout", "1"]);
+
+    failure(
+        &out,
+        &["VixDiskLib_ConnectEx has been running", "abandoned"],
+    );
+    assert!(secs < 15.0, "took {secs:.1} s");
+    assert!(!case.target.exists());
+    assert_eq!(
+        case.fake.calls_of("Exit").len(),
+        0,
+        "no Exit while VDDK is inside ConnectEx"
+    );
+}
+
+#[test]
+fn a_vddk_disconnect_that_never_returns_keeps_neither_the_copy_nor_the_other_handle() {
+    // Two handles: the first to close hangs in Disconnect under the process-wide open/close
+    // lock; the second gives up waiting for that lock instead of hanging behind it.
+    let bytes = disk_bytes(8 * MIB, 5);
+    let extra = ["--idle-timeout", "1", "--vddk", "connections=2"];
+
+    let (out, secs, case) = timed_copy(("FAKE_VDDK_HANG", "Disconnect"), &bytes, &extra);
+
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_file_holds(&case.target, &bytes);
+    assert_eq!(case.fake.calls_of("Open").len(), 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("VixDiskLib_Disconnect has not returned"),
+        "the second handle says what it waited for: {}",
+        out.stderr
+    );
+    assert!(secs < 15.0, "took {secs:.1} s");
+}
+
+#[test]
+fn a_readasync_whose_callback_runs_before_it_returns_still_copies() {
+    let bytes = disk_bytes(4 * MIB, 8);
+
+    let (out, _, case) = timed_copy(("FAKE_VDDK_COMPLETE_INLINE", "1"), &bytes, &[]);
+
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_file_holds(&case.target, &bytes);
+    let log = case.fake.calls();
+    let submitted = calls(&log, "ReadAsync");
+    let done = calls(&log, "ReadAsyncDone");
+    assert!(!submitted.is_empty() && submitted.len() == done.len());
+    assert!(
+        submitted
+            .iter()
+            .zip(&done)
+            .all(|(a, b)| a["thread"] == b["thread"]),
+        "every completion ran on the submitting thread, inside ReadAsync"
+    );
+}

@@ -66,6 +66,28 @@ impl Buffer {
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         &mut self.raw[self.start..self.start + self.len]
     }
+
+    /// The allocation, where the current bytes are in it, and the capacity: for a reader that
+    /// must own what it fills (VDDK keeps a read's memory until it completes).
+    #[cfg(feature = "vddk")]
+    pub(crate) fn into_vec(self) -> (Vec<u8>, std::ops::Range<usize>, usize) {
+        (self.raw, self.start..self.start + self.len, self.cap)
+    }
+
+    /// The buffer [`Buffer::into_vec`] took apart.
+    #[cfg(feature = "vddk")]
+    pub(crate) fn from_vec(raw: Vec<u8>, bytes: std::ops::Range<usize>, cap: usize) -> Buffer {
+        assert!(
+            bytes.start + cap <= raw.len() && bytes.len() <= cap,
+            "buffer parts out of bounds"
+        );
+        Buffer {
+            start: bytes.start,
+            len: bytes.len(),
+            cap,
+            raw,
+        }
+    }
 }
 
 impl std::ops::Deref for Buffer {

@@ -75,6 +75,9 @@ pub struct VddkOptions {
     /// of the snapshot whose change id to start from. The changed areas are read through the
     /// login that finds the disk.
     pub changed_since: Option<String>,
+    /// How long a VDDK call may go unanswered before its handle is given up (default:
+    /// [`DEFAULT_CALL_TIMEOUT`](crate::source::vddk::params::DEFAULT_CALL_TIMEOUT)).
+    pub timeout: Option<std::time::Duration>,
 }
 
 #[cfg(feature = "vddk")]
@@ -86,6 +89,9 @@ pub fn vddk_params(url: &url::Url, opts: &VddkOptions) -> Result<VddkParams> {
     }
     if opts.password.is_some() {
         p.password = opts.password.clone();
+    }
+    if let Some(t) = opts.timeout {
+        p.timeout = t;
     }
     Ok(p)
 }

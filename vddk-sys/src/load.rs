@@ -43,8 +43,12 @@ const fn opt(name: &'static str, since: &'static str) -> Symbol {
     }
 }
 
-/// Every symbol ferry uses.
-pub const SYMBOLS: [Symbol; 22] = [
+/// Every symbol ferry uses. Required are the calls made without a fallback; the others are
+/// optional: without GetErrorText a failure names only its code, without GetTransportMode the
+/// mode is "unknown", without ReadAsync and Wait reads are synchronous, without
+/// QueryAllocatedBlocks every range is data, and without AllocateConnectParams the parameters
+/// are a structure of our own.
+pub const SYMBOLS: [Symbol; 19] = [
     req("VixDiskLib_InitEx", "5.5"),
     req("VixDiskLib_Exit", "5.5"),
     req("VixDiskLib_ConnectEx", "5.5"),
@@ -54,15 +58,12 @@ pub const SYMBOLS: [Symbol; 22] = [
     req("VixDiskLib_GetInfo", "5.5"),
     req("VixDiskLib_FreeInfo", "5.5"),
     req("VixDiskLib_Read", "5.5"),
-    req("VixDiskLib_GetErrorText", "5.5"),
-    req("VixDiskLib_FreeErrorText", "5.5"),
-    req("VixDiskLib_GetTransportMode", "5.5"),
-    req("VixDiskLib_ListTransportModes", "5.5"),
-    req("VixDiskLib_PrepareForAccess", "5.5"),
-    req("VixDiskLib_EndAccess", "5.5"),
+    opt("VixDiskLib_GetErrorText", "5.5"),
+    opt("VixDiskLib_FreeErrorText", "5.5"),
+    opt("VixDiskLib_GetTransportMode", "5.5"),
+    opt("VixDiskLib_ListTransportModes", "5.5"),
     opt("VixDiskLib_ReadAsync", "6.0"),
     opt("VixDiskLib_Wait", "6.0"),
-    opt("VixDiskLib_Flush", "6.0"),
     opt("VixDiskLib_QueryAllocatedBlocks", "6.7"),
     opt("VixDiskLib_FreeBlockList", "6.7"),
     opt("VixDiskLib_AllocateConnectParams", "6.7"),
@@ -85,11 +86,8 @@ fn present(lib: &VixDiskLib, name: &str) -> bool {
         "VixDiskLib_FreeErrorText" => lib.VixDiskLib_FreeErrorText.is_ok(),
         "VixDiskLib_GetTransportMode" => lib.VixDiskLib_GetTransportMode.is_ok(),
         "VixDiskLib_ListTransportModes" => lib.VixDiskLib_ListTransportModes.is_ok(),
-        "VixDiskLib_PrepareForAccess" => lib.VixDiskLib_PrepareForAccess.is_ok(),
-        "VixDiskLib_EndAccess" => lib.VixDiskLib_EndAccess.is_ok(),
         "VixDiskLib_ReadAsync" => lib.VixDiskLib_ReadAsync.is_ok(),
         "VixDiskLib_Wait" => lib.VixDiskLib_Wait.is_ok(),
-        "VixDiskLib_Flush" => lib.VixDiskLib_Flush.is_ok(),
         "VixDiskLib_QueryAllocatedBlocks" => lib.VixDiskLib_QueryAllocatedBlocks.is_ok(),
         "VixDiskLib_FreeBlockList" => lib.VixDiskLib_FreeBlockList.is_ok(),
         "VixDiskLib_AllocateConnectParams" => lib.VixDiskLib_AllocateConnectParams.is_ok(),
@@ -124,6 +122,12 @@ impl Loaded {
     /// Whether the library has `name` (optional symbols may be absent).
     pub fn has(&self, name: &str) -> bool {
         present(&self.lib, name)
+    }
+
+    /// Whether reads can be asynchronous: ReadAsync is used only together with Wait, which
+    /// is what makes it safe to close a handle (and free its buffers) after them.
+    pub fn async_reads(&self) -> bool {
+        self.has("VixDiskLib_ReadAsync") && self.has("VixDiskLib_Wait")
     }
 
     /// The optional symbols the library lacks.

@@ -4,11 +4,16 @@
 //!
 //! VDDK is never unloaded: its own threads may outlive every handle, so the [`Vddk`] value is
 //! leaked on purpose and lives as long as the process.
+//!
+//! Nothing waits on VDDK without a bound. ConnectEx, Open, Close and Disconnect run under one
+//! process-wide lock (see [`Vddk::lock_open_close`]); a call that never returns (a hung NFC
+//! connection) keeps it, and everyone who wants it afterwards gives up after their timeout with
+//! an error naming the stuck call, instead of hanging the process behind it.
 
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -32,6 +37,9 @@ pub struct VddkError {
     /// The last warning VDDK logged while the call ran, when there was one: VDDK often gives
     /// the real reason (a wrong thumbprint, a refused login) only there.
     pub detail: Option<String>,
+    /// Whether VDDK did not answer in time (the call, or one holding the lock it needs, has
+    /// not returned): the handle was given up, and a new one may work.
+    pub timed_out: bool,
 }
 
 impl VddkError {
@@ -41,6 +49,14 @@ impl VddkError {
             code: 0,
             text: text.into(),
             detail: None,
+            timed_out: false,
+        }
+    }
+
+    pub(crate) fn stuck(call: &'static str, text: impl Into<String>) -> Self {
+        VddkError {
+            timed_out: true,
+            ..VddkError::ours(call, text)
         }
     }
 
@@ -78,11 +94,13 @@ pub struct Vddk {
     libdir: PathBuf,
     /// Serialises ConnectEx/Open and Close/Disconnect: VMware documents Open and Close as not
     /// thread-safe, and nbdkit's VDDK plugin takes one lock around them for that reason.
-    open_close: Mutex<()>,
+    open_close: CallLock,
     /// Connections being made, open or being closed; `exit` waits for them.
     handles: Mutex<usize>,
     /// Set (under `open_close`) when Exit has been called: no connection may start after it.
     exited: AtomicBool,
+    /// Connections given up on because VDDK did not answer (still counted in `handles`).
+    abandoned: AtomicUsize,
     handles_done: Condvar,
 }
 
@@ -150,9 +168,10 @@ pub fn init(libdir: &Path, config: Option<&Path>) -> Result<&'static Vddk, VddkE
     let vddk: &'static Vddk = Box::leak(Box::new(Vddk {
         loaded,
         libdir: libdir.to_owned(),
-        open_close: Mutex::new(()),
+        open_close: CallLock::default(),
         handles: Mutex::new(0),
         exited: AtomicBool::new(false),
+        abandoned: AtomicUsize::new(0),
         handles_done: Condvar::new(),
     }));
     if err != VIX_OK as VixError {
@@ -168,7 +187,9 @@ pub fn init(libdir: &Path, config: Option<&Path>) -> Result<&'static Vddk, VddkE
 }
 
 /// Calls `VixDiskLib_Exit` if this process initialised VDDK, after its connections have closed
-/// (waiting up to `timeout` for them). Connections started later, and [`init`], fail.
+/// (waiting up to `timeout` for them). Connections started later, and [`init`], fail. When a
+/// connection was abandoned (VDDK did not answer), Exit is not called: VDDK is still inside a
+/// call, and the process ends without it.
 pub fn exit(timeout: Duration) {
     let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
     let State::Ready(v) = &*state else {
@@ -181,12 +202,28 @@ pub fn exit(timeout: Duration) {
             let left = deadline.saturating_duration_since(Instant::now());
             let _ = v
                 .handles_done
-                .wait_timeout_while(open, left, |n| *n > 0)
+                .wait_timeout_while(open, left, |n| *n > v.abandoned.load(Ordering::SeqCst))
                 .unwrap_or_else(|e| e.into_inner());
         }
+        let abandoned = v.abandoned.load(Ordering::SeqCst);
+        if abandoned > 0 {
+            tracing::debug!(
+                abandoned,
+                "VDDK connections were abandoned; not calling Exit"
+            );
+            return;
+        }
         // A connection counts itself before it takes this lock, so none is in flight or can
-        // start once the count is 0 under it.
-        let _g = v.lock_open_close();
+        // start once the count is 0 under it. A call stuck under the lock means a connection
+        // is still open: Exit is not called then either.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _g = match v.lock_open_close("Exit", left) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!("{e}; not calling VixDiskLib_Exit");
+                return;
+            }
+        };
         let open = *v.handles.lock().unwrap_or_else(|e| e.into_inner());
         if open == 0 {
             v.exited.store(true, Ordering::SeqCst);
@@ -262,6 +299,7 @@ impl Vddk {
             code,
             text: self.error_text(code),
             detail: take_warning(),
+            timed_out: false,
         }
     }
 
@@ -287,9 +325,24 @@ impl Vddk {
         text
     }
 
-    /// Held around ConnectEx/Open and Close/Disconnect.
-    pub(crate) fn lock_open_close(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.open_close.lock().unwrap_or_else(|e| e.into_inner())
+    /// Held around ConnectEx/Open and Close/Disconnect, by `call`. Waits at most `timeout` for
+    /// it; the error then names the call that has held it, and for how long.
+    pub(crate) fn lock_open_close(
+        &self,
+        call: &'static str,
+        timeout: Duration,
+    ) -> Result<CallGuard<'_>, VddkError> {
+        self.open_close.acquire(call, timeout)
+    }
+
+    /// The call holding the open/close lock and for how long it has, if one does.
+    pub fn busy(&self) -> Option<(&'static str, Duration)> {
+        let holder = *self
+            .open_close
+            .holder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        holder.map(|(call, since)| (call, since.elapsed()))
     }
 
     /// Whether Exit has been called (read under [`Vddk::lock_open_close`]).
@@ -301,12 +354,73 @@ impl Vddk {
         *self.handles.lock().unwrap_or_else(|e| e.into_inner()) += 1;
     }
 
+    /// A connection VDDK did not answer for is given up (its thread may never end).
+    pub(crate) fn handle_abandoned(&self) {
+        self.abandoned.fetch_add(1, Ordering::SeqCst);
+        self.handles_done.notify_all();
+    }
+
     pub(crate) fn handle_closed(&self) {
         let mut n = self.handles.lock().unwrap_or_else(|e| e.into_inner());
         *n = n.saturating_sub(1);
         if *n == 0 {
             self.handles_done.notify_all();
         }
+    }
+}
+
+/// A lock whose waiters give up after a timeout, and that knows which call holds it. A
+/// `std::sync::Mutex` can only be waited for without end, and a VDDK call may never return.
+#[derive(Default)]
+pub(crate) struct CallLock {
+    /// The call holding the lock and since when; `None` when it is free.
+    holder: Mutex<Option<(&'static str, Instant)>>,
+    free: Condvar,
+}
+
+impl CallLock {
+    fn acquire(&self, call: &'static str, timeout: Duration) -> Result<CallGuard<'_>, VddkError> {
+        let deadline = Instant::now() + timeout;
+        let mut holder = self.holder.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((held_by, since)) = *holder {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(VddkError::stuck(
+                    call,
+                    format!(
+                        "VDDK is stuck: VixDiskLib_{held_by} has not returned for {} s, and \
+                         every ConnectEx, Open, Close and Disconnect waits for it",
+                        since.elapsed().as_secs()
+                    ),
+                ));
+            }
+            holder = self
+                .free
+                .wait_timeout(holder, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *holder = Some((call, Instant::now()));
+        Ok(CallGuard { lock: self })
+    }
+}
+
+/// The open/close lock, held.
+pub(crate) struct CallGuard<'a> {
+    lock: &'a CallLock,
+}
+
+impl CallGuard<'_> {
+    /// Names the call about to be made under the lock (for the errors of those who wait).
+    pub(crate) fn calling(&self, call: &'static str) {
+        *self.lock.holder.lock().unwrap_or_else(|e| e.into_inner()) = Some((call, Instant::now()));
+    }
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        *self.lock.holder.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.lock.free.notify_one();
     }
 }
 
@@ -451,6 +565,7 @@ mod tests {
             code: 35,
             text: "Authentication failure".into(),
             detail: Some("Cannot connect to host h".into()),
+            timed_out: false,
         };
         assert_eq!(
             e.to_string(),

@@ -75,17 +75,91 @@ fn newest_versions_and_lib64_come_first() {
     );
 }
 
+/// Builds `lib64/libvixDiskLib.so.8` under `d` from C stubs that export exactly `names`.
+fn stub_library(d: &Path, names: &[&str]) {
+    let lib64 = d.join("lib64");
+    std::fs::create_dir_all(&lib64).expect("mkdir");
+    let c = d.join("stubs.c");
+    let src: String = names
+        .iter()
+        .map(|n| format!("int {n}(void) {{ return 1; }}\n"))
+        .collect();
+    std::fs::write(&c, src).expect("write");
+    let out = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(lib64.join("libvixDiskLib.so.8"))
+        .arg(&c)
+        .output()
+        .expect("run cc (the C compiler Rust links with)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
-fn optional_symbols_are_the_ones_added_after_5_5() {
+fn a_library_with_only_the_calls_ferry_cannot_do_without_loads() {
+    let required: Vec<&str> = SYMBOLS
+        .iter()
+        .filter(|s| s.required)
+        .map(|s| s.name)
+        .collect();
+    let d = dir();
+    stub_library(d.path(), &required);
+
+    let lib = load(d.path()).expect("the required calls are enough");
+
+    assert!(!lib.has("VixDiskLib_ListTransportModes"));
+    assert!(!lib.async_reads(), "no ReadAsync: synchronous reads");
     let optional: Vec<&str> = SYMBOLS
         .iter()
         .filter(|s| !s.required)
         .map(|s| s.name)
         .collect();
+    assert_eq!(lib.missing_optional(), optional);
 
-    assert!(optional.contains(&"VixDiskLib_QueryAllocatedBlocks"));
-    assert!(optional.contains(&"VixDiskLib_ReadAsync"));
-    assert!(optional.contains(&"VixDiskLib_AllocateConnectParams"));
+    // ReadAsync is used only with Wait.
+    let d = dir();
+    stub_library(
+        d.path(),
+        &[&required[..], &["VixDiskLib_ReadAsync"]].concat(),
+    );
+    assert!(!load(d.path()).expect("loads").async_reads());
+    let d = dir();
+    let both = [&required[..], &["VixDiskLib_ReadAsync", "VixDiskLib_Wait"]].concat();
+    stub_library(d.path(), &both);
+    assert!(load(d.path()).expect("loads").async_reads());
+}
+
+#[test]
+fn required_are_exactly_the_calls_without_a_fallback() {
+    let required: Vec<&str> = SYMBOLS
+        .iter()
+        .filter(|s| s.required)
+        .map(|s| s.name.trim_start_matches("VixDiskLib_"))
+        .collect();
+
+    assert_eq!(
+        required,
+        [
+            "InitEx",
+            "Exit",
+            "ConnectEx",
+            "Disconnect",
+            "Open",
+            "Close",
+            "GetInfo",
+            "FreeInfo",
+            "Read"
+        ]
+    );
+    for never_called in ["PrepareForAccess", "EndAccess", "Flush"] {
+        assert!(
+            !SYMBOLS.iter().any(|s| s.name.ends_with(never_called)),
+            "{never_called} is not called, so not looked for"
+        );
+    }
     assert!(SYMBOLS
         .iter()
         .filter(|s| s.required)

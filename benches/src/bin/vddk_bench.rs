@@ -57,6 +57,7 @@ fn baseline(a: &[String]) -> Result<(), String> {
         snapshot: None,
         transports: None,
         path: disk.clone(),
+        timeout: std::time::Duration::from_secs(120),
     };
     let d = Disk::open(vddk, &spec).map_err(|e| e.to_string())?;
     let size = d.info().capacity * SECTOR;

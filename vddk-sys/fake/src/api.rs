@@ -142,6 +142,7 @@ pub unsafe extern "C" fn VixDiskLib_ConnectEx(
 ) -> VixError {
     guard(FAIL, || {
         let session = current();
+        session.maybe_hang("ConnectEx");
         let expected = session.knobs.password.as_deref();
         // SAFETY: the pointers are NULL or valid as this function's contract says.
         let (params, snapshot, transports) = unsafe {
@@ -190,6 +191,7 @@ unsafe fn connection<'a>(connection: VixDiskLibConnection) -> Option<&'a Connect
 pub unsafe extern "C" fn VixDiskLib_Disconnect(connection: VixDiskLibConnection) -> VixError {
     guard(FAIL, || {
         let session = current();
+        session.maybe_hang("Disconnect");
         if connection.is_null() {
             record!(session, "Disconnect", "result" => INVALID_ARG);
             return INVALID_ARG;
@@ -218,6 +220,7 @@ pub unsafe extern "C" fn VixDiskLib_Open(
         // SAFETY: forwarded contract.
         let (conn, name) = unsafe { (self::connection(connection), text(path)) };
         let session = conn.map_or_else(current, |c| c.session);
+        session.maybe_hang("Open");
         let (file, result) = match (conn, &name, diskHandle.is_null()) {
             (Some(conn), Some(name), false) => {
                 let file = locate(conn, name);
@@ -246,6 +249,7 @@ pub unsafe extern "C" fn VixDiskLib_Open(
 #[no_mangle]
 pub unsafe extern "C" fn VixDiskLib_Close(diskHandle: VixDiskLibHandle) -> VixError {
     guard(FAIL, || {
+        current().maybe_hang("Close");
         if diskHandle.is_null() {
             record!(current(), "Close", "result" => INVALID_ARG);
             return INVALID_ARG;
@@ -457,6 +461,7 @@ pub unsafe extern "C" fn VixDiskLib_Wait(diskHandle: VixDiskLibHandle) -> VixErr
         let Some(disk) = (unsafe { disk(diskHandle) }) else {
             return INVALID_ARG;
         };
+        disk.session().maybe_hang("Wait");
         disk.wait();
         record!(disk.session(), "Wait", "disk" => disk.name(), "result" => OK);
         OK

@@ -17,7 +17,7 @@ use vddk_sys::{VixDiskLibCompletionCB, VixError};
 
 use crate::connection::Connection;
 use crate::ffi::{guard, FAIL, FILE_NOT_FOUND, INVALID_ARG, OK, SECTOR};
-use crate::global::{lock, record, Session};
+use crate::global::{hang, lock, record, Session, HANG};
 
 /// The local file behind the datastore path `path` ("[DATASTORE] dir/file.vmdk"): its snapshot
 /// file `<file>@<snapshot>` when the connection names a snapshot that has one.
@@ -207,6 +207,9 @@ impl Disk {
             return checked;
         }
         let result = self.shared.session.next_read();
+        if result == HANG {
+            hang();
+        }
         sleep_until(self.schedule(count * SECTOR));
         if result != OK {
             return result;
@@ -242,6 +245,18 @@ impl Disk {
             result: self.shared.session.next_read(),
             due: self.schedule(count * SECTOR),
         };
+        if request.result == HANG {
+            // Accepted and never completed: Wait (and so Close) on this handle never returns.
+            lock(&self.shared.queue).outstanding += 1;
+            return crate::ffi::ASYNC;
+        }
+        if self.shared.session.knobs.complete_inline {
+            // Done, callback included, before ReadAsync returns (VDDK does not promise
+            // otherwise).
+            sleep_until(request.due);
+            self.shared.complete(request);
+            return crate::ffi::ASYNC;
+        }
         let mut queue = lock(&self.shared.queue);
         queue.pending.push_back(request);
         queue.outstanding += 1;

@@ -149,19 +149,40 @@ impl Session {
         say(self.warn, &format!("{msg}\n"));
     }
 
-    /// The result of the next read: counts it, then applies `FAKE_VDDK_FAIL_READ` and
-    /// `FAKE_VDDK_FAIL=Read`.
+    /// The result of the next read: counts it, then applies `FAKE_VDDK_HANG_READ` (the
+    /// result is [`HANG`]), `FAKE_VDDK_FAIL_READ` and `FAKE_VDDK_FAIL=Read`.
     pub fn next_read(&self) -> VixError {
         let n = self.reads.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.knobs.hang_read == Some(n) {
+            return HANG;
+        }
         match self.knobs.fail_read {
             Some((nth, code)) if nth == n => code,
             _ => self.knobs.failure("Read").unwrap_or(OK),
         }
     }
 
+    /// Never returns when `FAKE_VDDK_HANG` names `call` (logged first).
+    pub fn maybe_hang(&self, call: &str) {
+        if self.knobs.hangs(call) {
+            self.warn(&format!("{call} hangs (FAKE_VDDK_HANG)"));
+            hang();
+        }
+    }
+
     /// The offered transport modes as a C string that lives as long as the process.
     pub fn transports(&self) -> *const c_char {
         self.transports.as_ptr()
+    }
+}
+
+/// The result [`Session::next_read`] gives a read that never completes.
+pub const HANG: VixError = VixError::MAX;
+
+/// Blocks the calling thread for good: a VDDK call that never returns.
+pub fn hang() -> ! {
+    loop {
+        std::thread::park();
     }
 }
 

@@ -23,6 +23,9 @@ pub const FAILABLE: [&str; 8] = [
     "Flush",
 ];
 
+/// The calls `FAKE_VDDK_HANG` can make never return.
+pub const HANGABLE: [&str; 5] = ["ConnectEx", "Open", "Wait", "Close", "Disconnect"];
+
 /// The transport modes offered when `FAKE_VDDK_TRANSPORTS` is unset.
 pub const DEFAULT_TRANSPORTS: &str = "file:san:hotadd:nbdssl:nbd";
 
@@ -46,6 +49,12 @@ pub struct Knobs {
     pub fail: BTreeMap<String, VixError>,
     /// `FAKE_VDDK_FAIL_READ`: the 1-based number of the read that fails, and its code.
     pub fail_read: Option<(u64, VixError)>,
+    /// `FAKE_VDDK_HANG`: calls that never return.
+    pub hang: Vec<String>,
+    /// `FAKE_VDDK_HANG_READ`: the 1-based number of the read that never completes.
+    pub hang_read: Option<u64>,
+    /// `FAKE_VDDK_COMPLETE_INLINE`: ReadAsync calls its callback before it returns.
+    pub complete_inline: bool,
     /// `FAKE_VDDK_PASSWORD`: the password ConnectEx expects.
     pub password: Option<String>,
     /// `FAKE_VDDK_THUMBPRINT`: the server certificate's SHA-1 thumbprint ConnectEx expects.
@@ -78,6 +87,11 @@ impl Knobs {
         let bandwidth = knob(&raw, "FAKE_VDDK_BANDWIDTH", &mut errors, number);
         let fail = knob(&raw, "FAKE_VDDK_FAIL", &mut errors, fail_list);
         let fail_read = knob(&raw, "FAKE_VDDK_FAIL_READ", &mut errors, nth_read);
+        let hang = knob(&raw, "FAKE_VDDK_HANG", &mut errors, hang_list);
+        let hang_read = knob(&raw, "FAKE_VDDK_HANG_READ", &mut errors, |v| {
+            nth_read(v).map(|(n, _)| n)
+        });
+        let complete_inline = knob(&raw, "FAKE_VDDK_COMPLETE_INLINE", &mut errors, flag);
         let text = |name: &str| raw.get(name).map(|v| v.to_string_lossy().into_owned());
         let knobs = Knobs {
             root: raw.get("FAKE_VDDK_ROOT").map(PathBuf::from),
@@ -86,6 +100,9 @@ impl Knobs {
             bandwidth: bandwidth.unwrap_or(0),
             fail: fail.unwrap_or_default(),
             fail_read,
+            hang: hang.unwrap_or_default(),
+            hang_read,
+            complete_inline: complete_inline.unwrap_or(false),
             password: text("FAKE_VDDK_PASSWORD"),
             thumbprint: text("FAKE_VDDK_THUMBPRINT"),
             transports: text("FAKE_VDDK_TRANSPORTS").unwrap_or_else(|| DEFAULT_TRANSPORTS.into()),
@@ -104,6 +121,11 @@ impl Knobs {
     /// The code `call` fails with, if `FAKE_VDDK_FAIL` names it.
     pub fn failure(&self, call: &str) -> Option<VixError> {
         self.fail.get(call).copied()
+    }
+
+    /// Whether `FAKE_VDDK_HANG` names `call`.
+    pub fn hangs(&self, call: &str) -> bool {
+        self.hang.iter().any(|c| c == call)
     }
 
     /// Whether the transport `mode` is offered.
@@ -140,6 +162,29 @@ fn fail_list(v: &str) -> Result<BTreeMap<String, VixError>, String> {
         fail.insert(call.to_owned(), code);
     }
     Ok(fail)
+}
+
+/// `FAKE_VDDK_HANG`: `Call,...`.
+fn hang_list(v: &str) -> Result<Vec<String>, String> {
+    let calls: Vec<String> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned)
+        .collect();
+    match calls.iter().find(|c| !HANGABLE.contains(&c.as_str())) {
+        Some(c) => Err(format!("{c} is not one of {}", HANGABLE.join(", "))),
+        None => Ok(calls),
+    }
+}
+
+/// `1` or `0`.
+fn flag(v: &str) -> Result<bool, String> {
+    match v.trim() {
+        "1" => Ok(true),
+        "0" => Ok(false),
+        _ => Err(format!("{v:?} is not 0 or 1")),
+    }
 }
 
 /// `FAKE_VDDK_FAIL_READ`: `N[:code]`, N counted from 1.
@@ -199,6 +244,25 @@ mod tests {
         assert_eq!(k.failure("Flush"), Some(6));
         assert_eq!(k.failure("Read"), None);
         assert_eq!(k.fail_read, Some((3, 4)));
+    }
+
+    #[test]
+    fn hangs_name_calls_and_a_read() {
+        let (k, errors) = parse(&[
+            ("FAKE_VDDK_HANG", "ConnectEx, Wait"),
+            ("FAKE_VDDK_HANG_READ", "5"),
+            ("FAKE_VDDK_COMPLETE_INLINE", "1"),
+        ]);
+
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(k.hangs("ConnectEx") && k.hangs("Wait") && !k.hangs("Open"));
+        assert_eq!(k.hang_read, Some(5));
+        assert!(k.complete_inline);
+        let (_, errors) = parse(&[
+            ("FAKE_VDDK_HANG", "Read"),
+            ("FAKE_VDDK_COMPLETE_INLINE", "y"),
+        ]);
+        assert_eq!(errors.len(), 2, "{errors:?}");
     }
 
     #[test]

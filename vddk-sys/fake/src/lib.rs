@@ -29,6 +29,9 @@
 //! | `FAKE_VDDK_ALLOCATED` | allocated byte ranges `OFFSET:LENGTH,...` for QueryAllocatedBlocks | the file's data ranges (`SEEK_DATA`/`SEEK_HOLE`) |
 //! | `FAKE_VDDK_FAIL` | `Call[:code],...`: these calls always fail (code default 1); calls: InitEx, PrepareForAccess, ConnectEx, Open, GetInfo, QueryAllocatedBlocks, Read (Read and ReadAsync), Flush | none |
 //! | `FAKE_VDDK_FAIL_READ` | `N[:code]`: the Nth read of the session (Read or ReadAsync, from 1) fails | none |
+//! | `FAKE_VDDK_HANG` | `Call,...`: these calls never return (calls: ConnectEx, Open, Wait, Close, Disconnect) | none |
+//! | `FAKE_VDDK_HANG_READ` | `N`: the Nth read of the session never completes (a Read never returns; a ReadAsync is accepted and never called back, so Wait on its handle never returns) | none |
+//! | `FAKE_VDDK_COMPLETE_INLINE` | `1`: ReadAsync does the read and calls its callback before it returns `VIX_ASYNC` | `0` |
 //! | `FAKE_VDDK_PASSWORD` | the password ConnectEx expects; otherwise it fails with 35 | any |
 //! | `FAKE_VDDK_THUMBPRINT` | the SHA-1 thumbprint ConnectEx expects (any case); otherwise it fails with 1 | any |
 //! | `FAKE_VDDK_TRANSPORTS` | the transport modes offered, colon-separated | `file:san:hotadd:nbdssl:nbd` |

@@ -8,7 +8,7 @@ mod common;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use vddk_sys::disk::{Disk, DiskSpec, Password, SECTOR};
+use vddk_sys::disk::{Disk, DiskSpec, Password, ReadBuf, SECTOR};
 use vddk_sys::session;
 
 #[test]
@@ -35,6 +35,7 @@ fn the_safe_layer_reads_queries_survives_a_panicking_completion_and_exits_once()
         snapshot: None,
         transports: Some("nbd".into()),
         path: "[ds1] vm-3/vm-3.vmdk".into(),
+        timeout: Duration::from_secs(60),
     };
     let disk = Disk::open(vddk, &spec).expect("open");
     assert_eq!(disk.info().capacity * SECTOR, bytes.len() as u64);
@@ -43,12 +44,12 @@ fn the_safe_layer_reads_queries_survives_a_panicking_completion_and_exits_once()
     // Four reads in flight; the first one's completion panics (while the others are still
     // being filled, given the latency).
     let (tx, rx) = mpsc::channel();
-    disk.read_async(0, vec![0u8; 1 << 20], |_| {
+    disk.read_async(0, whole(1 << 20), |_| {
         panic!("a caller's completion panics")
     });
     for i in 1..4u64 {
         let tx = tx.clone();
-        disk.read_async(i * 2048, vec![0u8; 1 << 20], move |r| {
+        disk.read_async(i * 2048, whole(1 << 20), move |r| {
             let _ = tx.send((i, r));
         });
     }
@@ -58,7 +59,7 @@ fn the_safe_layer_reads_queries_survives_a_panicking_completion_and_exits_once()
             .expect("a completion");
         let at = (i << 20) as usize;
         assert!(
-            r.expect("read") == bytes[at..at + (1 << 20)],
+            r.expect("read").bytes == bytes[at..at + (1 << 20)],
             "bytes of read {i}"
         );
     }
@@ -103,8 +104,16 @@ fn the_safe_layer_reads_queries_survives_a_panicking_completion_and_exits_once()
 /// The error of a read that is not whole sectors (delivered through the completion).
 fn unaligned_read_error(disk: &Disk) -> String {
     let (tx, rx) = mpsc::channel();
-    disk.read_async(0, vec![0u8; 1000], move |r| {
+    disk.read_async(0, whole(1000), move |r| {
         let _ = tx.send(r.map(|_| ()).unwrap_err().to_string());
     });
     rx.recv_timeout(Duration::from_secs(30)).unwrap()
+}
+
+/// A buffer of `len` bytes, all to be read into.
+fn whole(len: usize) -> ReadBuf {
+    ReadBuf {
+        bytes: vec![0u8; len],
+        range: 0..len,
+    }
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::ffi::{c_void, CStr, CString};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{closed, record, Block, DiskInfo, DiskSpec, Stats, SECTOR};
 use crate::session::{clear_warning, Vddk, VddkError};
@@ -77,6 +77,7 @@ unsafe extern "C" fn read_done(data: *mut c_void, code: VixError) {
 }
 
 /// Owned C strings of a connection, kept alive while VDDK may read them.
+#[derive(Default)]
 struct CParams {
     vm: CString,
     server: CString,
@@ -87,6 +88,27 @@ struct CParams {
 
 fn cstring(call: &'static str, what: &str, s: &str) -> Result<CString, VddkError> {
     CString::new(s).map_err(|_| VddkError::ours(call, format!("{what} contains a NUL byte")))
+}
+
+/// The reads VDDK has accepted and not yet completed, by request id: their completions own the
+/// buffers VDDK is writing into.
+#[derive(Default)]
+struct Pending(HashMap<u64, (Completion, Instant, usize)>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // Only a panic on the handle thread drops reads still in flight (the serving loop
+        // drains them before it ends). Freeing their buffers would let VDDK write into freed
+        // memory: stop the process instead.
+        if !self.0.is_empty() && std::thread::panicking() {
+            eprintln!(
+                "vddk: the VDDK handle thread panicked with {} reads in flight; aborting \
+                 rather than freeing buffers VDDK is still filling",
+                self.0.len()
+            );
+            std::process::abort();
+        }
+    }
 }
 
 /// The state of the handle thread.
@@ -102,6 +124,10 @@ pub(super) struct Handle {
     stats: Stats,
     /// Whether a ReadAsync was ever accepted (then Close waits for VDDK with Wait).
     async_used: bool,
+    /// How long to wait for the open/close lock.
+    timeout: Duration,
+    /// Set when closing gave up: the connection stays open and its memory is never freed.
+    left_open: bool,
 }
 
 impl Handle {
@@ -163,6 +189,8 @@ impl Handle {
             },
             stats: Stats::new(),
             async_used: false,
+            timeout: spec.timeout,
+            left_open: false,
         };
         {
             let s = &h._strings;
@@ -191,7 +219,7 @@ impl Handle {
             .as_ref()
             .map_err(|e| VddkError::ours("Open", e.to_string()))?;
         {
-            let _g = vddk.lock_open_close();
+            let g = vddk.lock_open_close("ConnectEx", spec.timeout)?;
             if vddk.exited() {
                 return Err(VddkError::ours(
                     "ConnectEx",
@@ -217,6 +245,7 @@ impl Handle {
                 return Err(vddk.error("ConnectEx", err));
             }
             clear_warning();
+            g.calling("Open");
             let t = Instant::now();
             // SAFETY: `h.conn` is the connection just made; `path` is NUL-terminated;
             // `h.handle` receives the disk handle on success.
@@ -284,7 +313,7 @@ impl Handle {
 
     /// Serves requests until Close (or every `Disk` is gone), then drains and closes.
     pub(super) fn run(mut self, rx: Receiver<Cmd>, tx: Sender<Cmd>) {
-        let mut pending: HashMap<u64, (Completion, Instant, usize)> = HashMap::new();
+        let mut pending = Pending::default();
         let mut next_id = 0u64;
         let mut reply = None;
         while let Ok(cmd) = rx.recv() {
@@ -297,11 +326,11 @@ impl Handle {
                 } => {
                     next_id += 1;
                     if let Some(done) = self.submit_read(next_id, sector, buf, len, done, &tx) {
-                        pending.insert(next_id, (done, Instant::now(), len));
+                        pending.0.insert(next_id, (done, Instant::now(), len));
                     }
                 }
                 Cmd::Completed { id, code } => {
-                    if let Some((done, started, len)) = pending.remove(&id) {
+                    if let Some((done, started, len)) = pending.0.remove(&id) {
                         self.complete(done, started, len, code);
                     }
                 }
@@ -348,7 +377,10 @@ impl Handle {
     ) -> Option<Completion> {
         let count = len as u64 / SECTOR;
         let lib = &self.vddk.loaded().lib;
-        let Ok(read_async) = &lib.VixDiskLib_ReadAsync else {
+        // ReadAsync only with Wait: without Wait nothing tells when VDDK is done with the
+        // buffers of a handle about to close.
+        let (Ok(read_async), true) = (&lib.VixDiskLib_ReadAsync, self.vddk.loaded().async_reads())
+        else {
             // VDDK before 6.0: one synchronous read at a time.
             let r = self.read_sync(sector, buf, len);
             deliver(done, r);
@@ -462,11 +494,7 @@ impl Handle {
 
     /// Lets every accepted read finish: VixDiskLib_Wait, then their completions (already
     /// posted) are handed out. Buffers must not be released while VDDK may still write them.
-    fn drain(
-        &mut self,
-        rx: &Receiver<Cmd>,
-        pending: &mut HashMap<u64, (Completion, Instant, usize)>,
-    ) {
+    fn drain(&mut self, rx: &Receiver<Cmd>, pending: &mut Pending) {
         // Wait even when every completion has been posted: VDDK may still be inside our
         // callback (after it posted), and closing the handle under it would be a use after free.
         // Wait returns once the callbacks have returned.
@@ -479,11 +507,11 @@ impl Handle {
             unsafe { wait(self.handle) };
             record(&mut self.stats, "Wait", t.elapsed(), 0);
         }
-        while !pending.is_empty() {
+        while !pending.0.is_empty() {
             // Every accepted request posts exactly one completion; after Wait they are queued.
             match rx.recv() {
                 Ok(Cmd::Completed { id, code }) => {
-                    if let Some((done, started, len)) = pending.remove(&id) {
+                    if let Some((done, started, len)) = pending.0.remove(&id) {
                         self.complete(done, started, len, code);
                     }
                 }
@@ -499,9 +527,20 @@ impl Handle {
     }
 
     /// Closes the disk handle and the connection, whichever are open, timing the calls.
-    fn release(&mut self) {
+    /// Returns false when they could not be closed because another connection's call is stuck
+    /// under the open/close lock: they are then left open (and must not be freed).
+    fn release(&mut self) -> bool {
+        if self.handle.is_null() && self.conn.is_null() {
+            return true;
+        }
         let lib = &self.vddk.loaded().lib;
-        let _g = self.vddk.lock_open_close();
+        let g = match self.vddk.lock_open_close("Close", self.timeout) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!(target: "vddk", "{e}; this connection is left open");
+                return false;
+            }
+        };
         if !self.handle.is_null() {
             if let Ok(close) = &lib.VixDiskLib_Close {
                 let t = Instant::now();
@@ -515,6 +554,7 @@ impl Handle {
         }
         if !self.conn.is_null() {
             if let Ok(disconnect) = &lib.VixDiskLib_Disconnect {
+                g.calling("Disconnect");
                 let t = Instant::now();
                 // SAFETY: `self.conn` is connected and its disk handle, if any, was closed
                 // just above.
@@ -523,10 +563,11 @@ impl Handle {
             }
             self.conn = std::ptr::null_mut();
         }
+        true
     }
 
     fn shutdown(mut self) -> Stats {
-        self.release();
+        self.left_open = !self.release();
         std::mem::take(&mut self.stats)
     }
 }
@@ -534,7 +575,12 @@ impl Handle {
 impl Drop for Handle {
     fn drop(&mut self) {
         // A Handle that failed half-way through `open` still has its handle or connection.
-        self.release();
+        if self.left_open || !self.release() {
+            // Still open: VDDK may use the parameters and their strings, which are leaked, and
+            // Exit must not be called while the connection counts.
+            std::mem::forget(std::mem::take(&mut self._strings));
+            return;
+        }
         self.vddk.handle_closed();
         let lib = &self.vddk.loaded().lib;
         if self.params_allocated {
@@ -547,5 +593,55 @@ impl Drop for Handle {
             // SAFETY: `params` came from Box::into_raw in `open` and is reclaimed once.
             drop(unsafe { Box::from_raw(self.params) });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Run as a child of the test below: a thread that panics holding a pending read.
+    const CHILD: &str = "VDDK_SYS_PANIC_WITH_PENDING_READS";
+
+    #[test]
+    fn a_panic_with_reads_in_flight_aborts_the_process() {
+        if std::env::var_os(CHILD).is_some() {
+            let mut pending = Pending::default();
+            let done: Completion = Box::new(|_| {});
+            pending.0.insert(1, (done, Instant::now(), 512));
+            panic!("a bug on the handle thread");
+        }
+        let exe = std::env::current_exe().expect("test binary");
+        let out = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "disk::handle::tests::a_panic_with_reads_in_flight_aborts_the_process",
+                "--test-threads",
+                "1",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .expect("run the child");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            out.status.signal(),
+            Some(libc_sigabrt()),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("1 reads in flight; aborting"));
+
+        // Without reads in flight a panic unwinds as usual.
+        let empty = std::thread::spawn(|| {
+            let _pending = Pending::default();
+            panic!("nothing in flight");
+        });
+        assert!(empty.join().is_err());
+    }
+
+    /// SIGABRT (6 on Linux; vddk-sys does not depend on libc).
+    fn libc_sigabrt() -> i32 {
+        6
     }
 }

@@ -3,12 +3,18 @@
 //! threads). Callers send it requests; reads go out with `ReadAsync`, many in flight at once,
 //! and VDDK's completion callbacks only post the result back to the thread, which hands the
 //! filled buffer to the caller. Every call is timed into per-call statistics.
+//!
+//! A VDDK call may never return (a hung NFC connection, a host that froze). The caller never
+//! waits for one without a bound: opening and closing give up after the spec's `timeout` and
+//! abandon the handle thread, which keeps the connection, the buffers VDDK may still write and
+//! itself (leaked, never freed under VDDK). Reads hand over owned buffers ([`ReadBuf`]), so a
+//! caller may stop waiting for one at any time.
 
 mod handle;
 
 use std::fmt;
-use std::ops::DerefMut;
-use std::sync::mpsc::{self, Sender};
+use std::ops::Range;
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -63,6 +69,20 @@ pub struct DiskSpec {
     pub transports: Option<String>,
     /// The disk: `[datastore1] vm/vm.vmdk`.
     pub path: String,
+    /// How long opening (ConnectEx, Open, GetInfo, and the wait for another connection's) and
+    /// closing (Wait, Close, Disconnect) may take before the handle is given up.
+    pub timeout: Duration,
+}
+
+/// The buffer of an asynchronous read: `bytes[range]` is filled. It is owned heap memory, so
+/// it stays where VDDK writes it however the value moves, and nobody else can reach it until
+/// the read's completion gives it back.
+#[derive(Debug)]
+pub struct ReadBuf {
+    /// The allocation.
+    pub bytes: Vec<u8>,
+    /// The bytes to read into.
+    pub range: Range<usize>,
 }
 
 /// Facts about an open disk.
@@ -107,9 +127,11 @@ pub type Block = (u64, u64);
 
 /// An open disk. Dropping it closes the handle in the background; [`Disk::close`] waits.
 pub struct Disk {
+    vddk: &'static Vddk,
     tx: Sender<Cmd>,
     thread: Option<JoinHandle<()>>,
     info: DiskInfo,
+    timeout: Duration,
 }
 
 impl Disk {
@@ -130,15 +152,18 @@ impl Disk {
         let (tx, rx) = mpsc::channel::<Cmd>();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let spec = spec.clone();
+        let timeout = spec.timeout;
         let cb_tx = tx.clone();
         let thread = std::thread::Builder::new()
             .name("vddk-handle".into())
             .spawn(move || {
                 match Handle::open(vddk, &spec) {
-                    Ok(h) => {
-                        let _ = ready_tx.send(Ok(h.info.clone()));
-                        h.run(rx, cb_tx);
-                    }
+                    // Nobody waits any more when the open took too long: the handle is closed
+                    // again at once (dropping it closes it).
+                    Ok(h) => match ready_tx.send(Ok(h.info.clone())) {
+                        Ok(()) => h.run(rx, cb_tx),
+                        Err(_) => drop(h),
+                    },
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                     }
@@ -146,17 +171,38 @@ impl Disk {
                 drop(held);
             })
             .map_err(|e| VddkError::ours("Open", format!("cannot start a thread: {e}")))?;
-        match ready_rx.recv() {
+        match ready_rx.recv_timeout(timeout) {
             Ok(Ok(info)) => Ok(Disk {
+                vddk,
                 tx,
                 thread: Some(thread),
                 info,
+                timeout,
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(e)
             }
-            Err(_) => {
+            Err(RecvTimeoutError::Timeout) => {
+                // The thread is left to itself (never joined): it closes the handle if VDDK
+                // ever answers.
+                vddk.handle_abandoned();
+                let stuck = match vddk.busy() {
+                    Some((call, held)) => format!(
+                        "VixDiskLib_{call} has been running for {} s",
+                        held.as_secs()
+                    ),
+                    None => "VDDK has not answered".to_owned(),
+                };
+                Err(VddkError::stuck(
+                    "Open",
+                    format!(
+                        "the disk was not open after {} s ({stuck}); the connection is abandoned",
+                        timeout.as_secs_f64()
+                    ),
+                ))
+            }
+            Err(RecvTimeoutError::Disconnected) => {
                 let _ = thread.join();
                 Err(VddkError::ours("Open", "the VDDK handle thread ended"))
             }
@@ -168,15 +214,23 @@ impl Disk {
         &self.info
     }
 
-    /// Reads `buf.len()` bytes (a multiple of 512) at `sector` with `ReadAsync`; `done` gets
-    /// the filled buffer back (or the error) on the handle thread.
-    pub fn read_async<B, F>(&self, sector: u64, buf: B, done: F)
+    /// Reads `buf.range` (a multiple of 512 bytes) at `sector` with `ReadAsync` (or `Read` on
+    /// the handle thread, when VDDK lacks ReadAsync or Wait); `done` gets the filled buffer
+    /// back (or the error) on the handle thread. The buffer stays with the handle until then,
+    /// so the caller may stop waiting at any time.
+    pub fn read_async<F>(&self, sector: u64, mut buf: ReadBuf, done: F)
     where
-        B: DerefMut<Target = [u8]> + Send + 'static,
-        F: FnOnce(Result<B, VddkError>) + Send + 'static,
+        F: FnOnce(Result<ReadBuf, VddkError>) + Send + 'static,
     {
-        let mut boxed = Box::new(buf);
-        let slice: &mut [u8] = &mut boxed;
+        let Some(slice) = buf.bytes.get_mut(buf.range.clone()) else {
+            let e = format!(
+                "read range {:?} is outside its buffer of {} bytes",
+                buf.range,
+                buf.bytes.len()
+            );
+            done(Err(VddkError::ours("ReadAsync", e)));
+            return;
+        };
         let (ptr, len) = (BufPtr(slice.as_mut_ptr()), slice.len());
         if !(len as u64).is_multiple_of(SECTOR) {
             done(Err(VddkError::ours(
@@ -185,7 +239,8 @@ impl Disk {
             )));
             return;
         }
-        let done: Completion = Box::new(move |r| done(r.map(|()| *boxed)));
+        // `buf` moves into the completion; its heap bytes (where `ptr` points) do not move.
+        let done: Completion = Box::new(move |r| done(r.map(|()| buf)));
         if let Err(mpsc::SendError(Cmd::Read { done, .. })) = self.tx.send(Cmd::Read {
             sector,
             buf: ptr,
@@ -197,7 +252,9 @@ impl Disk {
     }
 
     /// Reads into `buf` (a multiple of 512 bytes) at `sector` with the synchronous
-    /// `VixDiskLib_Read`, blocking until it is done.
+    /// `VixDiskLib_Read`, blocking until it is done: without a bound, since `buf` is borrowed
+    /// and VDDK writes it until the call returns. Use [`Disk::read_async`] where a read must
+    /// be given up.
     pub fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), VddkError> {
         if !(buf.len() as u64).is_multiple_of(SECTOR) {
             return Err(VddkError::ours(
@@ -240,17 +297,49 @@ impl Disk {
     }
 
     /// Waits for the reads in flight, closes the handle and the connection, and returns the
-    /// per-call statistics.
+    /// per-call statistics. When that takes longer than the spec's timeout (a Wait or Close
+    /// that does not return), the handle thread is abandoned and no statistics come back.
     pub fn close(mut self) -> Stats {
         let (reply, rx) = mpsc::sync_channel(1);
-        let stats = match self.tx.send(Cmd::Close { reply: Some(reply) }) {
-            Ok(()) => rx.recv().unwrap_or_default(),
-            Err(_) => Stats::new(),
-        };
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if self.tx.send(Cmd::Close { reply: Some(reply) }).is_err() {
+            return Stats::new();
         }
-        stats
+        match rx.recv_timeout(self.timeout) {
+            Ok(stats) => {
+                if let Some(t) = self.thread.take() {
+                    let _ = t.join();
+                }
+                stats
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                tracing::warn!(
+                    target: "vddk",
+                    "the VDDK handle did not close within {} s; it is abandoned",
+                    self.timeout.as_secs_f64()
+                );
+                // Dropped unjoined: the thread ends by itself if VDDK ever returns.
+                self.thread.take();
+                self.vddk.handle_abandoned();
+                Stats::new()
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                if let Some(t) = self.thread.take() {
+                    let _ = t.join();
+                }
+                Stats::new()
+            }
+        }
+    }
+}
+
+impl Disk {
+    /// Gives the handle up without waiting: a call on it has not returned. It is closed in
+    /// the background if VDDK ever answers, and [`session::exit`](crate::session::exit) does
+    /// not wait for it.
+    pub fn abandon(mut self) {
+        let _ = self.tx.send(Cmd::Close { reply: None });
+        self.thread.take();
+        self.vddk.handle_abandoned();
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
-use vddk_sys::disk::{Disk, DiskSpec, Password, SECTOR};
+use vddk_sys::disk::{Disk, DiskSpec, Password, ReadBuf, SECTOR};
 use vddk_sys::session::{self, Vddk, VddkError};
 use vddk_sys::{VIXDISKLIB_MAX_CHUNK_NUMBER, VIXDISKLIB_MIN_CHUNK_SIZE};
 
@@ -143,6 +143,7 @@ pub struct VddkSource {
 
 fn to_error(params: &VddkParams, e: VddkError) -> Error {
     let kind = match (e.call, e.number()) {
+        _ if e.timed_out => ErrorKind::TimedOut,
         ("load" | "InitEx", _) => ErrorKind::Unsupported,
         ("ConnectEx", _) => ErrorKind::Connect,
         ("Open", 4) => ErrorKind::NotFound,
@@ -205,6 +206,7 @@ impl VddkSource {
                 snapshot: p.snapshot.clone(),
                 transports: p.transports.clone(),
                 path: p.file.clone(),
+                timeout: p.timeout,
             };
             Disk::open_holding(vddk, &spec, Box::new(permit)).map(|d| (vddk, d))
         })
@@ -265,6 +267,22 @@ impl VddkSource {
         )
     }
 
+    /// The error for `what` taking too long. The handle is given up: later requests on this
+    /// source fail as disconnected and are retried on a new one.
+    fn timed_out(&self, what: String) -> Error {
+        if let Some(disk) = self.disk.write().unwrap_or_else(|e| e.into_inner()).take() {
+            disk.abandon();
+        }
+        Error::new(
+            ErrorKind::TimedOut,
+            format!(
+                "{}: VDDK did not complete {what} in {} s",
+                describe(&self.params),
+                self.params.timeout.as_secs_f64()
+            ),
+        )
+    }
+
     async fn allocated(&self, start: u64, count: u64) -> Result<Vec<(u64, u64)>> {
         let (tx, rx) = oneshot::channel();
         {
@@ -274,7 +292,9 @@ impl VddkSource {
                 let _ = tx.send(r);
             });
         }
-        rx.await
+        tokio::time::timeout(self.params.timeout, rx)
+            .await
+            .map_err(|_| self.timed_out("QueryAllocatedBlocks".into()))?
             .map_err(|_| self.closed())?
             .map_err(|e| to_error(&self.params, e))
     }
@@ -353,11 +373,17 @@ impl BlockSource for VddkSource {
         {
             let g = self.disk.read().unwrap_or_else(|e| e.into_inner());
             let disk = g.as_ref().ok_or_else(|| self.closed())?;
-            disk.read_async(offset / SECTOR, buf, move |r| {
-                let _ = tx.send(r);
+            let (bytes, range, cap) = buf.into_vec();
+            disk.read_async(offset / SECTOR, ReadBuf { bytes, range }, move |r| {
+                let _ = tx.send(r.map(|b| Buffer::from_vec(b.bytes, b.range, cap)));
             });
         }
-        rx.await.map_err(|_| self.closed())?.map_err(|e| {
+        // A read VDDK never completes keeps its buffer on the handle thread; the retry opens a
+        // new handle.
+        let r = tokio::time::timeout(self.params.timeout, rx)
+            .await
+            .map_err(|_| self.timed_out(format!("a read of {len} bytes at {offset}")))?;
+        r.map_err(|_| self.closed())?.map_err(|e| {
             to_error(&self.params, e).context_prefix(format!("reading {len} bytes at {offset}"))
         })
     }

@@ -21,6 +21,9 @@ use crate::source::percent_decode;
 pub const DEFAULT_LIBDIR: &str = "/opt/vmware-vix-disklib-distrib";
 /// vCenter's NFC limit on one request.
 pub const DEFAULT_MAX_REQUEST: usize = 2 << 20;
+/// How long a VDDK call may go without an answer (opening, a read, closing) before the handle
+/// is given up: as long as the network sources' idle timeout.
+pub const DEFAULT_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// The transport modes VDDK knows.
 pub const TRANSPORTS: [&str; 5] = ["file", "san", "hotadd", "nbdssl", "nbd"];
 
@@ -85,6 +88,9 @@ pub struct VddkParams {
     pub max_request: usize,
     /// Connections (VDDK handles) a copy may open; each is an NFC connection on the host.
     pub connections: usize,
+    /// How long a VDDK call may go unanswered (ConnectEx and Open together, one read, Close)
+    /// before the handle is abandoned; a read that times out is retried on a new handle.
+    pub timeout: std::time::Duration,
 }
 
 impl Default for VddkParams {
@@ -105,6 +111,7 @@ impl Default for VddkParams {
             libdir: PathBuf::from(DEFAULT_LIBDIR),
             max_request: DEFAULT_MAX_REQUEST,
             connections: 1,
+            timeout: DEFAULT_CALL_TIMEOUT,
         }
     }
 }

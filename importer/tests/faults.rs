@@ -485,6 +485,129 @@ fn a_journal_for_another_source_starts_over() {
     assert!(!journal.exists());
 }
 
+/// The resume journal identity `importer copy --resume URI TARGET` computes (read from its
+/// debug log); the copy runs to its end.
+fn journal_identity(uri: &str, target: &Path) -> String {
+    let out = importer(&[
+        "copy",
+        "--resume",
+        "--log-format",
+        "json",
+        "--log-level",
+        "debug",
+        uri,
+        s(target),
+    ]);
+    assert!(out.status.success(), "{}", out.stderr);
+    out.stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v["fields"]["identity"].as_str().map(str::to_owned))
+        .expect("the identity in the debug log")
+}
+
+/// Writes the journal of a copy of `identity` into `target` that has all `items` done.
+fn journal_all_done(target: &Path, identity: &str, items: usize) {
+    let done: String = (0..items.div_ceil(8))
+        .map(|k| format!("{:02x}", (1u16 << (items - 8 * k).min(8)) - 1))
+        .collect();
+    let journal = serde_json::json!({
+        "ferry_journal": 1, "identity": identity, "items": items, "done": done,
+    });
+    std::fs::write(format!("{}.ferry-journal", s(target)), journal.to_string()).unwrap();
+}
+
+/// `importer copy --resume URI TARGET`'s summary.
+fn resumed_copy(uri: &str, target: &Path) -> (serde_json::Value, String) {
+    let out = importer(&["copy", "--resume", uri, s(target)]);
+    assert!(out.status.success(), "{}", out.stderr);
+    (summary(&out), out.stderr)
+}
+
+#[test]
+fn a_resumed_http_copy_needs_the_same_url_and_the_same_version_of_the_file() {
+    if !require_nginx() {
+        return;
+    }
+    let nginx = Nginx::start();
+    let old = disk_bytes(8 * MIB as usize, 3);
+    let file = nginx.put("v.img", &old);
+    let set_mtime = |epoch: &str| {
+        let ok = Command::new("touch")
+            .args(["-d", epoch])
+            .arg(&file)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    set_mtime("@1700000000");
+    let url = nginx.http(Location::Range, "v.img");
+    let dir = tempdir();
+    let target = dir.path().join("disk.img");
+    let id = journal_identity(&url, &target);
+
+    // The same URL and file: the journal is trusted (the control).
+    journal_all_done(&target, &id, 1);
+    let (v, _) = resumed_copy(&url, &target);
+    assert_eq!(v["bytes_resumed"], 8 * MIB, "{v}");
+
+    // Another query string names another object to a server: start over.
+    journal_all_done(&target, &id, 1);
+    let (v, _) = resumed_copy(&format!("{url}?generation=2"), &target);
+    assert_eq!(v["bytes_resumed"], 0, "{v}");
+
+    // The same URL, the same size, new bytes (nginx's ETag is its mtime and size): start over.
+    let new = disk_bytes(8 * MIB as usize, 4);
+    nginx.put("v.img", &new);
+    set_mtime("@1700000100");
+    journal_all_done(&target, &id, 1);
+    let (v, _) = resumed_copy(&url, &target);
+    assert_eq!(v["bytes_resumed"], 0, "{v}");
+    assert_file_holds(&target, &new);
+}
+
+#[test]
+fn resumed_ranges_are_checked_against_the_source_before_they_are_skipped() {
+    if !require_peer("nbdkit") {
+        return;
+    }
+    // 130 MiB: three work items (64 MiB each), mostly a hole; NBD tells no version, so only
+    // the bytes can show that the disk changed.
+    let dir = tempdir();
+    let disk = dir.path().join("src.img");
+    let f = std::fs::File::create(&disk).unwrap();
+    f.set_len(130 * MIB).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&disk_bytes(MIB as usize, 9), 0).unwrap();
+    f.write_all_at(&vec![0xa1; MIB as usize], 128 * MIB)
+        .unwrap();
+    let sock = dir.path().join("nbd.sock");
+    let _server = nbdkit_on(&sock, &["file", s(&disk)]);
+    let uri = unix_uri(&sock);
+    let target = dir.path().join("disk.img");
+    let id = journal_identity(&uri, &target);
+
+    journal_all_done(&target, &id, 3);
+    let (v, _) = resumed_copy(&uri, &target);
+    assert_eq!(
+        v["bytes_resumed"],
+        130 * MIB,
+        "the control resumes everything: {v}"
+    );
+
+    // Rewritten in place at the start of the last item: same name, same size.
+    f.write_all_at(&vec![0xb2; MIB as usize], 128 * MIB)
+        .unwrap();
+    journal_all_done(&target, &id, 3);
+    let (v, stderr) = resumed_copy(&uri, &target);
+    assert_eq!(v["bytes_resumed"], 0, "{v} {stderr}");
+    assert!(
+        stderr.contains(&format!("differs from the source at byte {}", 128 * MIB)),
+        "{stderr}"
+    );
+    assert_identical(&uri, &target);
+}
+
 #[test]
 fn a_full_target_filesystem_fails_saying_how_much_room_there_was() {
     let Some(fs) = Tmpfs::mount("4M") else { return };

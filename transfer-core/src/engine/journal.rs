@@ -99,35 +99,72 @@ pub fn parse(bytes: &[u8], path: &str) -> Result<JournalState> {
     })
 }
 
-/// The identity of a copy of `source` (its description and size) restricted to `delta` when
-/// there is one: what a journal must match to be resumed. `name` replaces the description
-/// when the caller knows a steadier one (an oVirt disk id rather than a ticket URL).
+/// The identity of a copy of `source` restricted to `delta` when there is one: what a journal
+/// must match to be resumed. It holds the source's description and size, a digest of `uri`
+/// (the whole source URI, query included, without its password) and of what the source knows
+/// of its content's version ([`BlockSource::fingerprint`](crate::source::BlockSource::fingerprint)),
+/// and a digest of the delta's ranges. `name` replaces description and URI when the caller
+/// knows a steadier one (an oVirt disk id rather than a ticket URL that changes each time).
 pub fn identity(
     source: &dyn crate::source::BlockSource,
+    uri: Option<&str>,
     name: Option<&str>,
     delta: Option<&crate::delta::DeltaSet>,
 ) -> String {
     use sha2::Digest;
-    let what = name.map_or_else(|| source.describe(), str::to_owned);
-    let plan = match delta {
-        None => "full".to_owned(),
-        Some(d) => {
-            let mut h = sha2::Sha256::new();
-            for (o, l) in d.ranges() {
-                h.update(o.to_le_bytes());
-                h.update(l.to_le_bytes());
+    let digest = |parts: &mut dyn Iterator<Item = Vec<u8>>| {
+        let mut h = sha2::Sha256::new();
+        for p in parts {
+            h.update((p.len() as u64).to_le_bytes());
+            h.update(p);
+        }
+        h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let mut id = match name {
+        Some(n) => n.to_owned(),
+        None => {
+            let mut what = source.describe();
+            if let Some(u) = uri {
+                what.push_str(" uri ");
+                what.push_str(&digest(&mut std::iter::once(
+                    without_password(u).into_bytes(),
+                )));
             }
-            let digest = h.finalize();
-            format!(
-                "delta {}",
-                digest[..8]
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            )
+            what
         }
     };
-    format!("{what} size {} {plan}", source.size())
+    id.push_str(&format!(" size {}", source.size()));
+    if let Some(f) = source.fingerprint() {
+        id.push_str(" version ");
+        id.push_str(&digest(&mut std::iter::once(f.into_bytes())));
+    }
+    match delta {
+        None => id.push_str(" full"),
+        Some(d) => {
+            let mut ranges = d.ranges().iter().map(|(o, l)| {
+                let mut b = o.to_le_bytes().to_vec();
+                b.extend_from_slice(&l.to_le_bytes());
+                b
+            });
+            id.push_str(" delta ");
+            id.push_str(&digest(&mut ranges));
+        }
+    }
+    id
+}
+
+/// `uri` without the password of its user part (a path stays as it is).
+fn without_password(uri: &str) -> String {
+    match url::Url::parse(uri) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        _ => uri.to_owned(),
+    }
 }
 
 /// A journal file's bytes.
@@ -232,6 +269,19 @@ impl Journal {
             };
         }
         m.resumed.clone()
+    }
+
+    /// Forgets every mark (the target was found not to hold what they claim): everything is
+    /// copied again, and the file says so at its next update.
+    pub fn start_over(&self) {
+        let mut m = self.lock();
+        let items = m.items;
+        *m = Marks {
+            items,
+            resumed: vec![false; items],
+            done: vec![false; items],
+            dirty: true,
+        };
     }
 
     /// Marks item `i` as written (all its writes returned; not yet flushed).
@@ -351,6 +401,15 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_in_the_uri_is_left_out_of_the_identity() {
+        assert_eq!(
+            without_password("http://u:secret@h/d.img?x=1"),
+            "http://u@h/d.img?x=1"
+        );
+        assert_eq!(without_password("/var/disk.img"), "/var/disk.img");
+    }
 
     #[test]
     fn a_journal_survives_its_round_trip() {

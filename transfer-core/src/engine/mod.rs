@@ -12,7 +12,7 @@ use std::time::Instant;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::buffer::BufferPool;
+use crate::buffer::{Buffer, BufferPool};
 use crate::delta::DeltaSet;
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::{create_engine, IoEngine, IoEngineKind};
@@ -313,7 +313,17 @@ async fn plan(
         io = io_name,
         "copy plan"
     );
-    let layout = Layout::new(items, opts, &caps);
+    let mut layout = Layout::new(items, opts, &caps);
+    if layout.resumed > 0 {
+        if let Some(at) = spot_check(source, target, &layout).await? {
+            tracing::warn!(
+                "{} differs from the source at byte {at}, where the resume journal has it \
+                 copied: copying everything again",
+                target.describe()
+            );
+            layout.start_over();
+        }
+    }
     if let Some(p) = &opts.progress {
         p.set_total(if caps.size_known {
             layout.planned
@@ -380,6 +390,15 @@ struct Layout {
 }
 
 impl Layout {
+    /// Copies every item again, and makes the journal forget its marks.
+    fn start_over(&mut self) {
+        self.skip.iter_mut().for_each(|s| *s = false);
+        self.resumed = 0;
+        if let Some(j) = &self.journal {
+            j.start_over();
+        }
+    }
+
     /// Binds the journal of `opts` (unless the source is sequential) to `items`.
     fn new(items: Items, opts: &CopyOptions, caps: &SourceCaps) -> Layout {
         let planned = items.total();
@@ -399,6 +418,47 @@ impl Layout {
             resumed,
         }
     }
+}
+
+/// Work items a resumed copy reads back before it skips the journal's: the first, the middle
+/// and the last of those done.
+const SPOT_CHECKS: usize = 3;
+/// Bytes compared at the start of each.
+const SPOT_BYTES: u64 = 64 << 10;
+
+/// Reads the start of a few of the work items the journal has as done from the target and
+/// from the source; returns where the first difference starts. A name, a size and a version
+/// can all match while the bytes do not (a disk rewritten in place, an export re-pointed).
+async fn spot_check(
+    source: &Arc<dyn BlockSource>,
+    target: &Arc<dyn BlockTarget>,
+    layout: &Layout,
+) -> Result<Option<u64>> {
+    let done: Vec<usize> = (0..layout.skip.len()).filter(|&i| layout.skip[i]).collect();
+    let mut picks: Vec<usize> = (0..SPOT_CHECKS)
+        .map(|k| done[k * (done.len() - 1) / (SPOT_CHECKS - 1).max(1)])
+        .collect();
+    picks.dedup();
+    for i in picks {
+        let Some(&(offset, len)) = layout
+            .items
+            .get(i)
+            .and_then(|p| p.first().copied())
+            .as_ref()
+        else {
+            continue;
+        };
+        let n = len.min(SPOT_BYTES) as usize;
+        let mut written = vec![0u8; n];
+        if !target.read_back(offset, &mut written)? {
+            return Ok(None);
+        }
+        let wanted = source.read_at(offset, Buffer::new(n)).await?;
+        if let Some(d) = wanted.iter().zip(&written).position(|(a, b)| a != b) {
+            return Ok(Some(offset + d as u64));
+        }
+    }
+    Ok(None)
 }
 
 /// The work items of a copy: the delta's changed ranges, or the whole disk, grouped per range.

@@ -58,6 +58,10 @@ impl SliceSource {
 
 #[async_trait]
 impl BlockSource for SliceSource {
+    fn fingerprint(&self) -> Option<String> {
+        self.inner.fingerprint()
+    }
+
     fn describe(&self) -> String {
         self.desc.clone()
     }

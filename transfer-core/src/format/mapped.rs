@@ -85,6 +85,10 @@ impl<M: Mapping> BlockSource for MappedSource<M> {
         self.map.describe().to_owned()
     }
 
+    fn fingerprint(&self) -> Option<String> {
+        self.inner.fingerprint()
+    }
+
     fn size(&self) -> u64 {
         self.map.size()
     }

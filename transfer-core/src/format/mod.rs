@@ -308,6 +308,10 @@ impl BlockSource for PeekedSource {
         self.inner.describe()
     }
 
+    fn fingerprint(&self) -> Option<String> {
+        self.inner.fingerprint()
+    }
+
     fn size(&self) -> u64 {
         self.inner.size()
     }

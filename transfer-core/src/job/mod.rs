@@ -432,7 +432,12 @@ fn open_journal(
     if spec.resume == Resume::Off {
         return Ok(None);
     }
-    let id = identity(source, spec.source_name.as_deref(), delta);
+    let uri = match &spec.source {
+        Some(SourceSpec::Uri { uri, .. }) => Some(uri.as_str()),
+        _ => None,
+    };
+    let id = identity(source, uri, spec.source_name.as_deref(), delta);
+    tracing::debug!(identity = %id, "resume journal identity");
     let path = match (&spec.state_file, is_block) {
         (Some(state), _) => {
             let mut p = state.clone().into_os_string();

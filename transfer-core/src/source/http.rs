@@ -60,6 +60,8 @@ pub struct HttpSource {
     /// Whether the size is known (not for compressed streams, whose size shows at their end).
     size_known: bool,
     connections: usize,
+    /// The body's version as the server named it (its ETag, else its Last-Modified).
+    validator: Option<String>,
 }
 
 /// The next piece of a body. A transport error mid-body (hyper reports a connection that ends
@@ -94,6 +96,21 @@ async fn next_chunk(
         }
         err
     })
+}
+
+/// The version of a response's body: its entity tag, else its modification time (at most 256
+/// bytes of either; a longer one is no validator a server sends for a disk image).
+fn validator(resp: &Response) -> Option<String> {
+    let h = resp.headers();
+    let v = h
+        .get(reqwest::header::ETAG)
+        .map(|v| ("etag", v))
+        .or_else(|| {
+            h.get(reqwest::header::LAST_MODIFIED)
+                .map(|v| ("last-modified", v))
+        })?;
+    let text = v.1.to_str().ok().filter(|t| t.len() <= 256)?;
+    Some(format!("{} {text}", v.0))
 }
 
 impl HttpSource {
@@ -133,6 +150,7 @@ impl HttpSource {
             stream: None,
             size_known: true,
             connections: connections.max(1),
+            validator: validator(&resp),
         };
         if resp.status() == StatusCode::PARTIAL_CONTENT {
             let cr = resp
@@ -210,6 +228,7 @@ impl HttpSource {
             stream: Some(Arc::new(stream)),
             size_known: true,
             connections: 1,
+            validator: None,
         })
     }
 
@@ -351,6 +370,10 @@ fn codec_of(head: &[u8], url: &Url) -> Result<Codec> {
 
 #[async_trait]
 impl BlockSource for HttpSource {
+    fn fingerprint(&self) -> Option<String> {
+        self.validator.clone()
+    }
+
     fn describe(&self) -> String {
         redact(&self.url)
     }
@@ -417,6 +440,7 @@ impl BlockSource for HttpSource {
             stream: None,
             size_known: true,
             connections: self.connections,
+            validator: self.validator.clone(),
         }))
     }
 }

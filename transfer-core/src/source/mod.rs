@@ -111,6 +111,13 @@ pub trait BlockSource: Send + Sync {
     fn changes(&self) -> Option<Arc<dyn ChangeTracking>> {
         None
     }
+
+    /// What the source knows of the version of its content, beyond its name and size: an
+    /// HTTP entity tag or modification time, a VMware snapshot. A resume journal written for
+    /// another version is not resumed. `None` when the source cannot tell.
+    fn fingerprint(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A source's knowledge of what changed between two checkpoints: where a warm migration's

@@ -218,6 +218,10 @@ impl BlockSource for RetrySource {
     fn changes(&self) -> Option<Arc<dyn crate::source::ChangeTracking>> {
         self.handle().1.changes()
     }
+
+    fn fingerprint(&self) -> Option<String> {
+        self.handle().1.fingerprint()
+    }
 }
 
 #[cfg(test)]

@@ -62,6 +62,10 @@ impl BlockDeviceTarget {
 }
 
 impl BlockTarget for BlockDeviceTarget {
+    fn read_back(&self, offset: u64, buf: &mut [u8]) -> Result<bool> {
+        self.fd.read_back(offset, buf)
+    }
+
     fn describe(&self) -> String {
         self.fd.desc().to_owned()
     }

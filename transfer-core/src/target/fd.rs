@@ -66,6 +66,15 @@ impl DiskFd {
         &self.desc
     }
 
+    /// Reads `buf.len()` bytes at `offset` through the buffered descriptor.
+    pub fn read_back(&self, offset: u64, buf: &mut [u8]) -> Result<bool> {
+        use std::os::unix::fs::FileExt;
+        self.file
+            .read_exact_at(buf, offset)
+            .map(|()| true)
+            .map_err(|e| Error::io(format!("reading {} back at {offset}", self.desc), e))
+    }
+
     fn write_raw(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
         match &self.direct {
             Some(d) if aligned(offset, data.len(), data.as_ptr() as usize) => {

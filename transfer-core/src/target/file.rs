@@ -95,6 +95,10 @@ impl FileTarget {
 }
 
 impl BlockTarget for FileTarget {
+    fn read_back(&self, offset: u64, buf: &mut [u8]) -> Result<bool> {
+        self.fd.read_back(offset, buf)
+    }
+
     fn describe(&self) -> String {
         self.fd.desc().to_owned()
     }

@@ -62,6 +62,12 @@ pub trait BlockTarget: Send + Sync {
     /// `--target-is-zero`): zero ranges can then be skipped.
     fn reads_as_zero(&self) -> bool;
 
+    /// Reads `buf.len()` bytes at `offset` back from the target (a resumed copy checks a few
+    /// ranges its journal has as copied). `Ok(false)` when this target cannot be read back.
+    fn read_back(&self, _offset: u64, _buf: &mut [u8]) -> Result<bool> {
+        Ok(false)
+    }
+
     /// The descriptor an io_uring engine may write `len` bytes at `offset` from `addr` through,
     /// when the target is backed by one.
     fn raw_fd_for(&self, _offset: u64, _len: usize, _addr: usize) -> Option<RawFd> {

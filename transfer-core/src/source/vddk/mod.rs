@@ -425,6 +425,14 @@ impl BlockSource for VddkSource {
         }
     }
 
+    /// The snapshot read (a snapshot's disk does not change), when there is one.
+    fn fingerprint(&self) -> Option<String> {
+        self.params
+            .snapshot
+            .as_ref()
+            .map(|s| format!("snapshot {s}"))
+    }
+
     fn changes(&self) -> Option<Arc<dyn crate::source::ChangeTracking>> {
         self.changes
             .clone()

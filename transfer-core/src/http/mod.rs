@@ -388,6 +388,30 @@ impl HttpClient {
 mod tests {
     use super::*;
 
+    /// A response whose body is `len` bytes.
+    fn answer(len: usize) -> Response {
+        Response::from(::http::Response::new(vec![b'x'; len]))
+    }
+
+    #[tokio::test]
+    async fn answers_past_the_limit_are_left_unread_or_refused() {
+        let at = Url::parse("https://engine/extents").unwrap();
+
+        let fits = read_within(answer(1000), &at, 1000).await.unwrap();
+        let over = read_within(answer(1001), &at, 1000).await.unwrap();
+        let refused = read_bounded(answer(2 << 20), &at, 1 << 20)
+            .await
+            .unwrap_err();
+
+        assert_eq!(fits.map(|b| b.len()), Some(1000));
+        assert!(over.is_none(), "the caller falls back (imageio: all data)");
+        assert_eq!(refused.kind(), ErrorKind::Protocol);
+        assert!(
+            refused.to_string().contains("larger than 1 MiB"),
+            "{refused}"
+        );
+    }
+
     #[test]
     fn redact_drops_credentials_query_and_fragment() {
         let u = Url::parse("https://user:pw@host:8443/disks/abc?token=secret#x").unwrap();

@@ -6,9 +6,9 @@
 //! leaked on purpose and lives as long as the process.
 //!
 //! Nothing waits on VDDK without a bound. ConnectEx, Open, Close and Disconnect run under one
-//! process-wide lock (see [`Vddk::lock_open_close`]); a call that never returns (a hung NFC
-//! connection) keeps it, and everyone who wants it afterwards gives up after their timeout with
-//! an error naming the stuck call, instead of hanging the process behind it.
+//! process-wide lock; a call that never returns (a hung NFC connection) keeps it, and everyone
+//! who wants it afterwards gives up after their timeout with an error naming the stuck call,
+//! instead of hanging the process behind it.
 
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::fmt;

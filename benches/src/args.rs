@@ -16,7 +16,8 @@ usage: transfer-bench [OPTIONS]
   --size SIZE                 disk size for nbdkit sparse-random (default 4G)
   --percent N                 percentage of data in the disk (default 50)
   --seed N                    sparse-random seed (default 1)
-  --rounds N                  rounds; each round runs every tool once (default 3)
+  --rounds N                  rounds; each round runs every tool once (default 7; fewer
+                              are reported as not enough to conclude from)
   --dir DIR                   where output files and logs go (default /var/tmp/ferry-bench)
   --scenario plain|delay|all  which scenarios to run (default all)
   --delay TIME                read delay of the `delay` scenario (default 2ms)
@@ -111,7 +112,7 @@ impl Default for Options {
             size_bytes: 4 << 30,
             percent: "50".into(),
             seed: 1,
-            rounds: 3,
+            rounds: benches::method::MIN_ROUNDS,
             dir: PathBuf::from("/var/tmp/ferry-bench"),
             scenarios: vec![Scenario::Plain, Scenario::Delay],
             delay: "2ms".into(),
@@ -233,7 +234,7 @@ mod tests {
         let o = run(&[]).unwrap();
         assert_eq!(
             (o.size_bytes, o.rounds, o.scenarios.len(), o.tools.len()),
-            (4 << 30, 3, 2, 3)
+            (4 << 30, 7, 2, 3)
         );
     }
 

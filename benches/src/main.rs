@@ -11,9 +11,17 @@
 //! target before it reports success, qemu-img convert does not sync by default), so the table
 //! shows both the wall time and the time until the data is on disk ("+sync").
 //!
-//! It prints one line per run, then per scenario a table of medians (seconds, MiB/s over the
-//! disk size, peak RSS), the ratios importer/nbdcopy and importer/qemu-img, and whether the goals
-//! are met (importer <= 0.9x nbdcopy's median wall time, peak RSS <= 64 MiB). After the rounds
+//! The method is `benches::method`'s: before the rounds a file of twice the disk size is
+//! written and deleted in `--dir` (memory a virtual machine touches for the first time is
+//! slow, and would be charged to whichever tool ran first), at least 7 rounds by default, and
+//! the CPU seconds of each tool (GNU time) and of the nbdkit serving it (its `/proc/PID/stat`
+//! before and after the run).
+//!
+//! It prints one line per run, then per scenario a table (min and median wall seconds, MiB/s
+//! over the median, median CPU seconds of the tool and of nbdkit, peak RSS), the ratios
+//! importer/nbdcopy and importer/qemu-img, and whether the goals are met (importer <= 0.9x
+//! nbdcopy's median wall time, importer's CPU plus nbdkit's <= nbdcopy's plus nbdkit's, peak
+//! RSS <= 64 MiB). After the rounds
 //! `importer verify` compares the source with importer's output and must succeed. The last line
 //! is one JSON object with every figure. A missing peer is reported and its column skipped.
 //!
@@ -103,6 +111,15 @@ fn bench(o: &Options) -> Result<(), String> {
         println!("  {:<9} {}", r.tool.name(), r.program.display());
     }
 
+    // Twice the output size (see benches::method).
+    let touch = 2 * o.size_bytes;
+    let took = benches::method::pretouch(&o.dir, touch)?;
+    println!(
+        "pre-touched {} MiB of memory or disk in {} with a file: {:.1} s",
+        touch >> 20,
+        o.dir.display(),
+        took.as_secs_f64()
+    );
     let mut results = Vec::new();
     for &sc in &o.scenarios {
         let r = run_scenario(o, sc, &nbdkit, &ready, &skipped)?;
@@ -275,12 +292,18 @@ fn run_scenario(
             run::remove_if_exists(out)?;
             run::sync()?;
             let logs = Logs::new(&o.dir, &format!("{name}-{}", r.tool.name()));
+            let server_before = benches::method::cpu_seconds(server.pid());
             let m = run::run_timed(
                 &r.program,
                 &tool_args(o, r.tool, &uri, out),
                 &logs,
                 o.timeout,
             )?;
+            let server_cpu_seconds =
+                match (server_before, benches::method::cpu_seconds(server.pid())) {
+                    (Some(a), Some(b)) => b - a,
+                    _ => return Err("nbdkit's /proc/PID/stat cannot be read".into()),
+                };
             let sync_seconds = run::sync()?.as_secs_f64();
             let len = fs::metadata(out)
                 .map_err(|e| format!("{} left no {}: {e}", r.tool.name(), out.display()))?
@@ -303,11 +326,13 @@ fn run_scenario(
                 _ => None,
             };
             println!(
-                "[{name}] round {round}/{}  {:<9} {:>8.2} s {:>8.1} MiB/s  RSS {:>6.1} MiB  sync {:.2} s{}",
+                "[{name}] round {round}/{}  {:<9} {:>8.2} s {:>8.1} MiB/s  cpu {:.2} s + nbdkit {:.2} s  RSS {:>6.1} MiB  sync {:.2} s{}",
                 o.rounds,
                 r.tool.name(),
                 m.seconds,
                 o.size_bytes as f64 / (1024.0 * 1024.0) / m.seconds,
+                m.cpu_seconds,
+                server_cpu_seconds,
                 m.rss_kib as f64 / 1024.0,
                 sync_seconds,
                 report.as_ref().map(importer_summary).unwrap_or_default()
@@ -317,6 +342,8 @@ fn run_scenario(
                 seconds: m.seconds,
                 sync_seconds,
                 rss_kib: m.rss_kib,
+                cpu_seconds: m.cpu_seconds,
+                server_cpu_seconds,
                 report,
             });
         }

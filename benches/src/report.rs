@@ -25,6 +25,10 @@ pub struct RunRecord {
     pub sync_seconds: f64,
     /// Peak RSS in KiB (GNU time).
     pub rss_kib: u64,
+    /// The tool's user plus system CPU seconds (GNU time).
+    pub cpu_seconds: f64,
+    /// CPU seconds nbdkit spent serving the run (from its `/proc/PID/stat`).
+    pub server_cpu_seconds: f64,
     /// importer's own JSON line, when the tool is importer.
     pub report: Option<Value>,
 }
@@ -53,6 +57,27 @@ impl ToolResult {
     /// Median wall seconds.
     pub fn median_s(&self) -> f64 {
         median(&self.runs.iter().map(|r| r.seconds).collect::<Vec<_>>())
+    }
+
+    /// Fastest wall seconds.
+    pub fn min_s(&self) -> f64 {
+        benches::method::min(&self.runs.iter().map(|r| r.seconds).collect::<Vec<_>>())
+    }
+
+    /// Median CPU seconds of the tool.
+    pub fn median_cpu_s(&self) -> f64 {
+        median(&self.runs.iter().map(|r| r.cpu_seconds).collect::<Vec<_>>())
+    }
+
+    /// Median CPU seconds of the server serving the tool.
+    pub fn median_server_cpu_s(&self) -> f64 {
+        median(
+            &self
+                .runs
+                .iter()
+                .map(|r| r.server_cpu_seconds)
+                .collect::<Vec<_>>(),
+        )
     }
 
     /// Median of wall seconds plus the following `sync`: the time until the data is durable.
@@ -106,6 +131,12 @@ impl ScenarioResult {
         Some(self.get(Tool::Importer)?.median_s() / self.get(peer)?.median_s())
     }
 
+    /// importer's median CPU seconds plus its server's over `peer`'s: the whole cost of a copy.
+    pub fn cpu_ratio(&self, peer: Tool) -> Option<f64> {
+        let cost = |r: &ToolResult| r.median_cpu_s() + r.median_server_cpu_s();
+        Some(cost(self.get(Tool::Importer)?) / cost(self.get(peer)?))
+    }
+
     /// The same ratio counting the `sync` after each run.
     pub fn durable_ratio(&self, peer: Tool) -> Option<f64> {
         Some(self.get(Tool::Importer)?.median_durable_s() / self.get(peer)?.median_durable_s())
@@ -134,18 +165,29 @@ impl ScenarioResult {
             self.rounds,
             if self.rounds == 1 { "" } else { "s" }
         );
+        if self.rounds < benches::method::MIN_ROUNDS {
+            let _ = writeln!(
+                s,
+                "(only {} rounds: fewer than {}, too few to conclude from)",
+                self.rounds,
+                benches::method::MIN_ROUNDS
+            );
+        }
         let _ = writeln!(
             s,
-            "{:<10} {:>10} {:>10} {:>14} {:>16}",
-            "tool", "median s", "MiB/s", "peak RSS MiB", "median s +sync"
+            "{:<10} {:>8} {:>9} {:>8} {:>8} {:>11} {:>9} {:>12}",
+            "tool", "min s", "median s", "MiB/s", "cpu s", "nbdkit cpu", "RSS MiB", "median +sync"
         );
         for r in &self.tools {
             let _ = writeln!(
                 s,
-                "{:<10} {:>10.3} {:>10.1} {:>14.1} {:>16.3}",
+                "{:<10} {:>8.3} {:>9.3} {:>8.1} {:>8.2} {:>11.2} {:>9.1} {:>12.3}",
                 r.tool.name(),
+                r.min_s(),
                 r.median_s(),
                 self.mib_per_s(r),
+                r.median_cpu_s(),
+                r.median_server_cpu_s(),
                 r.peak_rss_mib(),
                 r.median_durable_s()
             );
@@ -168,6 +210,13 @@ impl ScenarioResult {
                 s,
                 "ratio importer/{:<9} {r:>6.2}x  (+sync {d:.2}x){goal}",
                 peer.name()
+            );
+        }
+        if let Some(c) = self.cpu_ratio(Tool::Nbdcopy) {
+            let _ = writeln!(
+                s,
+                "cpu (tool + nbdkit) importer/nbdcopy {c:.2}x   goal <= 1.00x: {}",
+                met(Some(c <= 1.0))
             );
         }
         if let Some(r) = self.get(Tool::Importer) {
@@ -205,12 +254,17 @@ impl ScenarioResult {
                             "seconds": x.seconds,
                             "sync_seconds": round3(x.sync_seconds),
                             "rss_kib": x.rss_kib,
+                            "cpu_seconds": round3(x.cpu_seconds),
+                            "nbdkit_cpu_seconds": round3(x.server_cpu_seconds),
                             "report": x.report,
                         })
                     })
                     .collect();
                 let v = json!({
+                    "min_s": round3(r.min_s()),
                     "median_s": round3(r.median_s()),
+                    "median_cpu_s": round3(r.median_cpu_s()),
+                    "median_nbdkit_cpu_s": round3(r.median_server_cpu_s()),
                     "median_durable_s": round3(r.median_durable_s()),
                     "mib_per_s": round1(self.mib_per_s(r)),
                     "peak_rss_mib": round1(r.peak_rss_mib()),
@@ -236,6 +290,7 @@ impl ScenarioResult {
                 "importer/qemu-img": self.ratio(Tool::QemuImg).map(round3),
                 "importer/nbdcopy+sync": self.durable_ratio(Tool::Nbdcopy).map(round3),
                 "importer/qemu-img+sync": self.durable_ratio(Tool::QemuImg).map(round3),
+                "cpu importer/nbdcopy (with nbdkit)": self.cpu_ratio(Tool::Nbdcopy).map(round3),
             },
             "goals": {
                 "speed_vs_nbdcopy_max": SPEED_GOAL,
@@ -277,6 +332,8 @@ mod tests {
                 seconds: s,
                 sync_seconds: 0.5,
                 rss_kib,
+                cpu_seconds: s / 2.0,
+                server_cpu_seconds: 0.25,
                 report: None,
             })
             .collect();

@@ -143,6 +143,8 @@ pub struct Measured {
     pub seconds: f64,
     /// Peak resident set size in KiB (`%M`).
     pub rss_kib: u64,
+    /// User plus system CPU seconds (`%U` + `%S`).
+    pub cpu_seconds: f64,
     /// The program's stdout.
     pub stdout: String,
 }
@@ -159,7 +161,7 @@ pub fn run_timed(
     let mut cmd = Command::new(GNU_TIME);
     cmd.arg("-o")
         .arg(&logs.time)
-        .args(["-f", "%e %M"])
+        .args(["-f", "%e %M %U %S"])
         .arg(program)
         .args(args);
     let st = run_logged(cmd, logs, timeout, &what)?;
@@ -172,12 +174,13 @@ pub fn run_timed(
     }
     let report = fs::read_to_string(&logs.time)
         .map_err(|e| format!("cannot read {}: {e}", logs.time.display()))?;
-    let (seconds, rss_kib) = parse_time_report(&report)
+    let (seconds, rss_kib, cpu_seconds) = parse_time_report(&report)
         .ok_or_else(|| format!("cannot parse GNU time output {report:?}"))?;
     let stdout = fs::read_to_string(&logs.stdout).unwrap_or_default();
     Ok(Measured {
         seconds,
         rss_kib,
+        cpu_seconds,
         stdout,
     })
 }
@@ -197,14 +200,17 @@ pub fn run_logged(
     Group::spawn(cmd, what)?.wait(timeout, what)
 }
 
-/// Parses GNU time's `-f '%e %M'` report. When the program fails, time writes "Command exited
-/// with non-zero status N" first, so the figures are on the last non-empty line.
-pub fn parse_time_report(s: &str) -> Option<(f64, u64)> {
+/// Parses GNU time's `-f '%e %M %U %S'` report into wall seconds, peak RSS in KiB and CPU
+/// seconds. When the program fails, time writes "Command exited with non-zero status N" first,
+/// so the figures are on the last non-empty line.
+pub fn parse_time_report(s: &str) -> Option<(f64, u64, f64)> {
     let line = s.lines().rev().find(|l| !l.trim().is_empty())?;
     let mut it = line.split_whitespace();
     let secs = it.next()?.parse().ok()?;
     let rss = it.next()?.parse().ok()?;
-    Some((secs, rss))
+    let user: f64 = it.next()?.parse().ok()?;
+    let sys: f64 = it.next()?.parse().ok()?;
+    Some((secs, rss, user + sys))
 }
 
 /// An nbdkit server on a Unix socket, killed (and its socket removed) when dropped.
@@ -256,6 +262,11 @@ impl Server {
         }
     }
 
+    /// The server's process id (for its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.group.child.id()
+    }
+
     /// The NBD URI of the export, as libnbd and qemu spell it.
     pub fn uri(&self) -> String {
         format!("nbd+unix:///?socket={}", self.socket.display())
@@ -277,13 +288,16 @@ mod tests {
 
     #[test]
     fn time_report_gives_seconds_and_kib() {
-        assert_eq!(parse_time_report("3.21 30124\n"), Some((3.21, 30124)));
+        assert_eq!(
+            parse_time_report("3.21 30124 1.50 0.25\n"),
+            Some((3.21, 30124, 1.75))
+        );
     }
 
     #[test]
     fn time_report_of_a_failed_command_uses_the_last_line() {
-        let s = "Command exited with non-zero status 1\n0.01 2048\n";
-        assert_eq!(parse_time_report(s), Some((0.01, 2048)));
+        let s = "Command exited with non-zero status 1\n0.01 2048 0.00 0.01\n";
+        assert_eq!(parse_time_report(s), Some((0.01, 2048, 0.01)));
     }
 
     #[test]

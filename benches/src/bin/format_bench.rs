@@ -3,8 +3,10 @@
 //! `importer copy IMAGE out.raw` against the peer's way into a raw file:
 //!
 //! - OVA: `tar -xf vm.ova -C extract disk.vmdk && qemu-img convert -O raw extract/disk.vmdk
-//!   out.raw` (qemu-img cannot read inside a tar, so the peer needs scratch space as large as the
-//!   VMDK; both steps are timed, each with its `sync`, and reported apart and summed);
+//!   out.raw` (this way needs scratch space as large as the VMDK; both steps are timed, each with
+//!   its `sync`, and reported apart and summed). qemu-img can also read the member in place
+//!   through a `json:` filename (a raw driver at the member's offset, as virt-v2v does);
+//!   docs/benchmarks.md has that measured by hand, and this bench does not time it yet;
 //! - qcow2: `qemu-img convert -O raw disk.qcow2 out.raw`.
 //!
 //! Every run writes a fresh `out.raw` (deleted and synced first) and is timed until the `sync`

@@ -440,12 +440,7 @@ async fn spot_check(
         .collect();
     picks.dedup();
     for i in picks {
-        let Some(&(offset, len)) = layout
-            .items
-            .get(i)
-            .and_then(|p| p.first().copied())
-            .as_ref()
-        else {
+        let Some((offset, len)) = layout.items.get(i).and_then(|p| p.first().copied()) else {
             continue;
         };
         let n = len.min(SPOT_BYTES) as usize;

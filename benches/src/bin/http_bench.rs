@@ -53,7 +53,7 @@ fn main() {
 }
 
 fn bench() -> Result<(), String> {
-    let rounds_n: usize = arg("--rounds", "3").parse().map_err(|_| "bad --rounds")?;
+    let rounds_n: usize = arg("--rounds", "7").parse().map_err(|_| "bad --rounds")?;
     let size = arg("--size", "2G");
     let dir = PathBuf::from(arg("--dir", "/var/tmp/ferry-http-bench"));
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -108,7 +108,7 @@ fn bench() -> Result<(), String> {
             vec!["copy".into(), "--insecure".into(), s.clone(), o.clone()],
         ),
     ];
-    let med = rounds(&rows, rounds_n, &out, &mut |_| Ok(String::new()))?;
+    let med = rounds(&rows, rounds_n, &out, 2 * bytes, &mut |_| Ok(String::new()))?;
     table(&rows, &med, bytes);
     let ratio = |a: usize, b: usize| (med[b].0 / med[a].0, med[b].1 / med[a].1);
     let (r1, r1s) = ratio(1, 0);

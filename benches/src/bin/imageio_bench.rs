@@ -119,7 +119,7 @@ fn main() {
 }
 
 fn bench() -> Result<(), String> {
-    let rounds_n: usize = arg("--rounds", "3").parse().map_err(|_| "bad --rounds")?;
+    let rounds_n: usize = arg("--rounds", "7").parse().map_err(|_| "bad --rounds")?;
     let size = arg("--size", "4G");
     let dir = PathBuf::from(arg("--dir", "/var/tmp/ferry-imageio-bench"));
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -236,7 +236,7 @@ fn bench() -> Result<(), String> {
         daemons[d].add_ticket(&id, bytes, &backends[b])?;
         Ok(id)
     };
-    let med = rounds(&rows, rounds_n, &out, &mut fresh)?;
+    let med = rounds(&rows, rounds_n, &out, 2 * bytes, &mut fresh)?;
     drop(nbd);
     table(&rows, &med, bytes);
     let mut speedups = serde_json::Map::new();

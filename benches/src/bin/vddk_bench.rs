@@ -84,7 +84,7 @@ fn baseline(a: &[String]) -> Result<(), String> {
 
 fn bench() -> Result<(), String> {
     let size = transfer_core::size::parse_size(&arg("--size", "1G")).map_err(|e| e.to_string())?;
-    let rounds_n: usize = arg("--rounds", "3").parse().map_err(|_| "bad --rounds")?;
+    let rounds_n: usize = arg("--rounds", "7").parse().map_err(|_| "bad --rounds")?;
     let dir = PathBuf::from(arg("--dir", "/var/tmp/ferry-vddk-bench"));
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let bin = exe.parent().ok_or("no binary directory")?.to_owned();
@@ -175,7 +175,7 @@ fn bench() -> Result<(), String> {
                 ],
             ));
         }
-        let med = rounds(&rows, rounds_n, &out, &mut |_| Ok(String::new()))?;
+        let med = rounds(&rows, rounds_n, &out, 2 * size, &mut |_| Ok(String::new()))?;
         table(&rows, &med, size);
         let calls = size.div_ceil(BLOCK as u64) as f64;
         let line = if latency == 0 {
@@ -204,7 +204,7 @@ fn bench() -> Result<(), String> {
     println!("\n== fake VDDK, {label} ==");
     let mut rows = vec![baseline_row(latency, bandwidth)];
     rows.extend((1..=4).map(|n| importer_row(latency, bandwidth, n)));
-    let med = rounds(&rows, rounds_n, &out, &mut |_| Ok(String::new()))?;
+    let med = rounds(&rows, rounds_n, &out, 2 * size, &mut |_| Ok(String::new()))?;
     table(&rows, &med, size);
     let speedups: Vec<String> = (1..rows.len())
         .map(|k| format!("{k}: {:.2}x", med[0].0 / med[k].0))

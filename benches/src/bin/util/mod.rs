@@ -142,6 +142,8 @@ pub struct Measured {
     pub synced: f64,
     /// Peak resident set size in KiB.
     pub rss_kib: u64,
+    /// User plus system CPU seconds of the run (its threads and waited-for children).
+    pub cpu: f64,
 }
 
 /// [`timed`] under GNU time, which also gives the peak RSS: deletes `out`, syncs, runs
@@ -156,7 +158,7 @@ pub fn timed_rss(cmd: &str, args: &[String], out: &Path, log: &Path) -> Result<M
     let st = Command::new(GNU_TIME)
         .arg("-o")
         .arg(&report)
-        .args(["-f", "%M", cmd])
+        .args(["-f", "%M %U %S", cmd])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -172,14 +174,21 @@ pub fn timed_rss(cmd: &str, args: &[String], out: &Path, log: &Path) -> Result<M
     }
     run("sync", &[])?;
     let synced = t.elapsed().as_secs_f64();
-    let rss_kib = std::fs::read_to_string(&report)
+    let (rss_kib, cpu) = std::fs::read_to_string(&report)
         .ok()
-        .and_then(|s| s.lines().last()?.trim().parse().ok())
-        .ok_or_else(|| format!("no peak RSS in GNU time's report {}", report.display()))?;
+        .and_then(|s| {
+            let mut f = s.lines().last()?.split_whitespace();
+            let rss: u64 = f.next()?.parse().ok()?;
+            let user: f64 = f.next()?.parse().ok()?;
+            let sys: f64 = f.next()?.parse().ok()?;
+            Some((rss, user + sys))
+        })
+        .ok_or_else(|| format!("no figures in GNU time's report {}", report.display()))?;
     Ok(Measured {
         secs,
         synced,
         rss_kib,
+        cpu,
     })
 }
 
@@ -223,52 +232,88 @@ pub fn self_signed(dir: &Path) -> Result<(), String> {
 /// A row of a side-by-side table: its name, the command and its arguments.
 pub type Row = (String, String, Vec<String>);
 
-/// Runs every row `rounds` times, rotating the order each round, printing each time; returns
-/// the median (seconds, +sync seconds) of each row. Before each run, `prepare(row)` is called
-/// and what it returns replaces `{ticket}` in the row's arguments.
+/// One row's figures over the rounds: median wall seconds, median seconds including the `sync`
+/// after the run, the fastest wall seconds and the median CPU seconds (user plus system, of the
+/// tool and of what runs inside it or as its child).
+#[derive(Clone, Copy, Debug)]
+pub struct Stat(pub f64, pub f64, pub f64, pub f64);
+
+/// Runs every row `rounds` times, rotating the order each round, printing each time, after
+/// pre-touching `pretouch` bytes next to `out` (see `benches::method`); returns each row's
+/// [`Stat`]. Before each run, `prepare(row)` is called and what it returns replaces `{ticket}`
+/// in the row's arguments.
 pub fn rounds(
     rows: &[Row],
     rounds: usize,
     out: &Path,
+    pretouch: u64,
     prepare: &mut dyn FnMut(usize) -> Result<String, String>,
-) -> Result<Vec<(f64, f64)>, String> {
-    let mut times: Vec<Vec<(f64, f64)>> = vec![Vec::new(); rows.len()];
+) -> Result<Vec<Stat>, String> {
+    let dir = out.parent().unwrap_or(Path::new("."));
+    let took = benches::method::pretouch(dir, pretouch)?;
+    println!(
+        "pre-touched {} MiB in {} with a file: {:.1} s",
+        pretouch >> 20,
+        dir.display(),
+        took.as_secs_f64()
+    );
+    if rounds < benches::method::MIN_ROUNDS {
+        println!(
+            "(only {rounds} rounds: fewer than {}, too few to conclude from)",
+            benches::method::MIN_ROUNDS
+        );
+    }
+    let log = out.with_extension("log");
+    let mut times: Vec<Vec<Measured>> = vec![Vec::new(); rows.len()];
     for r in 0..rounds {
         for k in 0..rows.len() {
             let i = (k + r) % rows.len();
             let (name, cmd, args) = &rows[i];
             let fill = prepare(i)?;
             let args: Vec<String> = args.iter().map(|a| a.replace("{ticket}", &fill)).collect();
-            let t = timed(cmd, &args, out)?;
+            let m = timed_rss(cmd, &args, out, &log)?;
             println!(
-                "round {}/{rounds}  {name:<30} {:6.2} s  (+sync {:6.2} s)",
+                "round {}/{rounds}  {name:<30} {:6.2} s  (+sync {:6.2} s)  cpu {:5.2} s",
                 r + 1,
-                t.0,
-                t.1
+                m.secs,
+                m.synced,
+                m.cpu
             );
-            times[i].push(t);
+            times[i].push(m);
         }
     }
     let _ = std::fs::remove_file(out);
+    let _ = std::fs::remove_file(&log);
     Ok(times
         .iter()
         .map(|t| {
-            (
-                median(t.iter().map(|x| x.0).collect()),
-                median(t.iter().map(|x| x.1).collect()),
+            let of = |f: fn(&Measured) -> f64| t.iter().map(f).collect::<Vec<f64>>();
+            Stat(
+                median(of(|m| m.secs)),
+                median(of(|m| m.synced)),
+                benches::method::min(&of(|m| m.secs)),
+                median(of(|m| m.cpu)),
             )
         })
         .collect())
 }
 
-/// Prints the median table of `rows` for a copy of `bytes`.
-pub fn table(rows: &[Row], med: &[(f64, f64)], bytes: u64) {
+/// Prints the table of `rows` for a copy of `bytes`: min and median wall seconds, MiB/s over
+/// the median, median seconds with the `sync`, median CPU seconds.
+pub fn table(rows: &[Row], med: &[Stat], bytes: u64) {
     let mib = bytes as f64 / (1 << 20) as f64;
     println!(
-        "\n{:<30} {:>9} {:>9} {:>10}",
-        "tool", "median s", "MiB/s", "+sync s"
+        "\n{:<30} {:>7} {:>9} {:>9} {:>10} {:>7}",
+        "tool", "min s", "median s", "MiB/s", "+sync s", "cpu s"
     );
     for ((name, _, _), m) in rows.iter().zip(med) {
-        println!("{name:<30} {:>9.2} {:>9.0} {:>10.2}", m.0, mib / m.0, m.1);
+        println!(
+            "{name:<30} {:>7.2} {:>9.2} {:>9.0} {:>10.2} {:>7.2}",
+            m.2,
+            m.0,
+            mib / m.0,
+            m.1,
+            m.3
+        );
     }
 }

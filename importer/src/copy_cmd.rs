@@ -81,8 +81,9 @@ pub(crate) struct CopyOpts {
     /// The target already reads as zeros: never zero it.
     #[arg(long)]
     target_is_zero: bool,
-    /// I/O engine for target writes.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "pwrite", "uring"])]
+    /// I/O engine for target writes (auto: inline on tmpfs, io_uring with --direct where it
+    /// works, else pwrite threads).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "pwrite", "uring", "inline"])]
     io_engine: String,
     /// Writer threads of the pwrite engine.
     #[arg(long, default_value_t = 2)]
@@ -99,11 +100,11 @@ pub(crate) struct CopyOpts {
     /// parallel); a difference fails the copy.
     #[arg(long)]
     verify: bool,
-    /// Read zero runs shorter than SIZE together with the data around them (default 0: zero
-    /// ranges are never read). Fewer, larger requests help sources with a high cost per
-    /// request, such as imageio tickets of fragmented disks.
-    #[arg(long, default_value = "0", value_parser = size_arg)]
-    read_gaps: u64,
+    /// Read zero runs shorter than SIZE together with the data around them; 0 never reads a
+    /// zero range. Without it, a source whose every request is costly (imageio) reads gaps
+    /// under 1 MiB in fragmented work ranges, and other sources read no zeros.
+    #[arg(long, value_parser = size_arg)]
+    read_gaps: Option<u64>,
 }
 
 /// `importer copy SOURCE TARGET`.

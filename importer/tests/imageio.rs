@@ -494,7 +494,18 @@ fn daemon_read_mib(log: &str) -> f64 {
         .filter(|l| l.contains("] CLOSE connection="))
         .filter_map(|l| l.split_once("[read ").map(|(_, rest)| rest))
         .filter_map(|rest| rest.split(", ").nth(2))
-        .filter_map(|mib| mib.trim_end_matches(" MiB").parse::<f64>().ok())
+        .filter_map(|amount| {
+            // The daemon writes the amount in the largest unit that keeps it at 1 or more.
+            let (n, unit) = amount.split_once(' ')?;
+            let scale = match unit {
+                "bytes" => 1.0 / 1048576.0,
+                "KiB" => 1.0 / 1024.0,
+                "MiB" => 1.0,
+                "GiB" => 1024.0,
+                _ => return None,
+            };
+            Some(n.parse::<f64>().ok()? * scale)
+        })
         .sum()
 }
 
@@ -509,6 +520,33 @@ fn settled_read_mib(daemon: &Imageio, at_least: f64) -> f64 {
     // Anything more that is still on its way shows too.
     std::thread::sleep(Duration::from_millis(300));
     daemon_read_mib(&daemon.logs())
+}
+
+/// The raw reference of the qcow2 `image`, its NBD export, a daemon with a ticket `id` on it for
+/// each of `ids`, and an empty output directory per ticket.
+fn qcow2_on_two_tickets(
+    dir: &Path,
+    image: &Path,
+    size: u64,
+    ids: [&'static str; 2],
+) -> (PathBuf, NbdExport, Imageio, [PathBuf; 2]) {
+    let reference = dir.join("reference.raw");
+    qcow2_to_raw(image, &reference);
+    let export = NbdExport::qcow2(image, None);
+    let daemon = Imageio::start(false);
+    let outs = ids.map(|id| {
+        daemon.add_ticket(&Ticket {
+            id,
+            size,
+            url: export.ticket_url(),
+            timeout: 300,
+            dirty: false,
+        });
+        let out = dir.join(id);
+        std::fs::create_dir_all(&out).expect("mkdir");
+        out
+    });
+    (reference, export, daemon, outs)
 }
 
 #[test]
@@ -529,23 +567,8 @@ fn read_gaps_reads_short_zero_runs_with_the_data_and_keeps_the_target_sparse() {
             (6 * MIB + 256 * KIB, 256 * KIB, 0x33),
         ],
     );
-    let reference = dir.path().join("reference.raw");
-    qcow2_to_raw(&image, &reference);
-    let export = NbdExport::qcow2(&image, None);
-    let daemon = Imageio::start(false);
-    for id in ["skip", "bridge"] {
-        daemon.add_ticket(&Ticket {
-            id,
-            size,
-            url: export.ticket_url(),
-            timeout: 300,
-            dirty: false,
-        });
-    }
-    let skipped_dir = dir.path().join("skip");
-    let bridged_dir = dir.path().join("bridge");
-    std::fs::create_dir_all(&skipped_dir).expect("mkdir");
-    std::fs::create_dir_all(&bridged_dir).expect("mkdir");
+    let (reference, _export, daemon, [skipped_dir, bridged_dir]) =
+        qcow2_on_two_tickets(dir.path(), &image, size, ["skip", "bridge"]);
 
     let (skipped, _) = copy_ok(&daemon, &skipped_dir, &daemon.url("skip"), &[]);
     let after_skip = settled_read_mib(&daemon, 1.5);
@@ -569,7 +592,7 @@ fn read_gaps_reads_short_zero_runs_with_the_data_and_keeps_the_target_sparse() {
     };
     assert!(
         (after_skip - 1.5).abs() < 0.01,
-        "by default only the data is read: {after_skip} MiB; the daemon logged:\n{}",
+        "gaps of 1 MiB and more are never read by default: {after_skip} MiB; the daemon logged:\n{}",
         closes()
     );
     assert!(
@@ -586,6 +609,65 @@ fn read_gaps_reads_short_zero_runs_with_the_data_and_keeps_the_target_sparse() {
     assert!(
         allocated <= 2 * MIB,
         "the zeros read are not written: {allocated} bytes allocated"
+    );
+}
+
+/// With no flag, a fragmented work range (data runs shorter than a request on average) is read
+/// with its gaps under 1 MiB, while a range of large extents reads no zeros at all; `--read-gaps
+/// 0` reads only the data.
+#[test]
+fn gaps_are_bridged_by_themselves_only_where_the_extents_are_fragmented() {
+    if !require_imageio() {
+        return;
+    }
+    let dir = tempdir();
+    let image = dir.path().join("disk.qcow2");
+    let size = 160 * MIB;
+    qcow2_create(&image, size);
+    // First 64 MiB work range: 32 runs of 64 KiB, 128 KiB apart. Second: 8 MiB of data, a
+    // 512 KiB gap, 8 MiB of data.
+    let mut writes: Vec<(u64, u64, u8)> = (0..32)
+        .map(|i| (i * 192 * KIB, 64 * KIB, 0x40 + i as u8))
+        .collect();
+    writes.push((64 * MIB, 8 * MIB, 0x71));
+    writes.push((72 * MIB + 512 * KIB, 8 * MIB, 0x72));
+    qcow2_write(&image, &writes);
+    let (reference, _export, daemon, [auto_dir, never_dir]) =
+        qcow2_on_two_tickets(dir.path(), &image, size, ["auto", "never"]);
+
+    // 2 MiB of data and 31 gaps of 128 KiB, then 16 MiB of data without its 512 KiB gap.
+    let expected_auto = 2.0 + 31.0 * 0.125 + 16.0;
+    let (auto, stats) = copy_ok(&daemon, &auto_dir, &daemon.url("auto"), &[]);
+    let after_auto = settled_read_mib(&daemon, expected_auto);
+    let (never, _) = copy_ok(
+        &daemon,
+        &never_dir,
+        &daemon.url("never"),
+        &["--read-gaps", "0"],
+    );
+    let after_never = settled_read_mib(&daemon, after_auto + 18.0) - after_auto;
+
+    assert_same_files(&auto, &reference);
+    assert_same_files(&never, &reference);
+    assert!(
+        // The daemon rounds each connection's figure to 0.01 of its unit.
+        (after_auto - expected_auto).abs() < 0.05,
+        "the fragmented range is read with its short gaps, the large extents without: {after_auto} MiB read, {expected_auto} expected"
+    );
+    assert!(
+        (after_never - 18.0).abs() < 0.05,
+        "--read-gaps 0 reads the data only: {after_never} MiB; the daemon logged:\n{}",
+        daemon
+            .logs()
+            .lines()
+            .filter(|l| l.contains("CLOSE connection="))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        stats.bytes_data,
+        18 * MIB,
+        "zeros read are not data: {stats:?}"
     );
 }
 

@@ -133,6 +133,27 @@ pub fn bridge(runs: Vec<Run>, gap: u64) -> Vec<Run> {
     out
 }
 
+/// Zero gaps of this size or more are never read by [`auto_gap`]'s choice: a disk of large
+/// extents never downloads a zero run of 1 MiB or more unless the user asks for it.
+pub const AUTO_GAP_LIMIT: u64 = 1 << 20;
+
+/// The gap bridging chosen for one work range of a source whose requests are costly, from its
+/// runs (before bridging): when the range is fragmented, that is its data runs are on average
+/// shorter than one request (`request_size`), the copy is bound by the number of requests, and
+/// zero gaps shorter than [`AUTO_GAP_LIMIT`] are read with the data; otherwise every request
+/// is full already and no zeros are read (0).
+pub fn auto_gap(runs: &[Run], request_size: u64) -> u64 {
+    let (count, bytes) = runs.iter().fold((0u64, 0u64), |(n, b), r| match r {
+        Run::Data { len, .. } => (n + 1, b + len),
+        Run::Zero { .. } => (n, b),
+    });
+    if count >= 2 && bytes < count.saturating_mul(request_size) {
+        AUTO_GAP_LIMIT
+    } else {
+        0
+    }
+}
+
 /// The extents of `[offset, offset+len)` from a sorted, contiguous list (a whole image's, or a
 /// range's that covers this one), clipped to the range. Empty when the range is past the list.
 pub fn clip(list: &[Extent], offset: u64, len: u64) -> Vec<Extent> {
@@ -213,6 +234,62 @@ mod tests {
     fn gap_zero_leaves_runs_alone() {
         let runs = vec![data(0, 10), zero(10, 1), data(11, 10)];
         assert_eq!(bridge(runs.clone(), 0), runs);
+    }
+
+    const MIB: u64 = 1 << 20;
+    const KIB: u64 = 1 << 10;
+
+    #[test]
+    fn a_fragmented_range_bridges_gaps_below_one_mib() {
+        // 128 KiB runs, 4 MiB requests: the copy would be bound by the number of requests.
+        let runs: Vec<Run> = (0..16)
+            .flat_map(|i| {
+                [
+                    data(i * 384 * KIB, 128 * KIB),
+                    zero(i * 384 * KIB + 128 * KIB, 256 * KIB),
+                ]
+            })
+            .collect();
+        assert_eq!(auto_gap(&runs, 4 * MIB), AUTO_GAP_LIMIT);
+        let bridged = bridge(runs.clone(), auto_gap(&runs, 4 * MIB));
+        assert_eq!(
+            bridged.len(),
+            2,
+            "one data run and the trailing zeros: {bridged:?}"
+        );
+    }
+
+    #[test]
+    fn a_range_of_large_extents_reads_no_zeros() {
+        // Runs longer than a request on average: every request is full already.
+        let runs = vec![
+            data(0, 8 * MIB),
+            zero(8 * MIB, 512 * KIB),
+            data(8 * MIB + 512 * KIB, 4 * MIB),
+        ];
+        assert_eq!(auto_gap(&runs, 4 * MIB), 0);
+        assert_eq!(bridge(runs.clone(), auto_gap(&runs, 4 * MIB)), runs);
+    }
+
+    #[test]
+    fn automatic_bridging_never_reads_a_zero_run_of_one_mib() {
+        let runs = vec![
+            data(0, 4 * KIB),
+            zero(4 * KIB, MIB),
+            data(MIB + 4 * KIB, 4 * KIB),
+        ];
+        let gap = auto_gap(&runs, 4 * MIB);
+        assert_eq!(gap, AUTO_GAP_LIMIT);
+        assert_eq!(bridge(runs.clone(), gap), runs);
+    }
+
+    #[test]
+    fn one_data_run_is_never_fragmented() {
+        assert_eq!(
+            auto_gap(&[zero(0, 10), data(10, 1), zero(11, 10)], 4 * MIB),
+            0
+        );
+        assert_eq!(auto_gap(&[], 4 * MIB), 0);
     }
 
     #[test]

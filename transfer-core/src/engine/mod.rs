@@ -55,7 +55,9 @@ pub struct CopyOptions {
     /// Zero runs shorter than this between two data runs are read with them (0: never). For
     /// sources whose every request costs much (imageio), fewer larger requests beat skipping
     /// short gaps; the zeros read are found in the buffers and not written to a zero target.
-    pub read_gaps: u64,
+    /// `None` chooses per work range for sources with [`SourceCaps::costly_requests`]
+    /// ([`crate::extent::auto_gap`]) and never reads zeros from the others.
+    pub read_gaps: Option<u64>,
     /// Copy only these changed ranges, in place (a warm migration's delta). Within them the
     /// source's extents still apply: changed ranges that are now zero become zero writes.
     pub delta: Option<Arc<DeltaSet>>,
@@ -82,7 +84,7 @@ impl Default for CopyOptions {
             writer_threads: 2,
             direct: false,
             progress: None,
-            read_gaps: 0,
+            read_gaps: None,
             delta: None,
             journal: None,
             journal_interval: std::time::Duration::from_secs(1),
@@ -136,7 +138,9 @@ struct Shared {
     /// The work items, taken in turn by the workers.
     plan: Items,
     request_size: usize,
-    read_gaps: u64,
+    read_gaps: Option<u64>,
+    /// Whether the source's requests are costly (automatic gap bridging applies).
+    costly_requests: bool,
     next_range: AtomicU64,
     failed: AtomicBool,
     first_error: Mutex<Option<Error>>,
@@ -176,6 +180,7 @@ impl Shared {
                 .min(crate::MAX_DISK_SIZE),
             request_size: sizes.request_size,
             read_gaps: opts.read_gaps,
+            costly_requests: caps.costly_requests,
             next_range: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             first_error: Mutex::new(None),

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use super::{zero, Shared};
 use crate::buffer::Buffer;
 use crate::error::{Error, ErrorKind, Result};
-use crate::extent::{bridge, clip, coalesce, Extent, ExtentKind, Run};
+use crate::extent::{auto_gap, bridge, clip, coalesce, Extent, ExtentKind, Run};
 use crate::io::WriteJob;
 use crate::source::{extents_covering, BlockSource};
 
@@ -112,12 +112,21 @@ async fn item(
     } else {
         vec![Extent::new(first, span_len, ExtentKind::Data)]
     };
-    let runs: Vec<Run> = work
+    let pieces: Vec<Vec<Run>> = work
         .iter()
-        .flat_map(|&(start, len)| {
-            let extents = clip(&span, start, len);
-            bridge(coalesce(&extents, start, start + len), sh.read_gaps)
-        })
+        .map(|&(start, len)| coalesce(&clip(&span, start, len), start, start + len))
+        .collect();
+    let gap = match sh.read_gaps {
+        Some(gap) => gap,
+        None if sh.costly_requests => {
+            let all: Vec<Run> = pieces.iter().flatten().copied().collect();
+            auto_gap(&all, sh.request_size as u64)
+        }
+        None => 0,
+    };
+    let runs: Vec<Run> = pieces
+        .into_iter()
+        .flat_map(|runs| bridge(runs, gap))
         .collect();
     for run in runs {
         let (offset, len) = match run {

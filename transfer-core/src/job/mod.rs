@@ -139,8 +139,9 @@ pub struct EngineOptions {
     pub io_engine: IoEngineKind,
     /// Writer threads of the pwrite engine.
     pub writer_threads: usize,
-    /// Zero runs shorter than this between data are read with it (0: never).
-    pub read_gaps: u64,
+    /// Zero runs shorter than this between data are read with it (0: never; `None`: chosen
+    /// per work range for sources whose requests are costly, see [`crate::extent::auto_gap`]).
+    pub read_gaps: Option<u64>,
 }
 
 impl Default for EngineOptions {

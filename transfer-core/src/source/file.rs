@@ -92,6 +92,7 @@ impl BlockSource for FileSource {
             max_requests: 4,
             sequential: false,
             size_known: true,
+            costly_requests: false,
         }
     }
 

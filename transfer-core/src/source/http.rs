@@ -393,6 +393,7 @@ impl BlockSource for HttpSource {
                 max_requests: 2,
                 sequential: false,
                 size_known: true,
+                costly_requests: false,
             },
         }
     }

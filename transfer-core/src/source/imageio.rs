@@ -559,6 +559,9 @@ impl BlockSource for ImageioSource {
             max_requests: 1,
             sequential: false,
             size_known: true,
+            // Each request is an HTTP round trip, and the daemon records every range it served
+            // (for a read-only ticket, in a list it merges again after each request).
+            costly_requests: true,
         }
     }
 

@@ -41,6 +41,11 @@ pub struct SourceCaps {
     /// Whether `size()` is the real size. A decompressed stream learns its size at its end: its
     /// `size()` is 0 and `read_at` returns a short buffer at the end.
     pub size_known: bool,
+    /// Whether every request costs the source a round trip and bookkeeping of its own, so
+    /// that reading a short zero gap with the data around it is cheaper than a second request
+    /// (imageio). The engine then bridges short gaps in fragmented ranges unless told
+    /// otherwise (see [`crate::extent::auto_gap`]).
+    pub costly_requests: bool,
 }
 
 impl Default for SourceCaps {
@@ -53,6 +58,7 @@ impl Default for SourceCaps {
             max_requests: 64,
             sequential: false,
             size_known: true,
+            costly_requests: false,
         }
     }
 }
@@ -68,6 +74,7 @@ impl SourceCaps {
             max_requests: 1,
             sequential: true,
             size_known,
+            costly_requests: false,
         }
     }
 }

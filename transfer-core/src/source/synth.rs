@@ -174,6 +174,7 @@ impl BlockSource for SynthSource {
             max_requests: 4,
             sequential: false,
             size_known: true,
+            costly_requests: false,
         }
     }
 

@@ -354,6 +354,7 @@ impl BlockSource for VddkSource {
             max_requests: MAX_REQUESTS,
             sequential: false,
             size_known: true,
+            costly_requests: false,
         }
     }
 

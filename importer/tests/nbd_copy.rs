@@ -147,6 +147,39 @@ fn nbdkit_sparse_random_copy_equals_the_source_and_nbdcopy_over_several_connecti
     assert!(stats.bytes_data > 0 && stats.bytes_zero > 0, "{stats:?}");
 }
 
+/// A target on tmpfs is written by the copying tasks themselves (the `inline` engine: no writer
+/// threads, no writeback window), and ends identical to nbdcopy's copy.
+#[test]
+fn a_target_on_tmpfs_is_written_inline_and_equals_nbdcopy() {
+    if !require_peers(&["nbdkit", "nbdcopy"]) {
+        return;
+    }
+    let Some(tmpfs) = test_kit::host::Tmpfs::mount("128M") else {
+        return;
+    };
+    let peer = Peer::nbdkit(&["sparse-random", "size=48M", "seed=77", "percent=40"]);
+    let target = tmpfs.path().join("disk.img");
+    let out = importer(&["copy", &peer.uri(), s(&target)]);
+    assert!(out.status.success(), "importer: {}", out.stderr);
+    let summary: serde_json::Value =
+        serde_json::from_str(out.stdout.trim().lines().last().unwrap_or("")).expect("JSON line");
+    assert_eq!(summary["io_engine"], "inline", "{}", out.stdout);
+    let reference = tmpfs.path().join("nbdcopy.img");
+    nbdcopy(&peer.uri(), &reference);
+    assert_same_files(&target, &reference);
+
+    // Asked for, the pwrite threads write the same bytes there.
+    let threads = tmpfs.path().join("pwrite.img");
+    let out = importer(&["copy", &peer.uri(), s(&threads), "--io-engine", "pwrite"]);
+    assert!(out.status.success(), "importer: {}", out.stderr);
+    assert!(
+        out.stdout.contains("\"io_engine\":\"pwrite\""),
+        "{}",
+        out.stdout
+    );
+    assert_same_files(&threads, &reference);
+}
+
 #[test]
 fn nbdkit_pattern_copy_equals_the_pattern_and_nbdcopy() {
     if !require_peers(&["nbdkit", "nbdcopy"]) {

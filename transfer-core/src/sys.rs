@@ -113,6 +113,24 @@ pub fn available_bytes(f: &File) -> io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
+/// Whether `f` lives on a file system kept in memory (tmpfs, ramfs): a write there is a copy
+/// into memory that never waits for a disk, and there is no writeback to manage.
+pub fn memory_backed(f: &File) -> io::Result<bool> {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: `f` is an open descriptor for the whole call and `st` is a writable statfs.
+    let r = unsafe { libc::fstatfs(f.as_raw_fd(), st.as_mut_ptr()) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstatfs succeeded, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between architectures
+    let kind = st.f_type as i64;
+    Ok(kind == TMPFS_MAGIC || kind == RAMFS_MAGIC)
+}
+
 /// Next offset at or after `offset` that holds data.
 pub fn seek_data(f: &File, offset: u64) -> io::Result<Option<u64>> {
     seek(f, offset, libc::SEEK_DATA)

@@ -1,7 +1,8 @@
-//! I/O engines: how writes reach the target. A bounded pool of pwrite threads (default), and an
-//! io_uring engine. `auto` picks io_uring only where a probe shows it works and where it was
-//! measured faster (O_DIRECT writes); container runtimes often forbid io_uring (EPERM/ENOSYS),
-//! which falls back to pwrite with a log line.
+//! I/O engines: how writes reach the target. A bounded pool of pwrite threads (default), an
+//! io_uring engine, and inline writes in the copying task. `auto` picks io_uring only where a
+//! probe shows it works and where it was measured faster (O_DIRECT writes); container runtimes
+//! often forbid io_uring (EPERM/ENOSYS), which falls back to pwrite with a log line. A target in
+//! memory (tmpfs) is written inline: its writes never wait for a disk.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use crate::buffer::Buffer;
 use crate::error::{invalid, Error, Result};
 use crate::target::BlockTarget;
 
+pub mod inline;
 pub mod pwrite;
 #[cfg(feature = "uring")]
 pub mod uring;
@@ -53,6 +55,8 @@ pub enum IoEngineKind {
     Pwrite,
     /// io_uring (an error if unavailable).
     Uring,
+    /// Writes in the copying task (for targets in memory).
+    Inline,
 }
 
 impl FromStr for IoEngineKind {
@@ -62,8 +66,9 @@ impl FromStr for IoEngineKind {
             "auto" => Ok(IoEngineKind::Auto),
             "pwrite" => Ok(IoEngineKind::Pwrite),
             "uring" | "io_uring" | "io-uring" => Ok(IoEngineKind::Uring),
+            "inline" => Ok(IoEngineKind::Inline),
             _ => Err(invalid(format!(
-                "unknown I/O engine '{s}' (auto, pwrite, uring)"
+                "unknown I/O engine '{s}' (auto, pwrite, uring, inline)"
             ))),
         }
     }
@@ -81,7 +86,11 @@ pub fn create_engine(
     match kind {
         IoEngineKind::Pwrite => Ok(Arc::new(pwrite::PwriteEngine::new(target, threads))),
         IoEngineKind::Uring => uring_engine(target, depth),
+        IoEngineKind::Inline => Ok(Arc::new(inline::InlineEngine::new(target))),
         IoEngineKind::Auto => {
+            if !direct && target.memory_backed() {
+                return Ok(Arc::new(inline::InlineEngine::new(target)));
+            }
             if !direct {
                 return Ok(Arc::new(pwrite::PwriteEngine::new(target, threads)));
             }

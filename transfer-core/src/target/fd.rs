@@ -25,6 +25,8 @@ pub struct DiskFd {
     file: File,
     direct: Option<File>,
     cache: Option<CacheWindow>,
+    /// Whether the file system keeps the file in memory (tmpfs).
+    memory: bool,
     zeros: Buffer,
 }
 
@@ -46,14 +48,23 @@ impl DiskFd {
         } else {
             None
         };
-        let cache = direct.is_none().then(|| CacheWindow::new(DEFAULT_WINDOW));
+        // In memory (tmpfs) there is no writeback to start or wait for: the window's calls
+        // would be system calls that do nothing.
+        let memory = crate::sys::memory_backed(&file).unwrap_or(false);
+        let cache = (direct.is_none() && !memory).then(|| CacheWindow::new(DEFAULT_WINDOW));
         Ok(DiskFd {
             desc,
             file,
             direct,
             cache,
+            memory,
             zeros: Buffer::new(ZERO_BUF),
         })
+    }
+
+    /// Whether the file system keeps the file in memory (tmpfs): writes never wait for a disk.
+    pub fn memory_backed(&self) -> bool {
+        self.memory && self.direct.is_none()
     }
 
     /// The buffered descriptor.

@@ -145,6 +145,10 @@ impl BlockTarget for FileTarget {
         self.reads_as_zero
     }
 
+    fn memory_backed(&self) -> bool {
+        self.fd.memory_backed()
+    }
+
     fn raw_fd_for(&self, offset: u64, len: usize, addr: usize) -> Option<RawFd> {
         Some(self.fd.raw_fd_for(offset, len, addr))
     }

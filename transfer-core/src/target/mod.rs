@@ -62,6 +62,13 @@ pub trait BlockTarget: Send + Sync {
     /// `--target-is-zero`): zero ranges can then be skipped.
     fn reads_as_zero(&self) -> bool;
 
+    /// Whether a write is a copy into memory that never waits for a disk (a file on tmpfs): the
+    /// `auto` I/O engine then writes in the copying task instead of handing the buffer to a
+    /// writer thread and back.
+    fn memory_backed(&self) -> bool {
+        false
+    }
+
     /// Reads `buf.len()` bytes at `offset` back from the target (a resumed copy checks a few
     /// ranges its journal has as copied). `Ok(false)` when this target cannot be read back.
     fn read_back(&self, _offset: u64, _buf: &mut [u8]) -> Result<bool> {

@@ -381,7 +381,9 @@ async fn reader_task(
         inner: reader,
         received: received.clone(),
     };
-    let mut r = BufReader::with_capacity(64 * 1024, counting);
+    // Small: it holds reply headers. A read's data goes straight from the socket into the
+    // caller's buffer (a larger buffer here would copy the first part of every read twice).
+    let mut r = BufReader::with_capacity(4096, counting);
     let mut watch = IdleWatch::new(idle, received);
     let mut ticks = tokio::time::interval(watch.tick());
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

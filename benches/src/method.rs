@@ -50,6 +50,31 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     parse_cpu_seconds(&stat)
 }
 
+/// [`cpu_seconds`] of `pid` and of every process below it (a server that forks workers), or
+/// `None` when `pid` is gone.
+pub fn tree_cpu_seconds(pid: u32) -> Option<f64> {
+    let mut total = cpu_seconds(pid)?;
+    let mut parents = vec![pid];
+    let procs: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            let rest = &stat[stat.rfind(')')? + 1..];
+            // `rest` starts at field 3 (the state); the parent's pid is field 4.
+            let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
+            Some((p, ppid))
+        })
+        .collect();
+    while let Some(parent) = parents.pop() {
+        for &(p, _) in procs.iter().filter(|(_, pp)| *pp == parent) {
+            total += cpu_seconds(p).unwrap_or(0.0);
+            parents.push(p);
+        }
+    }
+    Some(total)
+}
+
 /// [`cpu_seconds`] from the text of `/proc/PID/stat`: utime and stime are its 14th and 15th
 /// fields; the command name (the 2nd, in parentheses) may hold spaces, so fields are counted
 /// after its closing parenthesis.

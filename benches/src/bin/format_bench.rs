@@ -36,7 +36,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use util::{arg, flag, median, timed_rss, Measured, GNU_TIME};
+use util::{arg, flag, median, prepare_rounds, timed_rss, Measured, GNU_TIME};
 
 /// Holes and data are chosen per chunk of this many bytes.
 const CHUNK: u64 = 1 << 20;
@@ -161,13 +161,7 @@ fn bench() -> Result<(), String> {
     );
 
     // Memory a VM touches first is slow: twice the raw output, written and deleted first.
-    let took = benches::method::pretouch(&dir, 2 * size)?;
-    println!(
-        "pre-touched {} MiB in {} with a file: {:.1} s",
-        (2 * size) >> 20,
-        dir.display(),
-        took.as_secs_f64()
-    );
+    prepare_rounds(&dir, 2 * size, rounds)?;
     let mut runs: [Runs; 2] = Default::default();
     for r in 0..rounds {
         for (img, runs) in images.iter().zip(runs.iter_mut()) {

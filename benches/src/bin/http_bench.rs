@@ -61,6 +61,11 @@ fn bench() -> Result<(), String> {
     let importer = importer.to_str().ok_or("bad path")?.to_owned();
     std::fs::create_dir_all(dir.join("www")).map_err(|e| e.to_string())?;
     let file = dir.join("www/disk.img");
+    // A file kept from an earlier run of another size is made again.
+    let want = transfer_core::size::parse_size(&size).map_err(|e| e.to_string())?;
+    if std::fs::metadata(&file).is_ok_and(|m| m.len() != want) {
+        let _ = std::fs::remove_file(&file);
+    }
     if !file.exists() {
         run(
             &importer,
@@ -108,7 +113,14 @@ fn bench() -> Result<(), String> {
             vec!["copy".into(), "--insecure".into(), s.clone(), o.clone()],
         ),
     ];
-    let med = rounds(&rows, rounds_n, &out, 2 * bytes, &mut |_| Ok(String::new()))?;
+    let med = rounds(
+        &rows,
+        rounds_n,
+        &out,
+        2 * bytes,
+        &[_nginx.0.id()],
+        &mut |_| Ok(String::new()),
+    )?;
     table(&rows, &med, bytes);
     let ratio = |a: usize, b: usize| (med[b].0 / med[a].0, med[b].1 / med[a].1);
     let (r1, r1s) = ratio(1, 0);

@@ -11,8 +11,9 @@
 //! when the daemon runs on their host. Every run gets a ticket of its own, as every migration
 //! does: the daemon keeps per-ticket state (the ranges read so far) that makes later reads of a
 //! reused ticket slower. Per daemon and ticket kind there are three rows: the Python client, the
-//! importer as it is by default (zero extents never downloaded), and the importer with
-//! `--read-gaps 1M` (short zero runs read with the data: fewer, larger requests). Both clients
+//! importer as it is by default (short zero gaps read with the data where the extents are
+//! fragmented, see `transfer_core::extent::auto_gap`), and the importer with `--read-gaps 1M`
+//! (every zero run under 1 MiB read with the data). Both clients
 //! write a new raw file; the importer's copy ends with fdatasync, the Python client's does not
 //! always, so the `+sync` column adds the `sync` that follows each run.
 //!
@@ -136,6 +137,12 @@ fn bench() -> Result<(), String> {
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let raw = dir.join("disk.raw");
     let qcow2 = dir.join("disk.qcow2");
+    // A disk kept from an earlier run of another size is made again, with its qcow2.
+    let want = transfer_core::size::parse_size(&size).map_err(|e| e.to_string())?;
+    if std::fs::metadata(&raw).is_ok_and(|m| m.len() != want) {
+        let _ = std::fs::remove_file(&raw);
+        let _ = std::fs::remove_file(&qcow2);
+    }
     if !raw.exists() {
         run(
             &importer,
@@ -236,7 +243,13 @@ fn bench() -> Result<(), String> {
         daemons[d].add_ticket(&id, bytes, &backends[b])?;
         Ok(id)
     };
-    let med = rounds(&rows, rounds_n, &out, 2 * bytes, &mut fresh)?;
+    // The daemons (one is busy at a time) and qemu-nbd behind the nbd tickets.
+    let servers = [
+        daemons[0]._child.0.id(),
+        daemons[1]._child.0.id(),
+        nbd.0.id(),
+    ];
+    let med = rounds(&rows, rounds_n, &out, 2 * bytes, &servers, &mut fresh)?;
     drop(nbd);
     table(&rows, &med, bytes);
     let mut speedups = serde_json::Map::new();

@@ -175,7 +175,9 @@ fn bench() -> Result<(), String> {
                 ],
             ));
         }
-        let med = rounds(&rows, rounds_n, &out, 2 * size, &mut |_| Ok(String::new()))?;
+        let med = rounds(&rows, rounds_n, &out, 2 * size, &[], &mut |_| {
+            Ok(String::new())
+        })?;
         table(&rows, &med, size);
         let calls = size.div_ceil(BLOCK as u64) as f64;
         let line = if latency == 0 {
@@ -204,7 +206,9 @@ fn bench() -> Result<(), String> {
     println!("\n== fake VDDK, {label} ==");
     let mut rows = vec![baseline_row(latency, bandwidth)];
     rows.extend((1..=4).map(|n| importer_row(latency, bandwidth, n)));
-    let med = rounds(&rows, rounds_n, &out, 2 * size, &mut |_| Ok(String::new()))?;
+    let med = rounds(&rows, rounds_n, &out, 2 * size, &[], &mut |_| {
+        Ok(String::new())
+    })?;
     table(&rows, &med, size);
     let speedups: Vec<String> = (1..rows.len())
         .map(|k| format!("{k}: {:.2}x", med[0].0 / med[k].0))

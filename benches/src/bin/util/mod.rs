@@ -233,27 +233,27 @@ pub fn self_signed(dir: &Path) -> Result<(), String> {
 pub type Row = (String, String, Vec<String>);
 
 /// One row's figures over the rounds: median wall seconds, median seconds including the `sync`
-/// after the run, the fastest wall seconds and the median CPU seconds (user plus system, of the
-/// tool and of what runs inside it or as its child).
+/// after the run, the fastest wall seconds, the median CPU seconds (user plus system, of the
+/// tool and of what runs inside it or as its child) and the median CPU seconds the servers
+/// spent on the run (NaN without servers).
 #[derive(Clone, Copy, Debug)]
-pub struct Stat(pub f64, pub f64, pub f64, pub f64);
+pub struct Stat(pub f64, pub f64, pub f64, pub f64, pub f64);
 
-/// Runs every row `rounds` times, rotating the order each round, printing each time, after
-/// pre-touching `pretouch` bytes next to `out` (see `benches::method`); returns each row's
-/// [`Stat`]. Before each run, `prepare(row)` is called and what it returns replaces `{ticket}`
-/// in the row's arguments.
-pub fn rounds(
-    rows: &[Row],
-    rounds: usize,
-    out: &Path,
-    pretouch: u64,
-    prepare: &mut dyn FnMut(usize) -> Result<String, String>,
-) -> Result<Vec<Stat>, String> {
-    let dir = out.parent().unwrap_or(Path::new("."));
-    let took = benches::method::pretouch(dir, pretouch)?;
+/// CPU seconds the processes `servers` (and their children) have used so far.
+fn servers_cpu(servers: &[u32]) -> f64 {
+    servers
+        .iter()
+        .filter_map(|&p| benches::method::tree_cpu_seconds(p))
+        .sum()
+}
+
+/// Before the rounds: pre-touches `bytes` in `dir` (see `benches::method`) and says so, and
+/// flags fewer than `benches::method::MIN_ROUNDS` rounds as too few to conclude from.
+pub fn prepare_rounds(dir: &Path, bytes: u64, rounds: usize) -> Result<(), String> {
+    let took = benches::method::pretouch(dir, bytes)?;
     println!(
         "pre-touched {} MiB in {} with a file: {:.1} s",
-        pretouch >> 20,
+        bytes >> 20,
         dir.display(),
         took.as_secs_f64()
     );
@@ -263,23 +263,43 @@ pub fn rounds(
             benches::method::MIN_ROUNDS
         );
     }
+    Ok(())
+}
+
+/// Runs every row `rounds` times, rotating the order each round, printing each time, after
+/// pre-touching `pretouch` bytes next to `out` (see `benches::method`); returns each row's
+/// [`Stat`]. Before each run, `prepare(row)` is called and what it returns replaces `{ticket}`
+/// in the row's arguments. The CPU of the processes `servers` (the peers the tools talk to) is
+/// read before and after each run.
+pub fn rounds(
+    rows: &[Row],
+    rounds: usize,
+    out: &Path,
+    pretouch: u64,
+    servers: &[u32],
+    prepare: &mut dyn FnMut(usize) -> Result<String, String>,
+) -> Result<Vec<Stat>, String> {
+    prepare_rounds(out.parent().unwrap_or(Path::new(".")), pretouch, rounds)?;
     let log = out.with_extension("log");
-    let mut times: Vec<Vec<Measured>> = vec![Vec::new(); rows.len()];
+    let mut times: Vec<Vec<(Measured, f64)>> = vec![Vec::new(); rows.len()];
     for r in 0..rounds {
         for k in 0..rows.len() {
             let i = (k + r) % rows.len();
             let (name, cmd, args) = &rows[i];
             let fill = prepare(i)?;
             let args: Vec<String> = args.iter().map(|a| a.replace("{ticket}", &fill)).collect();
+            let before = servers_cpu(servers);
             let m = timed_rss(cmd, &args, out, &log)?;
+            let server = servers_cpu(servers) - before;
             println!(
-                "round {}/{rounds}  {name:<30} {:6.2} s  (+sync {:6.2} s)  cpu {:5.2} s",
+                "round {}/{rounds}  {name:<30} {:6.2} s  (+sync {:6.2} s)  cpu {:5.2} s  server cpu {:5.2} s",
                 r + 1,
                 m.secs,
                 m.synced,
-                m.cpu
+                m.cpu,
+                server
             );
-            times[i].push(m);
+            times[i].push((m, server));
         }
     }
     let _ = std::fs::remove_file(out);
@@ -287,28 +307,39 @@ pub fn rounds(
     Ok(times
         .iter()
         .map(|t| {
-            let of = |f: fn(&Measured) -> f64| t.iter().map(f).collect::<Vec<f64>>();
+            let of = |f: fn(&(Measured, f64)) -> f64| t.iter().map(f).collect::<Vec<f64>>();
             Stat(
-                median(of(|m| m.secs)),
-                median(of(|m| m.synced)),
-                benches::method::min(&of(|m| m.secs)),
-                median(of(|m| m.cpu)),
+                median(of(|m| m.0.secs)),
+                median(of(|m| m.0.synced)),
+                benches::method::min(&of(|m| m.0.secs)),
+                median(of(|m| m.0.cpu)),
+                if servers.is_empty() {
+                    f64::NAN
+                } else {
+                    median(of(|m| m.1))
+                },
             )
         })
         .collect())
 }
 
 /// Prints the table of `rows` for a copy of `bytes`: min and median wall seconds, MiB/s over
-/// the median, median seconds with the `sync`, median CPU seconds.
+/// the median, median seconds with the `sync`, median CPU seconds of the tool and of the
+/// servers it talked to.
 pub fn table(rows: &[Row], med: &[Stat], bytes: u64) {
     let mib = bytes as f64 / (1 << 20) as f64;
     println!(
-        "\n{:<30} {:>7} {:>9} {:>9} {:>10} {:>7}",
-        "tool", "min s", "median s", "MiB/s", "+sync s", "cpu s"
+        "\n{:<30} {:>7} {:>9} {:>9} {:>10} {:>7} {:>11}",
+        "tool", "min s", "median s", "MiB/s", "+sync s", "cpu s", "server cpu"
     );
     for ((name, _, _), m) in rows.iter().zip(med) {
+        let server = if m.4.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{:.2}", m.4)
+        };
         println!(
-            "{name:<30} {:>7.2} {:>9.2} {:>9.0} {:>10.2} {:>7.2}",
+            "{name:<30} {:>7.2} {:>9.2} {:>9.0} {:>10.2} {:>7.2} {server:>11}",
             m.2,
             m.0,
             mib / m.0,

@@ -7,6 +7,7 @@ mod copy_cmd;
 mod delta_args;
 mod hints;
 mod progress;
+mod serve;
 mod vddk_args;
 
 use std::io::IsTerminal;
@@ -61,6 +62,11 @@ enum Cmd {
     /// Print a per-range CRC32 manifest of SOURCE as JSON
     /// ({"size","range_size","ranges":[{"offset","length","crc32"}]}), reading only its data.
     Checksum(checksum_cmd::ChecksumArgs),
+    /// Run the transfer daemon: an HTTP/JSON API on a Unix socket for many transfers (see
+    /// docs/daemon.md).
+    Serve(serve::ServeArgs),
+    /// Talk to a running daemon: add, get, list, cancel or wait for transfers.
+    Transfers(serve::client::TransfersArgs),
 }
 
 #[derive(Args)]
@@ -301,12 +307,38 @@ fn main() -> ExitCode {
             }
         };
     };
+    if let Cmd::Transfers(a) = cmd {
+        return match serve::client::run(a) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("importer: error: {}", hints::cli(&e));
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Cmd::Serve(a) = cmd {
+        let rt = match ferry_pod::runtime() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("importer: cannot start the runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return match rt.block_on(serve::run(a)) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("importer: error: {}", hints::cli(&e));
+                ExitCode::FAILURE
+            }
+        };
+    }
     let (source, vddk) = match &cmd {
         Cmd::Copy(a) => (a.source(), &a.o.vddk),
         Cmd::CopyOva(a) => (a.source(), &a.o.vddk),
         Cmd::Verify(a) => (&a.source, &a.vddk),
         Cmd::Extents(a) => (&a.source, &a.vddk),
         Cmd::Checksum(a) => (&a.source, &a.vddk),
+        Cmd::Serve(_) | Cmd::Transfers(_) => unreachable!("run above"),
     };
     if let Err(e) = vddk.reexec_for_library_path(source) {
         eprintln!("importer: error: {}", hints::cli(&e));
@@ -326,6 +358,7 @@ fn main() -> ExitCode {
             Cmd::Verify(a) => run_verify(a).await,
             Cmd::Extents(a) => run_extents(a).await,
             Cmd::Checksum(a) => checksum_cmd::run(a).await,
+            Cmd::Serve(_) | Cmd::Transfers(_) => unreachable!("run above"),
         }
     });
     rt.shutdown_timeout(Duration::from_secs(1));

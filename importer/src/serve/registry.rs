@@ -1,0 +1,280 @@
+//! The transfers a daemon knows: their states and counters, the queue (at most
+//! `max_transfers` run at once, first come first served), and which targets are being written.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+use transfer_core::engine::ProgressObserver;
+use transfer_core::job::{CancelToken, Summary, Transfer};
+use transfer_core::ErrorKind;
+
+use super::request::{Refusal, Request};
+
+/// Where a transfer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Waiting for a slot.
+    Queued,
+    /// Copying.
+    Running,
+    /// Every byte on the target and flushed.
+    Succeeded,
+    /// Stopped by an error.
+    Failed,
+    /// Stopped by `DELETE`.
+    Cancelled,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::Running => "running",
+            State::Succeeded => "succeeded",
+            State::Failed => "failed",
+            State::Cancelled => "cancelled",
+        }
+    }
+
+    fn finished(self) -> bool {
+        matches!(self, State::Succeeded | State::Failed | State::Cancelled)
+    }
+}
+
+/// One transfer's progress counters, fed by the engine.
+#[derive(Debug, Default)]
+struct Counters {
+    total: AtomicU64,
+    done: AtomicU64,
+}
+
+impl ProgressObserver for Counters {
+    fn set_total(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+    }
+
+    fn add(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+struct Outcome {
+    state: State,
+    started: Option<Instant>,
+    ended: Option<Instant>,
+    error: Option<String>,
+    summary: Option<Summary>,
+}
+
+/// One transfer.
+pub struct Entry {
+    id: String,
+    target: PathBuf,
+    counters: Arc<Counters>,
+    cancel: CancelToken,
+    outcome: Mutex<Outcome>,
+}
+
+impl Entry {
+    /// The transfer's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The transfer as `GET` shows it. Never the source (its URI may carry credentials).
+    pub fn to_json(&self) -> Value {
+        let o = self.outcome.lock().unwrap();
+        let done = self.counters.done.load(Ordering::Relaxed);
+        let elapsed = o
+            .started
+            .map(|s| o.ended.unwrap_or_else(Instant::now) - s)
+            .unwrap_or_default();
+        let rate = if elapsed > Duration::ZERO {
+            done as f64 / elapsed.as_secs_f64()
+        } else {
+            0.0
+        };
+        let mut v = json!({
+            "id": self.id,
+            "state": o.state.name(),
+            "target": self.target.display().to_string(),
+            "bytes_total": self.counters.total.load(Ordering::Relaxed),
+            "bytes_done": done,
+            "bytes_per_second": rate.round(),
+            "error": o.error,
+        });
+        if let Some(s) = &o.summary {
+            v["retries"] = json!(s.retries);
+            v["bytes_reread"] = json!(s.bytes_reread);
+            v["checkpoint"] = json!(s.checkpoint);
+            v["summary"] = json!({
+                "bytes_total": s.stats.bytes_total,
+                "bytes_data": s.stats.bytes_data,
+                "bytes_zero": s.stats.bytes_zero,
+                "bytes_resumed": s.stats.bytes_resumed,
+                "connections": s.stats.connections,
+                "io_engine": s.stats.io_engine,
+                "seconds": s.stats.seconds,
+                "verified": s.verified,
+            });
+        }
+        v
+    }
+
+    fn state(&self) -> State {
+        self.outcome.lock().unwrap().state
+    }
+}
+
+/// Every transfer of the daemon.
+pub struct Registry {
+    entries: Mutex<BTreeMap<String, Arc<Entry>>>,
+    busy: Mutex<HashSet<PathBuf>>,
+    slots: Arc<Semaphore>,
+    next: AtomicU64,
+    retention: Duration,
+}
+
+impl Registry {
+    /// A registry running at most `max_transfers` at once and keeping finished ones for
+    /// `retention`.
+    pub fn new(max_transfers: usize, retention: Duration) -> Arc<Registry> {
+        Arc::new(Registry {
+            entries: Mutex::new(BTreeMap::new()),
+            busy: Mutex::new(HashSet::new()),
+            slots: Arc::new(Semaphore::new(max_transfers.max(1))),
+            next: AtomicU64::new(1),
+            retention,
+        })
+    }
+
+    /// Queues `req`; 409 when a transfer not yet finished writes the same target.
+    pub fn add(self: &Arc<Self>, req: Request) -> Result<Arc<Entry>, Refusal> {
+        self.expire();
+        if !self.busy.lock().unwrap().insert(req.target.clone()) {
+            return Err(Refusal {
+                status: 409,
+                message: format!(
+                    "target: {} is being written by another transfer",
+                    req.target.display()
+                ),
+            });
+        }
+        let id = format!("t{}", self.next.fetch_add(1, Ordering::Relaxed));
+        let entry = Arc::new(Entry {
+            id: id.clone(),
+            target: req.target.clone(),
+            counters: Arc::new(Counters::default()),
+            cancel: CancelToken::new(),
+            outcome: Mutex::new(Outcome {
+                state: State::Queued,
+                started: None,
+                ended: None,
+                error: None,
+                summary: None,
+            }),
+        });
+        self.entries.lock().unwrap().insert(id, entry.clone());
+        let (me, e) = (self.clone(), entry.clone());
+        tokio::spawn(async move { me.run(e, Transfer::new(req.spec)).await });
+        Ok(entry)
+    }
+
+    async fn run(self: Arc<Self>, e: Arc<Entry>, transfer: Transfer) {
+        let slot = tokio::select! {
+            s = self.slots.clone().acquire_owned() => s.ok(),
+            () = e.cancel.cancelled() => None,
+        };
+        let result = match slot {
+            None => Err(None),
+            Some(_slot) => {
+                {
+                    let mut o = e.outcome.lock().unwrap();
+                    o.state = State::Running;
+                    o.started = Some(Instant::now());
+                }
+                let progress: Arc<dyn ProgressObserver> = e.counters.clone();
+                transfer.run(&e.cancel, Some(progress)).await.map_err(Some)
+            }
+        };
+        {
+            let mut o = e.outcome.lock().unwrap();
+            o.ended = Some(Instant::now());
+            match result {
+                Ok(s) => {
+                    o.state = State::Succeeded;
+                    o.summary = Some(s);
+                }
+                Err(None) => o.state = State::Cancelled,
+                Err(Some(err)) if err.kind() == ErrorKind::Cancelled => {
+                    o.state = State::Cancelled;
+                }
+                Err(Some(err)) => {
+                    tracing::warn!(transfer = %e.id, error = %err, "transfer failed");
+                    o.state = State::Failed;
+                    o.error = Some(err.to_string());
+                }
+            }
+        }
+        self.busy.lock().unwrap().remove(&e.target);
+    }
+
+    /// The transfer `id`.
+    pub fn get(&self, id: &str) -> Option<Arc<Entry>> {
+        self.expire();
+        self.entries.lock().unwrap().get(id).cloned()
+    }
+
+    /// Every transfer, oldest first.
+    pub fn list(&self) -> Vec<Arc<Entry>> {
+        self.expire();
+        let mut v: Vec<_> = self.entries.lock().unwrap().values().cloned().collect();
+        v.sort_by_key(|e| e.id[1..].parse::<u64>().unwrap_or(0));
+        v
+    }
+
+    /// Cancels `id` (nothing to do when it has finished); `None` when unknown.
+    pub fn cancel(&self, id: &str) -> Option<Arc<Entry>> {
+        let e = self.get(id)?;
+        if !e.state().finished() {
+            e.cancel.cancel();
+        }
+        Some(e)
+    }
+
+    /// Counts by state, for `/metrics`.
+    pub fn counts(&self) -> Vec<(&'static str, usize, u64)> {
+        let all = self.list();
+        [
+            State::Queued,
+            State::Running,
+            State::Succeeded,
+            State::Failed,
+            State::Cancelled,
+        ]
+        .iter()
+        .map(|s| {
+            let of: Vec<_> = all.iter().filter(|e| e.state() == *s).collect();
+            let bytes = of
+                .iter()
+                .map(|e| e.counters.done.load(Ordering::Relaxed))
+                .sum();
+            (s.name(), of.len(), bytes)
+        })
+        .collect()
+    }
+
+    /// Forgets finished transfers older than the retention time.
+    fn expire(&self) {
+        let now = Instant::now();
+        self.entries.lock().unwrap().retain(|_, e| {
+            let o = e.outcome.lock().unwrap();
+            !(o.state.finished() && o.ended.is_some_and(|t| now - t > self.retention))
+        });
+    }
+}

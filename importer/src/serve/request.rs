@@ -1,0 +1,284 @@
+//! `POST /v1/transfers` bodies: parsed apart from any I/O into a [`TransferSpec`], every
+//! refusal naming the field it is about. Unknown fields are refused (a typo must not silently
+//! drop an option).
+
+use std::path::{Component, Path, PathBuf};
+
+use serde_json::{Map, Value};
+use transfer_core::job::{EngineOptions, Resume, SourceSpec, TargetSpec, TransferSpec};
+use transfer_core::open::SourceOptions;
+
+/// Why a request was refused, and with which HTTP status.
+#[derive(Debug, PartialEq)]
+pub struct Refusal {
+    /// 400 (malformed), 403 (target outside the roots), 409 (target busy).
+    pub status: u16,
+    /// One line; never a secret (source URIs are not quoted).
+    pub message: String,
+}
+
+fn bad(field: &str, what: &str) -> Refusal {
+    Refusal {
+        status: 400,
+        message: format!("{field}: {what}"),
+    }
+}
+
+/// A transfer request, checked.
+#[derive(Debug)]
+pub struct Request {
+    /// The spec to run.
+    pub spec: TransferSpec,
+    /// The target, as the client named it (absolute, normalised).
+    pub target: PathBuf,
+}
+
+const FIELDS: &[&str] = &[
+    "source",
+    "target",
+    "options",
+    "checkpoint",
+    "previous_checkpoint",
+];
+const OPTIONS: &[&str] = &["connections", "verify", "resume"];
+
+/// Parses a request body. `roots` are the directories targets must lie in.
+pub fn parse(body: &[u8], roots: &[PathBuf]) -> Result<Request, Refusal> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        bad(
+            "body",
+            &format!("not JSON: {}", e.to_string().replace('\n', " ")),
+        )
+    })?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad("body", "must be a JSON object"))?;
+    refuse_unknown(obj, FIELDS, "")?;
+    let source = string(obj, "source")?.ok_or_else(|| bad("source", "required"))?;
+    if source.is_empty() || source.len() > 4096 || source.chars().any(char::is_control) {
+        return Err(bad(
+            "source",
+            "must be a URI or path of at most 4096 characters",
+        ));
+    }
+    let target = string(obj, "target")?.ok_or_else(|| bad("target", "required"))?;
+    let target = normalised(&target)
+        .ok_or_else(|| bad("target", "must be an absolute path without '..' components"))?;
+    check_root(&target, roots)?;
+    let mut engine = EngineOptions::default();
+    let mut sopts = SourceOptions::default();
+    let mut verify = false;
+    let mut resume = Resume::Off;
+    if let Some(o) = obj.get("options") {
+        let o = o
+            .as_object()
+            .ok_or_else(|| bad("options", "must be a JSON object"))?;
+        refuse_unknown(o, OPTIONS, "options.")?;
+        if let Some(c) = o.get("connections") {
+            let n = c
+                .as_u64()
+                .filter(|n| (1..=64).contains(n))
+                .ok_or_else(|| bad("options.connections", "must be an integer from 1 to 64"))?;
+            engine.connections = n as usize;
+            sopts.connections = n as usize;
+        }
+        verify = flag(o, "verify")?.unwrap_or(false);
+        if flag(o, "resume")?.unwrap_or(false) {
+            resume = Resume::Required;
+        }
+    }
+    let spec = TransferSpec {
+        source: Some(SourceSpec::Uri {
+            uri: source,
+            options: sopts,
+        }),
+        target: TargetSpec {
+            path: target.clone(),
+            ..TargetSpec::default()
+        },
+        checkpoint: checkpoint(obj, "checkpoint")?,
+        previous_checkpoint: checkpoint(obj, "previous_checkpoint")?,
+        resume,
+        verify,
+        engine,
+        ..TransferSpec::default()
+    };
+    Ok(Request { spec, target })
+}
+
+fn refuse_unknown(obj: &Map<String, Value>, known: &[&str], prefix: &str) -> Result<(), Refusal> {
+    match obj.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(bad(
+            &format!("{prefix}{}", printable(k)),
+            &format!("unknown field (known: {})", known.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A field name safe to echo: at most 64 printable characters.
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(64).collect()
+}
+
+fn string(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, Refusal> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(bad(field, "must be a string")),
+    }
+}
+
+fn flag(obj: &Map<String, Value>, field: &str) -> Result<Option<bool>, Refusal> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(bad(&format!("options.{field}"), "must be true or false")),
+    }
+}
+
+fn checkpoint(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, Refusal> {
+    let c = string(obj, field)?;
+    if let Some(c) = &c {
+        if c.is_empty() || c.len() > 256 || c.chars().any(char::is_control) {
+            return Err(bad(field, "must be 1 to 256 printable characters"));
+        }
+    }
+    Ok(c)
+}
+
+/// `p` made absolute-and-clean: `None` when it is relative or climbs with `..`.
+fn normalised(p: &str) -> Option<PathBuf> {
+    let path = Path::new(p);
+    if !path.is_absolute() || p.len() > 4096 {
+        return None;
+    }
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// The target must lie under one of `roots` once symbolic links are resolved: its directory
+/// is canonicalised (the file itself may not exist yet; if it does and is a link, the link's
+/// destination is what is checked).
+fn check_root(target: &Path, roots: &[PathBuf]) -> Result<(), Refusal> {
+    let forbidden = || Refusal {
+        status: 403,
+        message: format!(
+            "target: {} is outside the target roots of this daemon",
+            target.display()
+        ),
+    };
+    let resolved = match std::fs::canonicalize(target) {
+        Ok(p) => p,
+        Err(_) => {
+            let parent = target.parent().ok_or_else(forbidden)?;
+            let name = target.file_name().ok_or_else(forbidden)?;
+            std::fs::canonicalize(parent)
+                .map_err(|_| bad("target", "its directory does not exist"))?
+                .join(name)
+        }
+    };
+    let inside = roots
+        .iter()
+        .any(|r| std::fs::canonicalize(r).is_ok_and(|r| resolved.starts_with(&r) && resolved != r));
+    if inside {
+        Ok(())
+    } else {
+        Err(forbidden())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roots() -> (tempfile::TempDir, Vec<PathBuf>) {
+        let d = tempfile::tempdir().unwrap();
+        let r = vec![d.path().to_path_buf()];
+        (d, r)
+    }
+
+    fn body(target: &Path, extra: &str) -> Vec<u8> {
+        format!(
+            r#"{{"source":"nbd+unix:///?socket=/s","target":"{}"{extra}}}"#,
+            target.display()
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_good_request_becomes_a_spec() {
+        let (d, roots) = roots();
+        let t = d.path().join("disk.img");
+        let r = parse(
+            &body(
+                &t,
+                r#","options":{"connections":2,"verify":true},"checkpoint":"s1""#,
+            ),
+            &roots,
+        )
+        .unwrap();
+        assert_eq!(r.target, t);
+        assert_eq!(r.spec.engine.connections, 2);
+        assert!(r.spec.verify);
+        assert_eq!(r.spec.checkpoint.as_deref(), Some("s1"));
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let (d, roots) = roots();
+        let t = d.path().join("disk.img");
+        let cases: &[(&[u8], &str)] = &[
+            (b"{not json", "body"),
+            (b"[]", "body"),
+            (br#"{"target":"/x"}"#, "source"),
+            (&body(&t, r#","colour":"red""#), "colour"),
+            (
+                &body(&t, r#","options":{"conections":2}"#),
+                "options.conections",
+            ),
+            (
+                &body(&t, r#","options":{"connections":0}"#),
+                "options.connections",
+            ),
+            (
+                &body(&t, r#","options":{"verify":"yes"}"#),
+                "options.verify",
+            ),
+            (&body(&t, r#","checkpoint":"""#), "checkpoint"),
+            (br#"{"source":"x","target":"relative/disk.img"}"#, "target"),
+            (br#"{"source":"x","target":"/a/../etc/passwd"}"#, "target"),
+        ];
+        for (b, field) in cases {
+            let e = parse(b, &roots).unwrap_err();
+            assert_eq!(e.status, 400, "{e:?}");
+            assert!(
+                e.message.starts_with(&format!("{field}:")),
+                "{field}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_target_outside_the_roots_or_behind_a_link_out_of_them_is_forbidden() {
+        let (d, roots) = roots();
+        let outside = tempfile::tempdir().unwrap();
+        let e = parse(&body(&outside.path().join("disk.img"), ""), &roots).unwrap_err();
+        assert_eq!(e.status, 403);
+        std::os::unix::fs::symlink(outside.path(), d.path().join("escape")).unwrap();
+        let e = parse(&body(&d.path().join("escape/disk.img"), ""), &roots).unwrap_err();
+        assert_eq!(e.status, 403, "{e:?}");
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("link.img")).unwrap();
+        let e = parse(&body(&d.path().join("link.img"), ""), &roots).unwrap_err();
+        assert_eq!(e.status, 403, "{e:?}");
+        let e = parse(&body(d.path(), ""), &roots).unwrap_err();
+        assert_eq!(e.status, 403, "the root itself is not a target: {e:?}");
+    }
+}

@@ -1,0 +1,384 @@
+//! `importer serve`, the transfer daemon, driven over its Unix socket as a controller would:
+//! transfers from a real nbdkit end identical to nbdcopy's copy; bad requests are refused with
+//! the status and field they deserve and write nothing; a queued and a running transfer can be
+//! cancelled; SIGTERM stops the daemon.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use test_kit::*;
+
+/// One HTTP/1.1 request over the daemon's socket: (status, body as JSON or text).
+fn call(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut s = UnixStream::connect(sock).expect("connecting to the daemon");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = body.unwrap_or("");
+    // The daemon may answer (413) and close before a large body is all sent: a failed write is
+    // not the test's verdict, the answer is.
+    let _ = write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("reading the answer");
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {out}"));
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_string())
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// A daemon on a socket in `dir`, writing under `root`.
+struct Daemon {
+    run: Option<Running>,
+    sock: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path, root: &Path, extra: &[&str]) -> Daemon {
+        let sock = dir.join("ferry.sock");
+        let listen = format!("unix:{}", sock.display());
+        let mut args = vec!["serve", "--listen", &listen, "--target-root", s(root)];
+        args.extend_from_slice(extra);
+        let run = spawn_importer(&args);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while UnixStream::connect(&sock).is_err() {
+            assert!(Instant::now() < deadline, "the daemon did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon {
+            run: Some(run),
+            sock,
+        }
+    }
+
+    fn post(&self, body: &str) -> (u16, Value) {
+        let (st, b) = call(&self.sock, "POST", "/v1/transfers", Some(body));
+        (st, json(&b))
+    }
+
+    fn get(&self, id: &str) -> Value {
+        let (st, b) = call(&self.sock, "GET", &format!("/v1/transfers/{id}"), None);
+        assert_eq!(st, 200, "{b}");
+        json(&b)
+    }
+
+    /// Polls transfer `id` until it is in a final state.
+    fn wait(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let v = self.get(id);
+            if ["succeeded", "failed", "cancelled"].contains(&v["state"].as_str().unwrap_or("")) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "transfer {id} did not finish: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then the daemon's output.
+    fn stop(&mut self) -> Out {
+        let run = self.run.take().expect("running");
+        assert!(std::process::Command::new("kill")
+            .args(["-TERM", &run.pid().to_string()])
+            .status()
+            .is_ok_and(|s| s.success()));
+        run.finish()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(r) = self.run.take() {
+            r.kill();
+        }
+    }
+}
+
+#[test]
+fn transfers_submitted_to_the_daemon_end_identical_to_nbdcopy_and_are_listed() {
+    if !require_peers(&["nbdkit", "nbdcopy"]) {
+        return;
+    }
+    let dir = tempdir();
+    let root = dir.path().join("volumes");
+    std::fs::create_dir(&root).unwrap();
+    let a = Peer::nbdkit(&["sparse-random", "size=24M", "seed=5", "percent=30"]);
+    let b = Peer::nbdkit(&["pattern", "size=8M"]);
+    let mut d = Daemon::start(dir.path(), &root, &["--max-transfers", "1"]);
+
+    let (st, health) = call(&d.sock, "GET", "/healthz", None);
+    assert_eq!((st, json(&health)["status"].as_str()), (200, Some("ok")));
+    let ta = root.join("a.img");
+    let tb = root.join("b.img");
+    let (st, ra) = d.post(&format!(
+        r#"{{"source":"{}","target":"{}","options":{{"verify":true}},"checkpoint":"s1"}}"#,
+        a.uri(),
+        ta.display()
+    ));
+    assert_eq!(st, 201, "{ra}");
+    let (st, rb) = d.post(&format!(
+        r#"{{"source":"{}","target":"{}"}}"#,
+        b.uri(),
+        tb.display()
+    ));
+    assert_eq!(st, 201, "{rb}");
+    let (ia, ib) = (ra["id"].as_str().unwrap(), rb["id"].as_str().unwrap());
+    assert_ne!(ia, ib);
+
+    let va = d.wait(ia);
+    let vb = d.wait(ib);
+    assert_eq!(va["state"], "succeeded", "{va}");
+    assert_eq!(vb["state"], "succeeded", "{vb}");
+    assert_eq!(va["bytes_total"], 24 << 20, "{va}");
+    assert_eq!(va["bytes_done"], 24 << 20, "{va}");
+    assert_eq!(va["summary"]["verified"], true, "{va}");
+    assert_eq!(va["checkpoint"], "s1", "{va}");
+    for (peer, target) in [(&a, &ta), (&b, &tb)] {
+        let reference = dir.path().join("reference.img");
+        nbdcopy(&peer.uri(), &reference);
+        assert_same_files(target, &reference);
+    }
+    // The source (whose URI may carry credentials) is never echoed.
+    assert!(!va.to_string().contains("nbd+unix"), "{va}");
+
+    let (st, list) = call(&d.sock, "GET", "/v1/transfers", None);
+    assert_eq!(st, 200);
+    let ids: Vec<String> = json(&list)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, vec![ia.to_string(), ib.to_string()]);
+    let (st, metrics) = call(&d.sock, "GET", "/metrics", None);
+    assert_eq!(st, 200);
+    assert!(
+        metrics.contains("ferry_transfers{state=\"succeeded\"} 2"),
+        "{metrics}"
+    );
+    // Cancelling a finished transfer changes nothing.
+    let (st, after) = call(&d.sock, "DELETE", &format!("/v1/transfers/{ia}"), None);
+    assert_eq!(
+        (st, json(&after)["state"].clone()),
+        (200, "succeeded".into())
+    );
+
+    let out = d.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(!d.sock.exists(), "the socket is removed at exit");
+}
+
+#[test]
+fn bad_requests_are_refused_with_their_status_and_field_and_write_nothing() {
+    let dir = tempdir();
+    let root = dir.path().join("volumes");
+    std::fs::create_dir(&root).unwrap();
+    let outside = dir.path().join("elsewhere");
+    std::fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("escape")).unwrap();
+    let d = Daemon::start(dir.path(), &root, &[]);
+    let t = root.join("disk.img");
+    let src = "nbd+unix:///?socket=/nonexistent.sock";
+    let cases = [
+        ("{".to_string(), 400, "body"),
+        (format!(r#"{{"target":"{}"}}"#, t.display()), 400, "source"),
+        (
+            format!(
+                r#"{{"source":"{src}","target":"{}","speed":9}}"#,
+                t.display()
+            ),
+            400,
+            "speed",
+        ),
+        (
+            format!(
+                r#"{{"source":"{src}","target":"{}","options":{{"connections":"four"}}}}"#,
+                t.display()
+            ),
+            400,
+            "options.connections",
+        ),
+        (
+            format!(
+                r#"{{"source":"{src}","target":"{}/disk.img"}}"#,
+                outside.display()
+            ),
+            403,
+            "target",
+        ),
+        (
+            format!(
+                r#"{{"source":"{src}","target":"{}/escape/disk.img"}}"#,
+                root.display()
+            ),
+            403,
+            "target",
+        ),
+    ];
+    for (body, status, field) in &cases {
+        let (st, v) = d.post(body);
+        assert_eq!(st, *status, "{body}: {v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with(&format!("{field}:")),
+            "{body}: {v}"
+        );
+    }
+    // A body declared over 1 MiB is refused before it is sent.
+    let mut s = UnixStream::connect(&d.sock).unwrap();
+    write!(
+        s,
+        "POST /v1/transfers HTTP/1.1\r\nHost: ferry\r\nContent-Length: {}\r\n\r\n",
+        2 << 20
+    )
+    .unwrap();
+    let mut answer = [0u8; 12];
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(
+        &answer,
+        b"HTTP/1.1 413",
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let (st, _) = call(&d.sock, "GET", "/v1/transfers/t999", None);
+    assert_eq!(st, 404);
+    let (st, _) = call(&d.sock, "PUT", "/v1/transfers", None);
+    assert_eq!(st, 405);
+    assert_eq!(
+        std::fs::read_dir(&root).unwrap().count(),
+        1,
+        "only the link"
+    );
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+}
+
+#[test]
+fn a_running_and_a_queued_transfer_are_cancelled_and_a_busy_target_is_refused() {
+    if !require_peer("nbdkit") {
+        return;
+    }
+    let dir = tempdir();
+    let root = dir.path().join("volumes");
+    std::fs::create_dir(&root).unwrap();
+    // Slow enough to be caught running: every read waits 2 seconds.
+    let slow = Peer::nbdkit(&["--filter=delay", "pattern", "size=64M", "rdelay=2"]);
+    let d = Daemon::start(dir.path(), &root, &["--max-transfers", "1"]);
+    let running = root.join("running.img");
+    let queued = root.join("queued.img");
+    let post = |t: &Path| {
+        d.post(&format!(
+            r#"{{"source":"{}","target":"{}"}}"#,
+            slow.uri(),
+            t.display()
+        ))
+    };
+    let (st, r1) = post(&running);
+    assert_eq!(st, 201, "{r1}");
+    let (st, r2) = post(&queued);
+    assert_eq!(st, 201, "{r2}");
+    let (st, busy) = post(&running);
+    assert_eq!(st, 409, "{busy}");
+    assert!(
+        busy["error"].as_str().unwrap().starts_with("target:"),
+        "{busy}"
+    );
+    let (i1, i2) = (r1["id"].as_str().unwrap(), r2["id"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.get(i1)["state"] != "running" {
+        assert!(Instant::now() < deadline, "{}", d.get(i1));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(d.get(i2)["state"], "queued");
+    for id in [i2, i1, i1] {
+        let (st, _) = call(&d.sock, "DELETE", &format!("/v1/transfers/{id}"), None);
+        assert_eq!(st, 200);
+    }
+    assert_eq!(d.wait(i1)["state"], "cancelled");
+    assert_eq!(d.wait(i2)["state"], "cancelled");
+    assert!(!running.exists(), "a cancelled new target is removed");
+    assert!(!queued.exists());
+    // The target is free again.
+    let (st, again) = post(&running);
+    assert_eq!(st, 201, "{again}");
+}
+
+#[test]
+fn the_transfers_client_adds_waits_lists_and_cancels_without_curl() {
+    if !require_peer("nbdkit") {
+        return;
+    }
+    let dir = tempdir();
+    let root = dir.path().join("volumes");
+    std::fs::create_dir(&root).unwrap();
+    let src = Peer::nbdkit(&["pattern", "size=16M"]);
+    let d = Daemon::start(dir.path(), &root, &[]);
+    let sock = d.sock.display().to_string();
+    let target = root.join("disk.img");
+    let client = |args: &[&str]| {
+        let mut a = vec!["transfers", "--socket", sock.as_str()];
+        a.extend_from_slice(args);
+        importer(&a)
+    };
+    let added = client(&[
+        "add",
+        &src.uri(),
+        s(&target),
+        "--verify",
+        "--checkpoint",
+        "c1",
+    ]);
+    assert!(added.status.success(), "{}{}", added.stdout, added.stderr);
+    let id = json(added.stdout.trim())["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let waited = client(&["wait", &id]);
+    assert!(
+        waited.status.success(),
+        "{}{}",
+        waited.stdout,
+        waited.stderr
+    );
+    let v = json(waited.stdout.trim());
+    assert_eq!(
+        (v["state"].as_str(), v["checkpoint"].as_str()),
+        (Some("succeeded"), Some("c1"))
+    );
+    let listed = client(&["list"]);
+    assert_eq!(json(listed.stdout.trim()).as_array().map(Vec::len), Some(1));
+    let cancelled = client(&["cancel", &id]);
+    assert!(cancelled.status.success(), "{}", cancelled.stderr);
+    let missing = client(&["get", "t404"]);
+    assert!(!missing.status.success());
+    assert!(
+        missing.stdout.contains("no such transfer"),
+        "{}",
+        missing.stdout
+    );
+    // A refused request fails the command with the daemon's message.
+    let refused = client(&["add", &src.uri(), "/etc/ferry-test.img"]);
+    assert!(!refused.status.success());
+    assert!(
+        refused.stdout.contains("outside the target roots"),
+        "{}",
+        refused.stdout
+    );
+    let bytes = std::fs::read(&target).unwrap();
+    assert_eq!(bytes.len(), 16 << 20);
+}

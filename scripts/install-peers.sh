@@ -7,9 +7,9 @@ set -euo pipefail
 # golang-go, golang-github-vmware-govmomi-dev: the vSphere tests' vCenter simulator (built below).
 # python3-vmdkstream: VMDKstream.py, which writes streamOptimized VMDKs the way VMware's exports
 # do (grain directory in a footer at the end); qemu-img writes it at the start. tar: the OVAs;
-# gzip, xz-utils: compressed images.
+# gzip, xz-utils: compressed images. curl: the daemon's TLS test talks to it as a client would.
 pkgs=(nbdkit libnbd-bin nbd-server qemu-utils util-linux time nginx openssl libclang-dev
-  golang-go golang-github-vmware-govmomi-dev python3-vmdkstream tar gzip xz-utils)
+  golang-go golang-github-vmware-govmomi-dev python3-vmdkstream tar gzip xz-utils curl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -33,7 +33,7 @@ fi
 if [ -s /run/nginx.pid ]; then
   service nginx stop >/dev/null 2>&1 || true
 fi
-for b in nbdkit nbdcopy nbdinfo nbd-server qemu-nbd qemu-img qemu-io tar gzip xz losetup /usr/bin/time nginx openssl; do
+for b in nbdkit nbdcopy nbdinfo nbd-server qemu-nbd qemu-img qemu-io tar gzip xz losetup /usr/bin/time nginx openssl curl; do
   command -v "$b" >/dev/null || { echo "test peer missing after install: $b" >&2; exit 1; }
 done
 [ -f /usr/lib/python3/dist-packages/VMDKstream.py ] ||

@@ -382,3 +382,107 @@ fn the_transfers_client_adds_waits_lists_and_cancels_without_curl() {
     let bytes = std::fs::read(&target).unwrap();
     assert_eq!(bytes.len(), 16 << 20);
 }
+
+/// `curl` against the daemon over TLS: (status, body).
+fn curl(ca: &Path, url: &str, token: Option<&str>, data: Option<&str>) -> (u16, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "30",
+        "--cacert",
+        s(ca),
+        "-w",
+        "\n%{http_code}",
+    ]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    if let Some(d) = data {
+        cmd.args(["-H", "Content-Type: application/json", "--data-binary", d]);
+    }
+    let out = cmd.arg(url).output().expect("running curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn over_tcp_the_daemon_speaks_tls_and_wants_the_bearer_token() {
+    if !require_peers(&["nbdkit", "openssl", "curl"]) {
+        return;
+    }
+    let dir = tempdir();
+    let root = dir.path().join("volumes");
+    std::fs::create_dir(&root).unwrap();
+    let tls = test_kit::nginx::Tls::create(dir.path());
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let port = free_tcp_port();
+    let listen = format!("tcp:127.0.0.1:{port}");
+    let cert = tls.server_cert();
+    let key = tls.server_key();
+    let args = [
+        "serve",
+        "--listen",
+        &listen,
+        "--target-root",
+        s(&root),
+        "--tls-cert",
+        s(&cert),
+        "--tls-key",
+        s(&key),
+        "--token-file",
+        s(&token_file),
+    ];
+    let run = spawn_importer(&args);
+    let base = format!("https://127.0.0.1:{port}");
+    let ca = tls.ca_cert();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while curl(&ca, &format!("{base}/healthz"), None, None).0 != 200 {
+        assert!(Instant::now() < deadline, "the daemon did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let list = format!("{base}/v1/transfers");
+    assert_eq!(curl(&ca, &list, None, None).0, 401);
+    assert_eq!(curl(&ca, &list, Some("wrong-token!"), None).0, 401);
+    assert_eq!(
+        curl(&ca, &list, Some("s3cret-token"), None),
+        (200, "[]\n".into())
+    );
+
+    let src = Peer::nbdkit(&["pattern", "size=8M"]);
+    let target = root.join("disk.img");
+    let body = format!(
+        r#"{{"source":"{}","target":"{}"}}"#,
+        src.uri(),
+        target.display()
+    );
+    assert_eq!(curl(&ca, &list, None, Some(&body)).0, 401);
+    assert!(!target.exists(), "nothing written without the token");
+    let (st, added) = curl(&ca, &list, Some("s3cret-token"), Some(&body));
+    assert_eq!(st, 201, "{added}");
+    let id = json(&added)["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, v) = curl(&ca, &format!("{list}/{id}"), Some("s3cret-token"), None);
+        let v = json(&v);
+        if v["state"] == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline && v["state"] != "failed", "{v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::metadata(&target).unwrap().len(), 8 << 20);
+    let out = run.kill();
+    assert!(
+        !out.stderr.contains("s3cret"),
+        "the token is never logged: {}",
+        out.stderr
+    );
+
+    // Without TLS material or a token, TCP is refused at start.
+    let plain = importer(&["serve", "--listen", &listen, "--target-root", s(&root)]);
+    assert!(!plain.status.success());
+    assert!(plain.stderr.contains("--tls-cert"), "{}", plain.stderr);
+}

@@ -1,7 +1,9 @@
 //! `importer serve`: ferry's transfer daemon. Controllers and scripts in any language submit
-//! transfers over HTTP/JSON on a Unix socket (shaped after ovirt-imageio's ticket API) and follow
-//! them; each request becomes a [`transfer_core::job::TransferSpec`] run by the same job as
-//! `importer copy`.
+//! transfers over HTTP/JSON (shaped after ovirt-imageio's ticket API) and follow them; each
+//! request becomes a [`transfer_core::job::TransferSpec`] run by the same job as `importer copy`.
+//! On a Unix socket (mode 0600) the file mode is the access control; over TCP the daemon speaks
+//! only TLS and every request but `/healthz` must carry the bearer token of `--token-file`
+//! (401 otherwise).
 //!
 //! API: `POST /v1/transfers` (201 `{"id"}`; 400 naming the field, 403 for a target outside the
 //! `--target-root` directories, 409 for a target another transfer is writing, 413 for a body
@@ -39,9 +41,19 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// `importer serve` flags.
 #[derive(Args)]
 pub(crate) struct ServeArgs {
-    /// Where to listen: `unix:PATH` (the socket is made mode 0600).
+    /// Where to listen: `unix:PATH` (the socket is made mode 0600) or `tcp:ADDR:PORT` (TLS
+    /// with --tls-cert and --tls-key, requests authorised by --token-file).
     #[arg(long)]
     listen: String,
+    /// PEM certificate chain the daemon presents over TCP.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// A file holding the bearer token TCP clients must send (`Authorization: Bearer ...`).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
     /// A directory targets may be written in (repeatable); a target outside, or behind a
     /// symbolic link that leads outside, is refused (403).
     #[arg(long = "target-root", required = true)]
@@ -56,12 +68,6 @@ pub(crate) struct ServeArgs {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub(crate) async fn run(a: ServeArgs) -> transfer_core::Result<ExitCode> {
-    let path = a.listen.strip_prefix("unix:").ok_or_else(|| {
-        Error::new(
-            ErrorKind::InvalidInput,
-            format!("--listen {}: expected unix:PATH", a.listen),
-        )
-    })?;
     for r in &a.target_roots {
         if !r.is_dir() {
             return Err(Error::new(
@@ -70,52 +76,29 @@ pub(crate) async fn run(a: ServeArgs) -> transfer_core::Result<ExitCode> {
             ));
         }
     }
-    // A socket left by a daemon that died is replaced; anything else at the path is not.
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        use std::os::unix::fs::FileTypeExt;
-        if !m.file_type().is_socket() {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!("--listen {path}: exists and is not a socket"),
-            ));
-        }
-        let _ = std::fs::remove_file(path);
-    }
-    let listener =
-        UnixListener::bind(path).map_err(|e| Error::io(format!("listening on {path}"), e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| Error::io(format!("setting the mode of {path}"), e))?;
+    let registry = Registry::new(a.max_transfers, Duration::from_secs(a.retention));
+    let listener = Listener::open(&a).await?;
     let daemon = Arc::new(Daemon {
-        registry: Registry::new(a.max_transfers, Duration::from_secs(a.retention)),
+        registry,
         roots: a.target_roots,
+        token: match &a.token_file {
+            Some(f) => Some(read_token(f)?),
+            None => None,
+        },
     });
-    tracing::info!(socket = path, "importer serve: listening");
+    tracing::info!(listen = %a.listen, "importer serve: listening");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::io("installing the SIGTERM handler", e))?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let d = daemon.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let d = d.clone();
-                        async move { Ok::<_, Infallible>(d.handle(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .header_read_timeout(HEADER_TIMEOUT)
-                        .timer(TokioTimer::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
+            () = listener.accept(&daemon, &slots) => {}
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
     }
     tracing::info!("importer serve: stopping; cancelling the transfers not finished");
-    drop(listener);
-    let _ = std::fs::remove_file(path);
+    listener.close();
     let waiting: Vec<_> = daemon
         .registry
         .list()
@@ -138,6 +121,173 @@ pub(crate) async fn run(a: ServeArgs) -> transfer_core::Result<ExitCode> {
 struct Daemon {
     registry: Arc<Registry>,
     roots: Vec<PathBuf>,
+    /// The bearer token TCP clients must send.
+    token: Option<String>,
+}
+
+/// Connections served at once; past it a new one is closed at once.
+const MAX_CONNECTIONS: usize = 256;
+/// A TLS client must finish its handshake within this time.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The bearer token in `path`: its content without surrounding white space, never logged.
+fn read_token(path: &std::path::Path) -> transfer_core::Result<String> {
+    let raw = std::fs::read(path)
+        .map_err(|e| Error::io(format!("--token-file {}", path.display()), e))?;
+    let token = String::from_utf8(raw)
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty() && t.len() <= 4096 && t.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "--token-file {}: must hold one token of printable characters",
+                    path.display()
+                ),
+            )
+        })?;
+    Ok(token)
+}
+
+/// Whether `given` equals `token`, in time independent of where they differ.
+fn same_token(given: &[u8], token: &[u8]) -> bool {
+    given.len() == token.len() && given.iter().zip(token).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
+}
+
+/// Where the daemon listens.
+enum Listener {
+    Unix(UnixListener, PathBuf),
+    Tcp(tokio::net::TcpListener, tokio_rustls::TlsAcceptor),
+}
+
+impl Listener {
+    async fn open(a: &ServeArgs) -> transfer_core::Result<Listener> {
+        if let Some(path) = a.listen.strip_prefix("unix:") {
+            // A socket left by a daemon that died is replaced; anything else is not.
+            if let Ok(m) = std::fs::symlink_metadata(path) {
+                use std::os::unix::fs::FileTypeExt;
+                if !m.file_type().is_socket() {
+                    return Err(Error::new(
+                        ErrorKind::InvalidInput,
+                        format!("--listen {path}: exists and is not a socket"),
+                    ));
+                }
+                let _ = std::fs::remove_file(path);
+            }
+            let l = UnixListener::bind(path)
+                .map_err(|e| Error::io(format!("listening on {path}"), e))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::io(format!("setting the mode of {path}"), e))?;
+            return Ok(Listener::Unix(l, PathBuf::from(path)));
+        }
+        let Some(addr) = a.listen.strip_prefix("tcp:") else {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("--listen {}: expected unix:PATH or tcp:ADDR:PORT", a.listen),
+            ));
+        };
+        let (Some(cert), Some(key), Some(_)) = (&a.tls_cert, &a.tls_key, &a.token_file) else {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "--listen tcp: needs --tls-cert, --tls-key and --token-file (no plain or anonymous TCP)",
+            ));
+        };
+        let config = tls_config(cert, key)?;
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::io(format!("listening on {addr}"), e))?;
+        Ok(Listener::Tcp(
+            l,
+            tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        ))
+    }
+
+    /// Accepts one connection and serves it in a task of its own.
+    async fn accept(&self, daemon: &Arc<Daemon>, slots: &Arc<tokio::sync::Semaphore>) {
+        let accepted = match self {
+            Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Ok(s)),
+            Listener::Tcp(l, _) => l.accept().await.map(|(s, _)| Err(s)),
+        };
+        let Ok(stream) = accepted else {
+            // EMFILE and the like: wait instead of spinning on the error.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return;
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            return;
+        };
+        let d = daemon.clone();
+        match (stream, self) {
+            (Ok(unix), _) => {
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    serve_connection(unix, d, true).await;
+                });
+            }
+            (Err(tcp), Listener::Tcp(_, acceptor)) => {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                    if let Ok(Ok(tls)) = handshake.await {
+                        serve_connection(tls, d, false).await;
+                    }
+                });
+            }
+            (Err(_), Listener::Unix(..)) => {}
+        }
+    }
+
+    fn close(self) {
+        if let Listener::Unix(l, path) = self {
+            drop(l);
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Serves one connection; `local` connections (the Unix socket) need no token.
+async fn serve_connection<S>(stream: S, d: Arc<Daemon>, local: bool)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let d = d.clone();
+        async move { Ok::<_, Infallible>(d.handle(req, local).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .header_read_timeout(HEADER_TIMEOUT)
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
+}
+
+/// The server side of TLS from PEM files.
+fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> transfer_core::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &std::path::Path, e: String| {
+        Error::new(ErrorKind::InvalidInput, format!("{}: {e}", what.display()))
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad(cert, e.to_string()))?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad(cert, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad(cert, "no certificate in it".into()));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(cert, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| bad(cert, e.to_string()))
 }
 
 fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
@@ -158,9 +308,24 @@ fn error(status: u16, message: &str) -> Response<Full<Bytes>> {
 }
 
 impl Daemon {
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(&self, req: Request<Incoming>, local: bool) -> Response<Full<Bytes>> {
         let path = req.uri().path().to_owned();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        if !local && segments != ["healthz"] {
+            let given = req
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+            let token = self.token.as_deref().unwrap_or("").as_bytes();
+            if !given.is_some_and(|g| !token.is_empty() && same_token(g, token)) {
+                let mut r = error(401, "a bearer token is required");
+                r.headers_mut().insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    hyper::header::HeaderValue::from_static("Bearer"),
+                );
+                return r;
+            }
+        }
         match (req.method().clone(), segments.as_slice()) {
             (Method::GET, ["healthz"]) => reply(StatusCode::OK, json!({"status": "ok"})),
             (Method::GET, ["metrics"]) => self.metrics(),

@@ -486,3 +486,81 @@ fn over_tcp_the_daemon_speaks_tls_and_wants_the_bearer_token() {
     assert!(!plain.status.success());
     assert!(plain.stderr.contains("--tls-cert"), "{}", plain.stderr);
 }
+
+#[test]
+fn a_daemon_killed_mid_transfer_takes_it_up_again_from_its_journal_and_ends_identical() {
+    if !require_peer("nbdkit") {
+        return;
+    }
+    let dir = tempdir();
+    let root = dir.path().join("volumes");
+    std::fs::create_dir(&root).unwrap();
+    let state = dir.path().join("state");
+    let state_arg = state.display().to_string();
+    const SIZE: usize = 512 << 20;
+    // One thread per connection (nbdkit 1.32 aborts when a client is killed while several of
+    // a connection's threads owe it replies: see tests/faults.rs), each 1 MiB read answered
+    // after 50 ms: 4 connections, about 6 s in all.
+    let slow = Peer::nbdkit(&[
+        "--threads=1",
+        "--filter=delay",
+        "pattern",
+        "size=512M",
+        "rdelay=50ms",
+    ]);
+    let target = root.join("disk.img");
+    let body = format!(
+        r#"{{"source":"{}","target":"{}"}}"#,
+        slow.uri(),
+        target.display()
+    );
+    let id = {
+        let d = Daemon::start(dir.path(), &root, &["--state-dir", &state_arg]);
+        let (st, added) = d.post(&body);
+        assert_eq!(st, 201, "{added}");
+        let id = added["id"].as_str().unwrap().to_string();
+        // Past the first whole work ranges (64 MiB each, four copied side by side) and the
+        // journal's update after them (it follows a flush, once a second).
+        let started = Instant::now();
+        while d.get(&id)["bytes_done"].as_u64().unwrap_or(0) < (384 << 20) {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{}",
+                d.get(&id)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(d.get(&id)["state"], "running");
+        id
+        // Dropped: SIGKILL, nothing cleaned up.
+    };
+    let d = Daemon::start(dir.path(), &root, &["--state-dir", &state_arg]);
+    let v = d.wait(&id);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert!(
+        v["summary"]["bytes_resumed"].as_u64().unwrap_or(0) > 0,
+        "resumed from the journal, not started over: {v}"
+    );
+    assert_file_holds(&target, &pattern_bytes(SIZE));
+    // New ids follow the restored ones; the finished transfer stays listed after another
+    // restart, as it was.
+    let (st, next) = d.post(&format!(
+        r#"{{"source":"{}","target":"{}"}}"#,
+        slow.uri(),
+        root.join("other.img").display()
+    ));
+    assert_eq!(st, 201, "{next}");
+    assert_ne!(next["id"].as_str(), Some(id.as_str()));
+    let (st, _) = call(
+        &d.sock,
+        "DELETE",
+        &format!("/v1/transfers/{}", next["id"].as_str().unwrap()),
+        None,
+    );
+    assert_eq!(st, 200);
+    drop(d);
+    let d = Daemon::start(dir.path(), &root, &["--state-dir", &state_arg]);
+    let again = d.get(&id);
+    assert_eq!(again["state"], "succeeded", "{again}");
+    assert!(!again.to_string().contains("nbd+unix"), "{again}");
+}

@@ -13,6 +13,7 @@
 pub(crate) mod client;
 mod registry;
 mod request;
+mod state;
 
 use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
@@ -64,6 +65,10 @@ pub(crate) struct ServeArgs {
     /// Seconds a finished transfer stays listed.
     #[arg(long, default_value_t = 3600)]
     retention: u64,
+    /// Where transfers are recorded so that a restarted daemon takes up the unfinished ones
+    /// (resuming from their journals); without it a stop forgets them.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -76,7 +81,18 @@ pub(crate) async fn run(a: ServeArgs) -> transfer_core::Result<ExitCode> {
             ));
         }
     }
-    let registry = Registry::new(a.max_transfers, Duration::from_secs(a.retention));
+    let state = match &a.state_dir {
+        Some(d) => Some(state::StateDir::open(d)?),
+        None => None,
+    };
+    let registry = Registry::new(a.max_transfers, Duration::from_secs(a.retention), state);
+    let restored = registry.restore(&a.target_roots);
+    if restored > 0 {
+        tracing::info!(
+            transfers = restored,
+            "taking up the unfinished transfers of the state directory"
+        );
+    }
     let listener = Listener::open(&a).await?;
     let daemon = Arc::new(Daemon {
         registry,
@@ -97,8 +113,14 @@ pub(crate) async fn run(a: ServeArgs) -> transfer_core::Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    tracing::info!("importer serve: stopping; cancelling the transfers not finished");
     listener.close();
+    if daemon.registry.keeps_state() {
+        // They are recorded as queued or running: the next start takes them up again, from
+        // their journals.
+        tracing::info!("importer serve: stopping; unfinished transfers resume at the next start");
+        return Ok(ExitCode::SUCCESS);
+    }
+    tracing::info!("importer serve: stopping; cancelling the transfers not finished");
     let waiting: Vec<_> = daemon
         .registry
         .list()
@@ -369,7 +391,8 @@ impl Daemon {
             Ok(r) => r,
             Err(r) => return error(r.status, &r.message),
         };
-        match self.registry.add(parsed) {
+        let recorded: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        match self.registry.add(parsed, recorded) {
             Ok(e) => {
                 tracing::info!(transfer = e.id(), "transfer queued");
                 reply(StatusCode::CREATED, json!({ "id": e.id() }))

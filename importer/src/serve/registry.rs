@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use transfer_core::engine::ProgressObserver;
-use transfer_core::job::{CancelToken, Summary, Transfer};
+use transfer_core::job::{CancelToken, Resume, Summary, Transfer};
 use transfer_core::ErrorKind;
 
-use super::request::{Refusal, Request};
+use super::request::{self, Refusal, Request};
+use super::state::StateDir;
 
 /// Where a transfer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,12 +76,34 @@ struct Outcome {
 pub struct Entry {
     id: String,
     target: PathBuf,
+    /// The request as it came (recorded in the state directory).
+    request: Value,
+    /// How a transfer that had finished before a restart was last shown.
+    restored: Option<Value>,
     counters: Arc<Counters>,
     cancel: CancelToken,
     outcome: Mutex<Outcome>,
 }
 
 impl Entry {
+    fn new(id: String, target: PathBuf, request: Value, restored: Option<Value>) -> Entry {
+        Entry {
+            id,
+            target,
+            request,
+            restored,
+            counters: Arc::new(Counters::default()),
+            cancel: CancelToken::new(),
+            outcome: Mutex::new(Outcome {
+                state: State::Queued,
+                started: None,
+                ended: None,
+                error: None,
+                summary: None,
+            }),
+        }
+    }
+
     /// The transfer's id.
     pub fn id(&self) -> &str {
         &self.id
@@ -88,6 +111,9 @@ impl Entry {
 
     /// The transfer as `GET` shows it. Never the source (its URI may carry credentials).
     pub fn to_json(&self) -> Value {
+        if let Some(v) = &self.restored {
+            return v.clone();
+        }
         let o = self.outcome.lock().unwrap();
         let done = self.counters.done.load(Ordering::Relaxed);
         let elapsed = o
@@ -127,7 +153,14 @@ impl Entry {
     }
 
     fn state(&self) -> State {
-        self.outcome.lock().unwrap().state
+        match &self.restored {
+            Some(v) => match v["state"].as_str() {
+                Some("succeeded") => State::Succeeded,
+                Some("cancelled") => State::Cancelled,
+                _ => State::Failed,
+            },
+            None => self.outcome.lock().unwrap().state,
+        }
     }
 }
 
@@ -138,24 +171,99 @@ pub struct Registry {
     slots: Arc<Semaphore>,
     next: AtomicU64,
     retention: Duration,
+    state: Option<StateDir>,
 }
 
 impl Registry {
     /// A registry running at most `max_transfers` at once and keeping finished ones for
     /// `retention`.
-    pub fn new(max_transfers: usize, retention: Duration) -> Arc<Registry> {
+    /// `state`, when given, records every transfer so that a restarted daemon finds them.
+    pub fn new(
+        max_transfers: usize,
+        retention: Duration,
+        state: Option<StateDir>,
+    ) -> Arc<Registry> {
         Arc::new(Registry {
             entries: Mutex::new(BTreeMap::new()),
             busy: Mutex::new(HashSet::new()),
             slots: Arc::new(Semaphore::new(max_transfers.max(1))),
             next: AtomicU64::new(1),
             retention,
+            state,
         })
     }
 
-    /// Queues `req`; 409 when a transfer not yet finished writes the same target.
-    pub fn add(self: &Arc<Self>, req: Request) -> Result<Arc<Entry>, Refusal> {
+    /// Takes up the transfers of the state directory: finished ones are listed as they were;
+    /// unfinished ones (the daemon was killed or stopped) run again under their ids, resuming
+    /// from their journals where the target keeps one. Returns how many were queued again.
+    pub fn restore(self: &Arc<Self>, roots: &[PathBuf]) -> usize {
+        let Some(state) = &self.state else {
+            return 0;
+        };
+        let mut queued = 0;
+        for (n, record) in state.load() {
+            self.next.fetch_max(n + 1, Ordering::Relaxed);
+            let id = format!("t{n}");
+            let view = &record["view"];
+            let finished = ["succeeded", "failed", "cancelled"]
+                .contains(&view["state"].as_str().unwrap_or(""));
+            let body = record["request"].to_string();
+            if finished {
+                let target = PathBuf::from(view["target"].as_str().unwrap_or(""));
+                let e = Entry::new(
+                    id.clone(),
+                    target,
+                    record["request"].clone(),
+                    Some(view.clone()),
+                );
+                *e.outcome.lock().unwrap() = Outcome {
+                    state: e.state(),
+                    started: None,
+                    ended: Some(Instant::now()),
+                    error: None,
+                    summary: None,
+                };
+                self.entries.lock().unwrap().insert(id, Arc::new(e));
+                continue;
+            }
+            match request::parse(body.as_bytes(), roots) {
+                Ok(req) => match self.insert(id.clone(), req, record["request"].clone()) {
+                    Ok(_) => {
+                        tracing::info!(transfer = %id, "transfer taken up again after a restart");
+                        queued += 1;
+                    }
+                    Err(r) => {
+                        tracing::warn!(transfer = %id, error = %r.message, "transfer not taken up again")
+                    }
+                },
+                Err(r) => {
+                    tracing::warn!(transfer = %id, error = %r.message, "transfer not taken up again");
+                    state.remove(&id);
+                }
+            }
+        }
+        queued
+    }
+
+    /// Queues `req` (its JSON `body` is what the state directory records); 409 when a
+    /// transfer not yet finished writes the same target.
+    pub fn add(self: &Arc<Self>, req: Request, body: Value) -> Result<Arc<Entry>, Refusal> {
+        let id = format!("t{}", self.next.fetch_add(1, Ordering::Relaxed));
+        self.insert(id, req, body)
+    }
+
+    fn insert(
+        self: &Arc<Self>,
+        id: String,
+        mut req: Request,
+        body: Value,
+    ) -> Result<Arc<Entry>, Refusal> {
         self.expire();
+        // With a state directory a transfer keeps a resume journal where it can, so that it
+        // resumes after a restart instead of starting over.
+        if self.state.is_some() && req.spec.resume == Resume::Off {
+            req.spec.resume = Resume::IfPossible;
+        }
         if !self.busy.lock().unwrap().insert(req.target.clone()) {
             return Err(Refusal {
                 status: 409,
@@ -165,21 +273,9 @@ impl Registry {
                 ),
             });
         }
-        let id = format!("t{}", self.next.fetch_add(1, Ordering::Relaxed));
-        let entry = Arc::new(Entry {
-            id: id.clone(),
-            target: req.target.clone(),
-            counters: Arc::new(Counters::default()),
-            cancel: CancelToken::new(),
-            outcome: Mutex::new(Outcome {
-                state: State::Queued,
-                started: None,
-                ended: None,
-                error: None,
-                summary: None,
-            }),
-        });
+        let entry = Arc::new(Entry::new(id.clone(), req.target.clone(), body, None));
         self.entries.lock().unwrap().insert(id, entry.clone());
+        self.persist(&entry);
         let (me, e) = (self.clone(), entry.clone());
         tokio::spawn(async move { me.run(e, Transfer::new(req.spec)).await });
         Ok(entry)
@@ -198,6 +294,7 @@ impl Registry {
                     o.state = State::Running;
                     o.started = Some(Instant::now());
                 }
+                self.persist(&e);
                 let progress: Arc<dyn ProgressObserver> = e.counters.clone();
                 transfer.run(&e.cancel, Some(progress)).await.map_err(Some)
             }
@@ -221,7 +318,20 @@ impl Registry {
                 }
             }
         }
+        self.persist(&e);
         self.busy.lock().unwrap().remove(&e.target);
+    }
+
+    /// Records `e` in the state directory, if there is one.
+    fn persist(&self, e: &Entry) {
+        if let Some(state) = &self.state {
+            state.save(&e.id, &e.request, &e.to_json());
+        }
+    }
+
+    /// Whether a stop of the daemon leaves `e` to be taken up again at the next start.
+    pub fn keeps_state(&self) -> bool {
+        self.state.is_some()
     }
 
     /// The transfer `id`.
@@ -269,12 +379,18 @@ impl Registry {
         .collect()
     }
 
-    /// Forgets finished transfers older than the retention time.
+    /// Forgets finished transfers older than the retention time (and their records).
     fn expire(&self) {
         let now = Instant::now();
-        self.entries.lock().unwrap().retain(|_, e| {
+        self.entries.lock().unwrap().retain(|id, e| {
             let o = e.outcome.lock().unwrap();
-            !(o.state.finished() && o.ended.is_some_and(|t| now - t > self.retention))
+            let old = o.state.finished() && o.ended.is_some_and(|t| now - t > self.retention);
+            if old {
+                if let Some(state) = &self.state {
+                    state.remove(id);
+                }
+            }
+            !old
         });
     }
 }

@@ -61,6 +61,12 @@ pub fn parse(body: &[u8], roots: &[PathBuf]) -> Result<Request, Refusal> {
             "must be a URI or path of at most 4096 characters",
         ));
     }
+    if url::Url::parse(&source).is_ok_and(|u| u.password().is_some()) {
+        return Err(bad(
+            "source",
+            "credentials in the URI are not accepted (they would be kept and shown); pass them as files",
+        ));
+    }
     let target = string(obj, "target")?.ok_or_else(|| bad("target", "required"))?;
     let target = normalised(&target)
         .ok_or_else(|| bad("target", "must be an absolute path without '..' components"))?;
@@ -255,6 +261,10 @@ mod tests {
             (&body(&t, r#","checkpoint":"""#), "checkpoint"),
             (br#"{"source":"x","target":"relative/disk.img"}"#, "target"),
             (br#"{"source":"x","target":"/a/../etc/passwd"}"#, "target"),
+            (
+                br#"{"source":"https://user:pw@example.com/d.img","target":"/x"}"#,
+                "source",
+            ),
         ];
         for (b, field) in cases {
             let e = parse(b, &roots).unwrap_err();

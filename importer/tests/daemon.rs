@@ -564,3 +564,55 @@ fn a_daemon_killed_mid_transfer_takes_it_up_again_from_its_journal_and_ends_iden
     assert_eq!(again["state"], "succeeded", "{again}");
     assert!(!again.to_string().contains("nbd+unix"), "{again}");
 }
+
+#[test]
+fn sigterm_with_a_state_directory_leaves_the_transfer_to_the_next_start() {
+    if !require_peer("nbdkit") {
+        return;
+    }
+    let dir = tempdir();
+    let root = dir.path().join("volumes");
+    std::fs::create_dir(&root).unwrap();
+    let state = dir.path().join("state");
+    let state_arg = state.display().to_string();
+    const SIZE: usize = 512 << 20;
+    // As in the SIGKILL test: one nbdkit thread per connection, about 6 s in all.
+    let slow = Peer::nbdkit(&[
+        "--threads=1",
+        "--filter=delay",
+        "pattern",
+        "size=512M",
+        "rdelay=50ms",
+    ]);
+    let target = root.join("disk.img");
+    let body = format!(
+        r#"{{"source":"{}","target":"{}"}}"#,
+        slow.uri(),
+        target.display()
+    );
+    let mut d = Daemon::start(dir.path(), &root, &["--state-dir", &state_arg]);
+    let (st, added) = d.post(&body);
+    assert_eq!(st, 201, "{added}");
+    let id = added["id"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    while d.get(&id)["bytes_done"].as_u64().unwrap_or(0) < (64 << 20) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{}",
+            d.get(&id)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopping = Instant::now();
+    let out = d.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "SIGTERM stops the daemon at once: {:?}",
+        stopping.elapsed()
+    );
+    let d = Daemon::start(dir.path(), &root, &["--state-dir", &state_arg]);
+    let v = d.wait(&id);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_file_holds(&target, &pattern_bytes(SIZE));
+}

@@ -487,33 +487,64 @@ fn over_tcp_the_daemon_speaks_tls_and_wants_the_bearer_token() {
     assert!(plain.stderr.contains("--tls-cert"), "{}", plain.stderr);
 }
 
+/// The setup of the restart tests: a state directory, and a slow 512 MiB transfer. One nbdkit
+/// thread per connection (nbdkit 1.32 aborts when a client is killed while several of a
+/// connection's threads owe it replies: see tests/faults.rs), each 1 MiB read answered after
+/// 50 ms: 4 connections, about 6 s in all.
+struct Restart {
+    dir: tempfile::TempDir,
+    root: PathBuf,
+    state_arg: String,
+    slow: Peer,
+    target: PathBuf,
+    body: String,
+}
+
+const RESTART_SIZE: usize = 512 << 20;
+
+impl Restart {
+    fn new() -> Restart {
+        let dir = tempdir();
+        let root = dir.path().join("volumes");
+        std::fs::create_dir(&root).unwrap();
+        let state_arg = dir.path().join("state").display().to_string();
+        let slow = Peer::nbdkit(&[
+            "--threads=1",
+            "--filter=delay",
+            "pattern",
+            "size=512M",
+            "rdelay=50ms",
+        ]);
+        let target = root.join("disk.img");
+        let body = format!(
+            r#"{{"source":"{}","target":"{}"}}"#,
+            slow.uri(),
+            target.display()
+        );
+        Restart {
+            dir,
+            root,
+            state_arg,
+            slow,
+            target,
+            body,
+        }
+    }
+}
+
 #[test]
 fn a_daemon_killed_mid_transfer_takes_it_up_again_from_its_journal_and_ends_identical() {
     if !require_peer("nbdkit") {
         return;
     }
-    let dir = tempdir();
-    let root = dir.path().join("volumes");
-    std::fs::create_dir(&root).unwrap();
-    let state = dir.path().join("state");
-    let state_arg = state.display().to_string();
-    const SIZE: usize = 512 << 20;
-    // One thread per connection (nbdkit 1.32 aborts when a client is killed while several of
-    // a connection's threads owe it replies: see tests/faults.rs), each 1 MiB read answered
-    // after 50 ms: 4 connections, about 6 s in all.
-    let slow = Peer::nbdkit(&[
-        "--threads=1",
-        "--filter=delay",
-        "pattern",
-        "size=512M",
-        "rdelay=50ms",
-    ]);
-    let target = root.join("disk.img");
-    let body = format!(
-        r#"{{"source":"{}","target":"{}"}}"#,
-        slow.uri(),
-        target.display()
-    );
+    let Restart {
+        dir,
+        root,
+        state_arg,
+        slow,
+        target,
+        body,
+    } = Restart::new();
     let id = {
         let d = Daemon::start(dir.path(), &root, &["--state-dir", &state_arg]);
         let (st, added) = d.post(&body);
@@ -541,7 +572,7 @@ fn a_daemon_killed_mid_transfer_takes_it_up_again_from_its_journal_and_ends_iden
         v["summary"]["bytes_resumed"].as_u64().unwrap_or(0) > 0,
         "resumed from the journal, not started over: {v}"
     );
-    assert_file_holds(&target, &pattern_bytes(SIZE));
+    assert_file_holds(&target, &pattern_bytes(RESTART_SIZE));
     // New ids follow the restored ones; the finished transfer stays listed after another
     // restart, as it was.
     let (st, next) = d.post(&format!(
@@ -570,26 +601,14 @@ fn sigterm_with_a_state_directory_leaves_the_transfer_to_the_next_start() {
     if !require_peer("nbdkit") {
         return;
     }
-    let dir = tempdir();
-    let root = dir.path().join("volumes");
-    std::fs::create_dir(&root).unwrap();
-    let state = dir.path().join("state");
-    let state_arg = state.display().to_string();
-    const SIZE: usize = 512 << 20;
-    // As in the SIGKILL test: one nbdkit thread per connection, about 6 s in all.
-    let slow = Peer::nbdkit(&[
-        "--threads=1",
-        "--filter=delay",
-        "pattern",
-        "size=512M",
-        "rdelay=50ms",
-    ]);
-    let target = root.join("disk.img");
-    let body = format!(
-        r#"{{"source":"{}","target":"{}"}}"#,
-        slow.uri(),
-        target.display()
-    );
+    let Restart {
+        dir,
+        root,
+        state_arg,
+        slow: _slow,
+        target,
+        body,
+    } = Restart::new();
     let mut d = Daemon::start(dir.path(), &root, &["--state-dir", &state_arg]);
     let (st, added) = d.post(&body);
     assert_eq!(st, 201, "{added}");
@@ -614,5 +633,5 @@ fn sigterm_with_a_state_directory_leaves_the_transfer_to_the_next_start() {
     let d = Daemon::start(dir.path(), &root, &["--state-dir", &state_arg]);
     let v = d.wait(&id);
     assert_eq!(v["state"], "succeeded", "{v}");
-    assert_file_holds(&target, &pattern_bytes(SIZE));
+    assert_file_holds(&target, &pattern_bytes(RESTART_SIZE));
 }

@@ -142,8 +142,8 @@ pub const AUTO_GAP_LIMIT: u64 = 1 << 20;
 /// shorter than one request (`request_size`), the copy is bound by the number of requests, and
 /// zero gaps shorter than [`AUTO_GAP_LIMIT`] are read with the data; otherwise every request
 /// is full already and no zeros are read (0).
-pub fn auto_gap(runs: &[Run], request_size: u64) -> u64 {
-    let (count, bytes) = runs.iter().fold((0u64, 0u64), |(n, b), r| match r {
+pub fn auto_gap<'a>(runs: impl IntoIterator<Item = &'a Run>, request_size: u64) -> u64 {
+    let (count, bytes) = runs.into_iter().fold((0u64, 0u64), |(n, b), r| match r {
         Run::Data { len, .. } => (n + 1, b + len),
         Run::Zero { .. } => (n, b),
     });

@@ -118,10 +118,7 @@ async fn item(
         .collect();
     let gap = match sh.read_gaps {
         Some(gap) => gap,
-        None if sh.costly_requests => {
-            let all: Vec<Run> = pieces.iter().flatten().copied().collect();
-            auto_gap(&all, sh.request_size as u64)
-        }
+        None if sh.costly_requests => auto_gap(pieces.iter().flatten(), sh.request_size as u64),
         None => 0,
     };
     let runs: Vec<Run> = pieces

@@ -276,8 +276,9 @@ fn a_running_and_a_queued_transfer_are_cancelled_and_a_busy_target_is_refused() 
     let dir = tempdir();
     let root = dir.path().join("volumes");
     std::fs::create_dir(&root).unwrap();
-    // Slow enough to be caught running: every read waits 2 seconds.
-    let slow = Peer::nbdkit(&["--filter=delay", "pattern", "size=64M", "rdelay=2"]);
+    // Slow enough to be caught running and to stay so under load: every read waits 10 s (with
+    // 64 reads in flight, 256 MiB take 40 s); both transfers are cancelled long before.
+    let slow = Peer::nbdkit(&["--filter=delay", "pattern", "size=256M", "rdelay=10"]);
     let d = Daemon::start(dir.path(), &root, &["--max-transfers", "1"]);
     let running = root.join("running.img");
     let queued = root.join("queued.img");

@@ -13,6 +13,8 @@
 //! - `-capacity BYTES` (1 GiB): the capacity of every VM disk;
 //! - `-expire-after N` (0, never): the session is dropped once after N successful
 //!   `QueryChangedDiskAreas` calls, so the next call fails with NotAuthenticated;
+//! - `-login-delay DURATION` (0): every SOAP `Login` waits that long (a Go duration: `1.5s`,
+//!   `300ms`) before it is answered, as a real vCenter's login takes its time;
 //! - `-trace`: vcsim's SOAP traffic on the launcher's stderr ([`Vcsim::log`]).
 //!
 //! `QueryChangedDiskAreas` faults: an unknown deviceKey or a startOffset at or past the capacity

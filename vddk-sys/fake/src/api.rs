@@ -127,7 +127,8 @@ unsafe fn access(
     result
 }
 
-/// Connects to the "server": checks the parameters, thumbprint and password.
+/// Connects to the "server": takes `FAKE_VDDK_CONNECT_US`, then checks the parameters,
+/// thumbprint and password.
 ///
 /// # Safety
 /// `connectParams` is NULL or valid connection parameters; `snapshotRef` and `transportModes`
@@ -143,6 +144,9 @@ pub unsafe extern "C" fn VixDiskLib_ConnectEx(
     guard(FAIL, || {
         let session = current();
         session.maybe_hang("ConnectEx");
+        // A real connect takes seconds (NFC session setup, the vCenter ticket), whatever its
+        // outcome.
+        std::thread::sleep(session.knobs.connect);
         let expected = session.knobs.password.as_deref();
         // SAFETY: the pointers are NULL or valid as this function's contract says.
         let (params, snapshot, transports) = unsafe {

@@ -45,6 +45,8 @@ pub struct Knobs {
     pub latency: Duration,
     /// `FAKE_VDDK_BANDWIDTH`: bytes per second of one handle's wire, 0 for unlimited.
     pub bandwidth: u64,
+    /// `FAKE_VDDK_CONNECT_US`: how long every ConnectEx takes before it answers.
+    pub connect: Duration,
     /// `FAKE_VDDK_FAIL`: calls that always fail, with their code.
     pub fail: BTreeMap<String, VixError>,
     /// `FAKE_VDDK_FAIL_READ`: the 1-based number of the read that fails, and its code.
@@ -85,6 +87,7 @@ impl Knobs {
         let mut errors = Vec::new();
         let latency = knob(&raw, "FAKE_VDDK_LATENCY_US", &mut errors, number);
         let bandwidth = knob(&raw, "FAKE_VDDK_BANDWIDTH", &mut errors, number);
+        let connect = knob(&raw, "FAKE_VDDK_CONNECT_US", &mut errors, number);
         let fail = knob(&raw, "FAKE_VDDK_FAIL", &mut errors, fail_list);
         let fail_read = knob(&raw, "FAKE_VDDK_FAIL_READ", &mut errors, nth_read);
         let hang = knob(&raw, "FAKE_VDDK_HANG", &mut errors, hang_list);
@@ -98,6 +101,7 @@ impl Knobs {
             log: raw.get("FAKE_VDDK_LOG").map(PathBuf::from),
             latency: latency.map(Duration::from_micros).unwrap_or_default(),
             bandwidth: bandwidth.unwrap_or(0),
+            connect: connect.map(Duration::from_micros).unwrap_or_default(),
             fail: fail.unwrap_or_default(),
             fail_read,
             hang: hang.unwrap_or_default(),
@@ -228,6 +232,7 @@ mod tests {
         assert_eq!(k.version, DEFAULT_VERSION);
         assert_eq!(k.latency, Duration::ZERO);
         assert_eq!(k.bandwidth, 0);
+        assert_eq!(k.connect, Duration::ZERO);
         assert_eq!(k.fail_read, None);
         assert!(k.root.is_none() && k.log.is_none() && k.password.is_none());
     }
@@ -283,6 +288,21 @@ mod tests {
         assert!(errors[2].contains("counted from 1"), "{errors:?}");
         assert_eq!(k.latency, Duration::ZERO);
         assert!(k.fail.is_empty());
+    }
+
+    #[test]
+    fn the_connect_time_is_in_microseconds_and_must_be_a_number() {
+        let (k, errors) = parse(&[("FAKE_VDDK_CONNECT_US", "200000")]);
+
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(k.connect, Duration::from_millis(200));
+        let (k, errors) = parse(&[("FAKE_VDDK_CONNECT_US", "2s")]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("FAKE_VDDK_CONNECT_US=2s"),
+            "{errors:?}"
+        );
+        assert_eq!(k.connect, Duration::ZERO);
     }
 
     #[test]

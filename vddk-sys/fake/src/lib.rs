@@ -26,6 +26,7 @@
 //! | `FAKE_VDDK_LOG` | call log, appended, one JSON object per line | no log |
 //! | `FAKE_VDDK_LATENCY_US` | microseconds added to every Read, ReadAsync (to its completion) and QueryAllocatedBlocks | 0 |
 //! | `FAKE_VDDK_BANDWIDTH` | bytes per second of one handle's wire | 0: unlimited |
+//! | `FAKE_VDDK_CONNECT_US` | microseconds every ConnectEx sleeps before it answers, whatever its outcome (a real connect's NFC session setup and vCenter ticket take seconds) | 0 |
 //! | `FAKE_VDDK_ALLOCATED` | allocated byte ranges `OFFSET:LENGTH,...` for QueryAllocatedBlocks | the file's data ranges (`SEEK_DATA`/`SEEK_HOLE`) |
 //! | `FAKE_VDDK_FAIL` | `Call[:code],...`: these calls always fail (code default 1); calls: InitEx, PrepareForAccess, ConnectEx, Open, GetInfo, QueryAllocatedBlocks, Read (Read and ReadAsync), Flush | none |
 //! | `FAKE_VDDK_FAIL_READ` | `N[:code]`: the Nth read of the session (Read or ReadAsync, from 1) fails | none |

@@ -215,6 +215,7 @@ impl CopyOpts {
                 io_engine: self.io_engine.parse::<IoEngineKind>()?,
                 writer_threads: self.writer_threads,
                 read_gaps: self.read_gaps,
+                shared_memory: None,
             },
             ..TransferSpec::default()
         };

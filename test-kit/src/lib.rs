@@ -696,6 +696,7 @@ pub fn allocated_bytes(path: &Path) -> u64 {
     path.metadata().expect("target metadata").blocks() * 512
 }
 
+pub mod daemon;
 pub mod host;
 pub mod imageio;
 pub mod images;

@@ -30,10 +30,15 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
 use tokio::net::UnixListener;
+use transfer_core::engine::MemoryBudget;
+use transfer_core::job::ServerSlots;
 use transfer_core::{Error, ErrorKind};
 
 use registry::Registry;
 
+/// Connections to one source server when `--server-connections` names no default: ESXi's
+/// NFC default.
+const DEFAULT_SERVER_CONNECTIONS: usize = 10;
 /// The largest request body accepted.
 const MAX_BODY: usize = 1 << 20;
 /// A client must send its request headers within this time.
@@ -69,6 +74,35 @@ pub(crate) struct ServeArgs {
     /// (resuming from their journals); without it a stop forgets them.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Bytes of copy buffers all transfers together may hold (each transfer also keeps to
+    /// its own 16 MiB).
+    #[arg(long, default_value = "64M", value_parser = crate::size_arg)]
+    memory: u64,
+    /// Connections to one source server, all transfers together: `N` for every server, or
+    /// `SERVER=N` for one (`host`, `host:port` or an NBD socket path); repeatable. ESXi
+    /// allows about 10 NFC connections per host by default.
+    #[arg(long = "server-connections", value_parser = server_cap)]
+    server_connections: Vec<(Option<String>, usize)>,
+    /// Seconds an unused vSphere login or VDDK connection is kept for the next checkpoint
+    /// of the same disk.
+    #[arg(long, default_value_t = 300)]
+    session_idle: u64,
+}
+
+/// `N` or `SERVER=N`.
+fn server_cap(s: &str) -> Result<(Option<String>, usize), String> {
+    let (server, n) = match s.rsplit_once('=') {
+        // Host names are case-blind, socket paths are not.
+        Some((h, n)) if h.starts_with('/') => (Some(h.to_owned()), n),
+        Some((h, n)) if !h.is_empty() => (Some(h.to_ascii_lowercase()), n),
+        _ => (None, s),
+    };
+    let n: usize = n
+        .parse()
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| format!("'{s}': expected N or SERVER=N with N at least 1"))?;
+    Ok((server, n))
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -85,7 +119,27 @@ pub(crate) async fn run(a: ServeArgs) -> transfer_core::Result<ExitCode> {
         Some(d) => Some(state::StateDir::open(d)?),
         None => None,
     };
-    let registry = Registry::new(a.max_transfers, Duration::from_secs(a.retention), state);
+    let default_cap = a
+        .server_connections
+        .iter()
+        .rev()
+        .find_map(|(s, n)| s.is_none().then_some(*n))
+        .unwrap_or(DEFAULT_SERVER_CONNECTIONS);
+    let named: Vec<(String, usize)> = a
+        .server_connections
+        .iter()
+        .filter_map(|(s, n)| s.clone().map(|s| (s, *n)))
+        .collect();
+    let shared = registry::Shared {
+        memory: MemoryBudget::new(a.memory as usize),
+        servers: ServerSlots::new(Some(default_cap), &named),
+    };
+    let registry = Registry::new(
+        a.max_transfers,
+        Duration::from_secs(a.retention),
+        state,
+        shared,
+    );
     let restored = registry.restore(&a.target_roots);
     if restored > 0 {
         tracing::info!(
@@ -420,6 +474,35 @@ impl Daemon {
                 v["bytes_done"]
             ));
         }
+        let shared = self.registry.shared();
+        text.push_str(&format!(
+            "# HELP ferry_bytes_copied_total Bytes put on targets by every transfer since the daemon started.\n# TYPE ferry_bytes_copied_total counter\nferry_bytes_copied_total {}\n",
+            self.registry.bytes_copied()
+        ));
+        text.push_str(&format!(
+            "# HELP ferry_memory_in_flight_bytes Copy buffers the transfers hold now.\n# TYPE ferry_memory_in_flight_bytes gauge\nferry_memory_in_flight_bytes {}\n# HELP ferry_memory_budget_bytes The copy buffers all transfers together may hold.\n# TYPE ferry_memory_budget_bytes gauge\nferry_memory_budget_bytes {}\n",
+            shared.memory.in_use(),
+            shared.memory.bytes()
+        ));
+        let usage = shared.servers.usage();
+        let per_server = [
+            (
+                "ferry_server_connections",
+                "Source connections the transfers hold, per server.",
+                usage.iter().map(|u| (&u.0, u.1)).collect::<Vec<_>>(),
+            ),
+            (
+                "ferry_server_connections_limit",
+                "The connections allowed per server.",
+                usage.iter().map(|u| (&u.0, u.2)).collect(),
+            ),
+        ];
+        for (name, help, values) in per_server {
+            text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+            for (server, n) in values {
+                text.push_str(&format!("{name}{{server=\"{}\"}} {n}\n", label(server)));
+            }
+        }
         let mut r = Response::new(Full::new(Bytes::from(text)));
         r.headers_mut().insert(
             hyper::header::CONTENT_TYPE,
@@ -427,4 +510,11 @@ impl Daemon {
         );
         r
     }
+}
+
+/// `s` as a Prometheus label value.
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

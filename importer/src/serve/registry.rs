@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
-use transfer_core::engine::ProgressObserver;
-use transfer_core::job::{CancelToken, Resume, Summary, Transfer};
+use transfer_core::engine::{MemoryBudget, ProgressObserver};
+use transfer_core::job::{CancelToken, Resume, ServerSlots, Summary, Transfer};
 use transfer_core::ErrorKind;
 
 use super::request::{self, Refusal, Request};
@@ -52,6 +52,8 @@ impl State {
 struct Counters {
     total: AtomicU64,
     done: AtomicU64,
+    /// The daemon's count of every transfer's bytes.
+    all: Arc<AtomicU64>,
 }
 
 impl ProgressObserver for Counters {
@@ -61,6 +63,7 @@ impl ProgressObserver for Counters {
 
     fn add(&self, n: u64) {
         self.done.fetch_add(n, Ordering::Relaxed);
+        self.all.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -86,13 +89,22 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn new(id: String, target: PathBuf, request: Value, restored: Option<Value>) -> Entry {
+    fn new(
+        id: String,
+        target: PathBuf,
+        request: Value,
+        restored: Option<Value>,
+        all: &Arc<AtomicU64>,
+    ) -> Entry {
         Entry {
             id,
             target,
             request,
             restored,
-            counters: Arc::new(Counters::default()),
+            counters: Arc::new(Counters {
+                all: all.clone(),
+                ..Counters::default()
+            }),
             cancel: CancelToken::new(),
             outcome: Mutex::new(Outcome {
                 state: State::Queued,
@@ -164,8 +176,18 @@ impl Entry {
     }
 }
 
+/// What the daemon's transfers share.
+pub struct Shared {
+    /// Copy buffers, all transfers together.
+    pub memory: MemoryBudget,
+    /// Connections per source server.
+    pub servers: ServerSlots,
+}
+
 /// Every transfer of the daemon.
 pub struct Registry {
+    shared: Shared,
+    copied: Arc<AtomicU64>,
     entries: Mutex<BTreeMap<String, Arc<Entry>>>,
     busy: Mutex<HashSet<PathBuf>>,
     slots: Arc<Semaphore>,
@@ -182,8 +204,11 @@ impl Registry {
         max_transfers: usize,
         retention: Duration,
         state: Option<StateDir>,
+        shared: Shared,
     ) -> Arc<Registry> {
         Arc::new(Registry {
+            shared,
+            copied: Arc::default(),
             entries: Mutex::new(BTreeMap::new()),
             busy: Mutex::new(HashSet::new()),
             slots: Arc::new(Semaphore::new(max_transfers.max(1))),
@@ -215,6 +240,7 @@ impl Registry {
                     target,
                     record["request"].clone(),
                     Some(view.clone()),
+                    &self.copied,
                 );
                 *e.outcome.lock().unwrap() = Outcome {
                     state: e.state(),
@@ -264,6 +290,8 @@ impl Registry {
         if self.state.is_some() && req.spec.resume == Resume::Off {
             req.spec.resume = Resume::IfPossible;
         }
+        req.spec.engine.shared_memory = Some(self.shared.memory.clone());
+        req.spec.server_slots = Some(self.shared.servers.clone());
         if !self.busy.lock().unwrap().insert(req.target.clone()) {
             return Err(Refusal {
                 status: 409,
@@ -273,7 +301,13 @@ impl Registry {
                 ),
             });
         }
-        let entry = Arc::new(Entry::new(id.clone(), req.target.clone(), body, None));
+        let entry = Arc::new(Entry::new(
+            id.clone(),
+            req.target.clone(),
+            body,
+            None,
+            &self.copied,
+        ));
         self.entries.lock().unwrap().insert(id, entry.clone());
         self.persist(&entry);
         let (me, e) = (self.clone(), entry.clone());
@@ -377,6 +411,16 @@ impl Registry {
             (s.name(), of.len(), bytes)
         })
         .collect()
+    }
+
+    /// Bytes every transfer has put on its target since the daemon started.
+    pub fn bytes_copied(&self) -> u64 {
+        self.copied.load(Ordering::Relaxed)
+    }
+
+    /// What the transfers share, for `/metrics`.
+    pub fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     /// Forgets finished transfers older than the retention time (and their records).

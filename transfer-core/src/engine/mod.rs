@@ -20,6 +20,7 @@ use crate::source::{BlockSource, SourceCaps};
 use crate::target::BlockTarget;
 use items::Items;
 
+mod budget;
 pub mod checksum;
 mod items;
 pub mod journal;
@@ -28,6 +29,7 @@ pub mod verify;
 mod worker;
 pub mod zero;
 
+pub use budget::MemoryBudget;
 pub use journal::Journal;
 pub use progress::{Progress, ProgressObserver};
 
@@ -70,6 +72,9 @@ pub struct CopyOptions {
     /// bytes the target takes. A stream that expands past it fails ([`ErrorKind::NoSpace`])
     /// instead of filling the volume. Never more than [`crate::MAX_DISK_SIZE`].
     pub stream_limit: Option<u64>,
+    /// A memory budget shared with other copies (a daemon's): each buffer needs a share of it
+    /// as well as of [`CopyOptions::memory`].
+    pub shared_memory: Option<MemoryBudget>,
 }
 
 impl Default for CopyOptions {
@@ -89,6 +94,7 @@ impl Default for CopyOptions {
             journal: None,
             journal_interval: std::time::Duration::from_secs(1),
             stream_limit: None,
+            shared_memory: None,
         }
     }
 }
@@ -146,6 +152,7 @@ struct Shared {
     first_error: Mutex<Option<Error>>,
     budget: Arc<Semaphore>,
     pool: BufferPool,
+    shared_memory: Option<MemoryBudget>,
     io: Arc<dyn IoEngine>,
     target_zero: bool,
     bytes_data: AtomicU64,
@@ -186,6 +193,7 @@ impl Shared {
             first_error: Mutex::new(None),
             budget: Arc::new(Semaphore::new(sizes.max_buffers)),
             pool: BufferPool::new(sizes.request_size),
+            shared_memory: opts.shared_memory.clone(),
             io,
             target_zero: target.reads_as_zero(),
             bytes_data: AtomicU64::new(0),
@@ -194,6 +202,23 @@ impl Shared {
             skip: layout.skip,
             remaining: layout.item_bytes.into_iter().map(AtomicU64::new).collect(),
             journal: layout.journal,
+        }
+    }
+
+    /// A buffer of `len` bytes for a read, from the shared budget's pool when there is one
+    /// (the caller holds a share of it) or from the copy's own.
+    fn buffer(&self, len: usize) -> crate::buffer::Buffer {
+        match &self.shared_memory {
+            Some(b) => b.buffer(self.request_size, len),
+            None => self.pool.get(len),
+        }
+    }
+
+    /// Takes back a buffer (before the caller's share of the budget is given back).
+    fn put(&self, buf: crate::buffer::Buffer) {
+        match &self.shared_memory {
+            Some(b) => b.put(buf),
+            None => self.pool.put(buf),
         }
     }
 

@@ -55,13 +55,20 @@ impl Tasks {
     }
 }
 
-/// A share of the in-flight memory budget.
-async fn memory(sh: &Shared) -> OwnedSemaphorePermit {
-    sh.budget
+/// A share of the copy's in-flight memory budget and, when there is one, of the budget it
+/// shares with other copies (taken in that order by every copy, and held only for one buffer).
+async fn memory(sh: &Shared) -> (OwnedSemaphorePermit, Option<super::budget::Share>) {
+    let own = sh
+        .budget
         .clone()
         .acquire_owned()
         .await
-        .expect("semaphore open")
+        .expect("semaphore open");
+    let shared = match &sh.shared_memory {
+        Some(b) => Some(b.share(sh.request_size).await),
+        None => None,
+    };
+    (own, shared)
 }
 
 /// Takes work items in turn until none is left (or the copy failed), with at most `requests`
@@ -143,7 +150,7 @@ async fn item(
             let mem = memory(sh).await;
             let (src, sh2) = (src.clone(), sh.clone());
             tasks.spawn((slot, mem), async move {
-                let buf = src.read_at(pos, sh2.pool.get(n)).await?;
+                let buf = src.read_at(pos, sh2.buffer(n)).await?;
                 write_back(&sh2, Some(i), pos, buf).await
             });
             pos += n as u64;
@@ -168,10 +175,10 @@ pub(super) async fn sequential(src: Arc<dyn BlockSource>, sh: Arc<Shared>) -> Re
         while pos < limit && !sh.failed.load(Ordering::Relaxed) {
             let n = (limit - pos).min(sh.request_size as u64) as usize;
             let mem = memory(&sh).await;
-            let buf = src.read_at(pos, sh.pool.get(n)).await?;
+            let buf = src.read_at(pos, sh.buffer(n)).await?;
             let got = buf.len();
             if !sh.size_known && pos + got as u64 > sh.stream_limit {
-                sh.pool.put(buf);
+                sh.put(buf);
                 return Err(Error::new(
                     ErrorKind::NoSpace,
                     format!(
@@ -196,7 +203,7 @@ pub(super) async fn sequential(src: Arc<dyn BlockSource>, sh: Arc<Shared>) -> Re
                 let (sh2, at) = (sh.clone(), pos);
                 tasks.spawn(mem, async move { write_back(&sh2, None, at, buf).await });
             } else {
-                sh.pool.put(buf);
+                sh.put(buf);
             }
             pos += got as u64;
             sh.streamed.store(pos, Ordering::Relaxed);
@@ -240,7 +247,7 @@ async fn write_back(sh: &Shared, item: Option<usize>, offset: u64, buf: Buffer) 
             })
             .await?
     };
-    sh.pool.put(buf);
+    sh.put(buf);
     sh.done(item, data_bytes, zero_bytes);
     Ok(())
 }

@@ -20,6 +20,9 @@
 //! `TARGET.ferry-journal`) unless a state file is named.
 
 mod plan;
+mod slots;
+
+pub use slots::{server_of, ServerSlots, Slots};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -30,7 +33,7 @@ pub use tokio_util::sync::CancellationToken as CancelToken;
 use crate::delta::DeltaSet;
 use crate::engine::journal::{self, identity};
 use crate::engine::verify::{verify, VerifyOptions, VerifyResult};
-use crate::engine::{copy, CopyOptions, CopyStats, Journal, ProgressObserver};
+use crate::engine::{copy, CopyOptions, CopyStats, Journal, MemoryBudget, ProgressObserver};
 use crate::error::{Error, ErrorKind, Hint, Result};
 use crate::io::IoEngineKind;
 use crate::open::{open_source, SourceOptions};
@@ -142,6 +145,9 @@ pub struct EngineOptions {
     /// Zero runs shorter than this between data are read with it (0: never; `None`: chosen
     /// per work range for sources whose requests are costly, see [`crate::extent::auto_gap`]).
     pub read_gaps: Option<u64>,
+    /// A memory budget shared with the other transfers of the process (see
+    /// [`MemoryBudget`]); the transfer's own [`EngineOptions::memory`] applies as well.
+    pub shared_memory: Option<MemoryBudget>,
 }
 
 impl Default for EngineOptions {
@@ -155,6 +161,7 @@ impl Default for EngineOptions {
             io_engine: c.io_engine,
             writer_threads: c.writer_threads,
             read_gaps: c.read_gaps,
+            shared_memory: None,
         }
     }
 }
@@ -185,6 +192,9 @@ pub struct TransferSpec {
     pub verify: bool,
     /// Engine tuning.
     pub engine: EngineOptions,
+    /// Connection caps per source server shared with other transfers: the transfer waits for
+    /// slots for its connections before it opens the source.
+    pub server_slots: Option<ServerSlots>,
 }
 
 /// What a finished transfer did.
@@ -230,8 +240,9 @@ impl Transfer {
         cancel: &CancelToken,
         progress: Option<Arc<dyn ProgressObserver>>,
     ) -> Result<Summary> {
-        let spec = &self.spec;
-        plan::check_spec(spec)?;
+        plan::check_spec(&self.spec)?;
+        let (_slots, capped) = until(cancel, take_slots(&self.spec)).await?;
+        let spec = capped.as_ref().unwrap_or(&self.spec);
         // Each phase stops where it is when `cancel` fires; only the copy has a target to
         // clean up after.
         let (source, retry_stats) = until(cancel, open(spec)).await?;
@@ -271,6 +282,7 @@ impl Transfer {
             delta: planned.delta.take().map(Arc::new),
             journal: journal.as_ref().map(|(j, _)| j.clone()),
             stream_limit,
+            shared_memory: e.shared_memory.clone(),
             ..CopyOptions::default()
         };
         let copied = tokio::select! {
@@ -312,6 +324,31 @@ impl Transfer {
             checkpoint: planned.recorded().map(str::to_owned),
         })
     }
+}
+
+/// The slots for the spec's connections on its source's server, when the server is capped;
+/// with fewer slots than connections, the spec with as many connections as slots.
+async fn take_slots(spec: &TransferSpec) -> Result<(Option<Slots>, Option<TransferSpec>)> {
+    let (Some(slots), Some(SourceSpec::Uri { uri, options })) = (&spec.server_slots, &spec.source)
+    else {
+        return Ok((None, None));
+    };
+    let Some(server) = server_of(uri, options.kind) else {
+        return Ok((None, None));
+    };
+    let want = spec.engine.connections.max(1);
+    let Some(held) = slots.take(&server, want).await else {
+        return Ok((None, None));
+    };
+    if held.granted >= want {
+        return Ok((Some(held), None));
+    }
+    let mut capped = spec.clone();
+    capped.engine.connections = held.granted;
+    if let Some(SourceSpec::Uri { options, .. }) = &mut capped.source {
+        options.connections = options.connections.min(held.granted);
+    }
+    Ok((Some(held), Some(capped)))
 }
 
 /// `work`, unless `cancel` fires first.

@@ -24,25 +24,7 @@ pub(crate) struct TransfersArgs {
 #[derive(Subcommand)]
 enum TransfersCmd {
     /// Submit a transfer of SOURCE to TARGET; prints {"id": ...}.
-    Add {
-        source: String,
-        target: String,
-        /// Read source and target again after the copy and compare them.
-        #[arg(long)]
-        verify: bool,
-        /// Keep a resume journal (the transfer fails if none can be kept).
-        #[arg(long)]
-        resume: bool,
-        /// Source connections.
-        #[arg(long)]
-        connections: Option<u64>,
-        /// The checkpoint this transfer brings the target to.
-        #[arg(long)]
-        checkpoint: Option<String>,
-        /// The checkpoint the target must be at.
-        #[arg(long)]
-        previous_checkpoint: Option<String>,
-    },
+    Add(AddArgs),
     /// Print one transfer.
     Get { id: String },
     /// Print every transfer.
@@ -58,32 +40,84 @@ enum TransfersCmd {
     },
 }
 
+#[derive(Args)]
+struct AddArgs {
+    source: String,
+    target: String,
+    /// Read source and target again after the copy and compare them.
+    #[arg(long)]
+    verify: bool,
+    /// Keep a resume journal (the transfer fails if none can be kept).
+    #[arg(long)]
+    resume: bool,
+    /// Source connections.
+    #[arg(long)]
+    connections: Option<u64>,
+    /// The checkpoint this transfer brings the target to.
+    #[arg(long)]
+    checkpoint: Option<String>,
+    /// The checkpoint the target must be at (a delta's).
+    #[arg(long)]
+    previous_checkpoint: Option<String>,
+    /// A delta whose changed ranges the source tells (vSphere changed areas since the
+    /// previous checkpoint, an imageio ticket's dirty extents).
+    #[arg(long)]
+    delta: bool,
+    /// A delta whose changed ranges are this qemu dirty bitmap of an NBD source.
+    #[arg(long, value_name = "NAME")]
+    dirty_bitmap: Option<String>,
+    /// A vddk:// parameter KEY=VALUE (repeatable), as `importer copy --vddk`.
+    #[arg(long = "vddk", value_name = "KEY=VALUE")]
+    vddk: Vec<String>,
+    /// A file holding the vddk:// source's password; the daemon reads it (its path, not
+    /// the password, is sent).
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+}
+
+impl AddArgs {
+    /// The `POST /v1/transfers` body.
+    fn body(self) -> Result<Value> {
+        let mut options = json!({ "verify": self.verify, "resume": self.resume });
+        if let Some(c) = self.connections {
+            options["connections"] = json!(c);
+        }
+        let mut body = json!({ "source": self.source, "target": self.target, "options": options });
+        if let Some(c) = self.checkpoint {
+            body["checkpoint"] = json!(c);
+        }
+        if let Some(c) = self.previous_checkpoint {
+            body["previous_checkpoint"] = json!(c);
+        }
+        match (self.delta, self.dirty_bitmap) {
+            (_, Some(b)) => body["delta"] = json!({ "dirty_bitmap": b }),
+            (true, None) => body["delta"] = json!({ "changes": "source" }),
+            (false, None) => {}
+        }
+        if !self.vddk.is_empty() {
+            let mut params = serde_json::Map::new();
+            for kv in &self.vddk {
+                let (k, v) = kv.split_once('=').ok_or_else(|| {
+                    Error::new(ErrorKind::InvalidInput, "--vddk expects KEY=VALUE")
+                })?;
+                params.insert(k.to_owned(), json!(v));
+            }
+            body["vddk"] = Value::Object(params);
+        }
+        if let Some(f) = self.password_file {
+            let f = std::path::absolute(&f)
+                .map_err(|e| Error::io(format!("resolving {}", f.display()), e))?;
+            body["secrets"] = json!({ "password_file": f });
+        }
+        Ok(body)
+    }
+}
+
 /// Runs one client command.
 pub(crate) fn run(a: TransfersArgs) -> Result<ExitCode> {
     let call = |method: &str, path: &str, body: Option<Value>| call(&a.socket, method, path, body);
     let (status, v) = match a.cmd {
-        TransfersCmd::Add {
-            source,
-            target,
-            verify,
-            resume,
-            connections,
-            checkpoint,
-            previous_checkpoint,
-        } => {
-            let mut options = json!({ "verify": verify, "resume": resume });
-            if let Some(c) = connections {
-                options["connections"] = json!(c);
-            }
-            let mut body = json!({ "source": source, "target": target, "options": options });
-            if let Some(c) = checkpoint {
-                body["checkpoint"] = json!(c);
-            }
-            if let Some(c) = previous_checkpoint {
-                body["previous_checkpoint"] = json!(c);
-            }
-            call("POST", "/v1/transfers", Some(body))?
-        }
+        TransfersCmd::Add(add) => call("POST", "/v1/transfers", Some(add.body()?))?,
         TransfersCmd::Get { id } => call("GET", &format!("/v1/transfers/{id}"), None)?,
         TransfersCmd::List => call("GET", "/v1/transfers", None)?,
         TransfersCmd::Cancel { id } => call("DELETE", &format!("/v1/transfers/{id}"), None)?,

@@ -229,17 +229,24 @@ impl Registry {
         for (n, record) in state.load() {
             self.next.fetch_max(n + 1, Ordering::Relaxed);
             let id = format!("t{n}");
-            let view = &record["view"];
+            let mut view = record["view"].clone();
             let finished = ["succeeded", "failed", "cancelled"]
                 .contains(&view["state"].as_str().unwrap_or(""));
             let body = record["request"].to_string();
-            if finished {
+            let withheld = !finished && request::had_withheld_secret(&record["request"]);
+            if withheld {
+                // Its password came in the request and was not kept: it cannot run again.
+                view["state"] = "failed".into();
+                view["error"] = "the daemon restarted and the transfer's password, given in the request, is not kept: submit it again (or name a password_file)".into();
+                tracing::warn!(transfer = %id, "transfer not taken up again: its password was not kept");
+            }
+            if finished || withheld {
                 let target = PathBuf::from(view["target"].as_str().unwrap_or(""));
                 let e = Entry::new(
                     id.clone(),
                     target,
                     record["request"].clone(),
-                    Some(view.clone()),
+                    Some(view),
                     &self.copied,
                 );
                 *e.outcome.lock().unwrap() = Outcome {
@@ -249,7 +256,11 @@ impl Registry {
                     error: None,
                     summary: None,
                 };
-                self.entries.lock().unwrap().insert(id, Arc::new(e));
+                let e = Arc::new(e);
+                if withheld {
+                    self.persist(&e);
+                }
+                self.entries.lock().unwrap().insert(id, e);
                 continue;
             }
             match request::parse(body.as_bytes(), roots) {
@@ -304,7 +315,7 @@ impl Registry {
         let entry = Arc::new(Entry::new(
             id.clone(),
             req.target.clone(),
-            body,
+            request::without_secrets(&body),
             None,
             &self.copied,
         ));

@@ -5,8 +5,11 @@
 use std::path::{Component, Path, PathBuf};
 
 use serde_json::{Map, Value};
-use transfer_core::job::{EngineOptions, Resume, SourceSpec, TargetSpec, TransferSpec};
+use transfer_core::job::{
+    Changes, EngineOptions, Mode, Resume, SourceSpec, TargetSpec, TransferSpec,
+};
 use transfer_core::open::SourceOptions;
+use transfer_core::source::vddk::Secret;
 
 /// Why a request was refused, and with which HTTP status.
 #[derive(Debug, PartialEq)]
@@ -39,7 +42,12 @@ const FIELDS: &[&str] = &[
     "options",
     "checkpoint",
     "previous_checkpoint",
+    "delta",
+    "vddk",
+    "secrets",
 ];
+const DELTA: &[&str] = &["changes", "dirty_bitmap", "ranges"];
+const SECRETS: &[&str] = &["password", "password_file"];
 const OPTIONS: &[&str] = &["connections", "verify", "resume"];
 
 /// Parses a request body. `roots` are the directories targets must lie in.
@@ -93,7 +101,39 @@ pub fn parse(body: &[u8], roots: &[PathBuf]) -> Result<Request, Refusal> {
             resume = Resume::Required;
         }
     }
+    let is_vddk = source
+        .split_once("://")
+        .is_some_and(|(s, _)| s.eq_ignore_ascii_case("vddk"));
+    if let Some(v) = obj.get("vddk") {
+        if !is_vddk {
+            return Err(bad("vddk", "only for a vddk:// source"));
+        }
+        sopts.vddk.params = vddk_params(v)?;
+    }
+    if let Some(v) = obj.get("secrets") {
+        sopts.vddk.password = Some(password(v)?);
+        if !is_vddk {
+            return Err(bad("secrets", "only a vddk:// source takes a password"));
+        }
+    }
+    let mode = match obj.get("delta") {
+        None | Some(Value::Null) => Mode::Full,
+        Some(d) => delta(d, &mut sopts)?,
+    };
+    let cp = checkpoint(obj, "checkpoint")?;
+    let previous = checkpoint(obj, "previous_checkpoint")?;
+    if let Mode::Delta(_) = mode {
+        if cp.is_none() || previous.is_none() {
+            return Err(bad(
+                "delta",
+                "needs checkpoint and previous_checkpoint: the target's chain keeps deltas in order",
+            ));
+        }
+    } else if previous.is_some() {
+        return Err(bad("previous_checkpoint", "belongs to a delta"));
+    }
     let spec = TransferSpec {
+        mode,
         source: Some(SourceSpec::Uri {
             uri: source,
             options: sopts,
@@ -102,14 +142,125 @@ pub fn parse(body: &[u8], roots: &[PathBuf]) -> Result<Request, Refusal> {
             path: target.clone(),
             ..TargetSpec::default()
         },
-        checkpoint: checkpoint(obj, "checkpoint")?,
-        previous_checkpoint: checkpoint(obj, "previous_checkpoint")?,
+        checkpoint: cp,
+        previous_checkpoint: previous,
         resume,
         verify,
         engine,
         ..TransferSpec::default()
     };
     Ok(Request { spec, target })
+}
+
+/// `delta`: `{"changes": "source"}` (the source tells them: vSphere changed areas since the
+/// previous checkpoint, an imageio ticket's dirty extents), `{"dirty_bitmap": "NAME"}` (an NBD
+/// export's qemu dirty bitmap) or `{"ranges": [{"start": N, "length": N}, ...]}`.
+fn delta(v: &Value, sopts: &mut SourceOptions) -> Result<Mode, Refusal> {
+    let d = v
+        .as_object()
+        .ok_or_else(|| bad("delta", "must be a JSON object"))?;
+    refuse_unknown(d, DELTA, "delta.")?;
+    if d.len() != 1 {
+        return Err(bad(
+            "delta",
+            "name where the changes come from: one of changes, dirty_bitmap, ranges",
+        ));
+    }
+    if let Some(c) = d.get("changes") {
+        if c.as_str() != Some("source") {
+            return Err(bad("delta.changes", "must be \"source\""));
+        }
+        return Ok(Mode::Delta(Changes::FromSource));
+    }
+    if let Some(b) = d.get("dirty_bitmap") {
+        let b = b
+            .as_str()
+            .filter(|b| !b.is_empty() && b.len() <= 256 && !b.chars().any(char::is_control))
+            .ok_or_else(|| bad("delta.dirty_bitmap", "must be a bitmap name"))?;
+        sopts.nbd.dirty_bitmap = Some(b.to_owned());
+        return Ok(Mode::Delta(Changes::FromSource));
+    }
+    let ranges = d["ranges"]
+        .as_array()
+        .ok_or_else(|| bad("delta.ranges", "must be an array"))?;
+    if ranges.len() > MAX_RANGES {
+        return Err(bad(
+            "delta.ranges",
+            &format!("at most {MAX_RANGES} ranges (merge them)"),
+        ));
+    }
+    let mut out = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let field = |k: &str| r.get(k).and_then(Value::as_u64);
+        match (field("start"), field("length")) {
+            (Some(s), Some(l)) if s.checked_add(l).is_some() => out.push((s, l)),
+            _ => {
+                return Err(bad(
+                    "delta.ranges",
+                    "each range is {\"start\": N, \"length\": N}",
+                ))
+            }
+        }
+    }
+    Ok(Mode::Delta(Changes::Ranges(out)))
+}
+
+/// Most ranges a request may list (a 1 MiB body holds fewer anyway).
+const MAX_RANGES: usize = 1 << 16;
+
+/// `vddk`: the `vddk://` parameters of `--vddk KEY=VALUE`, as an object of strings.
+fn vddk_params(v: &Value) -> Result<Vec<(String, String)>, Refusal> {
+    let o = v
+        .as_object()
+        .ok_or_else(|| bad("vddk", "must be a JSON object of strings"))?;
+    o.iter()
+        .map(|(k, v)| match v {
+            Value::String(s) if !s.chars().any(char::is_control) => Ok((k.clone(), s.clone())),
+            _ => Err(bad(&format!("vddk.{}", printable(k)), "must be a string")),
+        })
+        .collect()
+}
+
+/// `secrets`: the source's password, inline or in a file the daemon reads. Never kept in the
+/// state directory, shown or logged.
+fn password(v: &Value) -> Result<Secret, Refusal> {
+    let o = v
+        .as_object()
+        .ok_or_else(|| bad("secrets", "must be a JSON object"))?;
+    refuse_unknown(o, SECRETS, "secrets.")?;
+    match (o.get("password"), o.get("password_file")) {
+        (Some(Value::String(p)), None) => Ok(Secret::new(p)),
+        (None, Some(Value::String(f))) => {
+            let text = std::fs::read_to_string(f).map_err(|e| {
+                bad(
+                    "secrets.password_file",
+                    &format!("cannot be read: {}", e.kind()),
+                )
+            })?;
+            Ok(Secret::new(&text))
+        }
+        _ => Err(bad(
+            "secrets",
+            "give password or password_file, as a string",
+        )),
+    }
+}
+
+/// The request as the state directory keeps it: without an inline password (a password
+/// file's path is kept: the file is read again when the transfer is taken up again).
+pub fn without_secrets(body: &Value) -> Value {
+    let mut b = body.clone();
+    if let Some(s) = b.get_mut("secrets").and_then(Value::as_object_mut) {
+        if s.remove("password").is_some() {
+            s.insert("password_withheld".into(), Value::Bool(true));
+        }
+    }
+    b
+}
+
+/// Whether a kept request had an inline password, which was not kept.
+pub fn had_withheld_secret(body: &Value) -> bool {
+    body["secrets"]["password_withheld"] == Value::Bool(true)
 }
 
 fn refuse_unknown(obj: &Map<String, Value>, known: &[&str], prefix: &str) -> Result<(), Refusal> {
@@ -274,6 +425,77 @@ mod tests {
                 "{field}: {e:?}"
             );
         }
+    }
+
+    #[test]
+    fn deltas_name_where_their_changes_come_from_and_need_both_checkpoints() {
+        let (d, roots) = roots();
+        let t = d.path().join("disk.img");
+        let cps = r#","checkpoint":"s2","previous_checkpoint":"s1""#;
+        let r = parse(
+            &body(
+                &t,
+                &format!(r#","delta":{{"ranges":[{{"start":0,"length":512}}]}}{cps}"#),
+            ),
+            &roots,
+        )
+        .unwrap();
+        assert!(matches!(r.spec.mode, Mode::Delta(Changes::Ranges(ref v)) if v == &[(0, 512)]));
+        let r = parse(
+            &body(&t, &format!(r#","delta":{{"dirty_bitmap":"b0"}}{cps}"#)),
+            &roots,
+        )
+        .unwrap();
+        assert!(matches!(r.spec.mode, Mode::Delta(Changes::FromSource)));
+        let cases: &[(&str, &str)] = &[
+            (r#","delta":{"changes":"source"}"#, "delta"),
+            (
+                r#","delta":{"changes":"guess"},"checkpoint":"a","previous_checkpoint":"b""#,
+                "delta.changes",
+            ),
+            (
+                r#","delta":{"ranges":[{"start":1}]},"checkpoint":"a","previous_checkpoint":"b""#,
+                "delta.ranges",
+            ),
+            (
+                r#","delta":{},"checkpoint":"a","previous_checkpoint":"b""#,
+                "delta",
+            ),
+            (r#","previous_checkpoint":"b""#, "previous_checkpoint"),
+            (r#","vddk":{"libdir":"/x"}"#, "vddk"),
+            (r#","secrets":{"password":"pw"}"#, "secrets"),
+            (r#","secrets":{"pasword":"pw"}"#, "secrets.pasword"),
+        ];
+        for (extra, field) in cases {
+            let e = parse(&body(&t, extra), &roots).unwrap_err();
+            assert!(
+                e.message.starts_with(&format!("{field}:")),
+                "{field}: {e:?}"
+            );
+            assert!(!e.message.contains("pw\""), "no secret echoed: {e:?}");
+        }
+    }
+
+    #[test]
+    fn an_inline_password_is_used_but_never_kept() {
+        let (d, roots) = roots();
+        let t = d.path().join("disk.img");
+        let b = format!(
+            r#"{{"source":"vddk://u@h/?vm=moref=vm-1","target":"{}","vddk":{{"file":"[ds] a.vmdk"}},"secrets":{{"password":"hunter2"}}}}"#,
+            t.display()
+        );
+        let r = parse(b.as_bytes(), &roots).unwrap();
+        let Some(SourceSpec::Uri { options, .. }) = &r.spec.source else {
+            panic!("a URI source")
+        };
+        assert!(options.vddk.password.is_some());
+        assert_eq!(
+            options.vddk.params,
+            vec![("file".into(), "[ds] a.vmdk".into())]
+        );
+        let kept = without_secrets(&serde_json::from_slice(b.as_bytes()).unwrap());
+        assert!(!kept.to_string().contains("hunter2"), "{kept}");
+        assert!(had_withheld_secret(&kept));
     }
 
     #[test]

@@ -422,6 +422,7 @@ fn vddk_options(paths: &Paths, snapshot: Option<&str>) -> Result<VddkOptions> {
         password: Some(Secret::new(&need("IMPORTER_SECRET_KEY")?)),
         changed_since: None,
         timeout: None,
+        sessions: None,
     })
 }
 

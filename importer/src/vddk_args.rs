@@ -73,6 +73,7 @@ impl VddkArgs {
             password,
             changed_since: None,
             timeout: None,
+            sessions: None,
         })
     }
 

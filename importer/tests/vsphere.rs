@@ -20,16 +20,7 @@ fn url(sim: &Vcsim, thumbprint: &str) -> String {
 
 /// The vddk:// URL of the simulator naming the VM by `vm` (`vm=moref=...` or `uuid=...`).
 fn url_with(sim: &Vcsim, thumbprint: &str, vm: &str) -> String {
-    let port = sim
-        .url()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .trim_end_matches("/sdk");
-    format!(
-        "vddk://{}@127.0.0.1:{port}/?{vm}&thumbprint={thumbprint}&libdir=/nonexistent",
-        sim.user().replace('@', "%40")
-    )
+    sim.vddk_url(thumbprint, vm, "&libdir=/nonexistent")
 }
 
 /// `importer extents URL --dirty --vddk file=DISK --previous-checkpoint PREV` with the password.

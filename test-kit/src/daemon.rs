@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{s, spawn_importer, Out, Running};
+use crate::{s, spawn_importer_env, Out, Running};
 
 /// One HTTP/1.1 request over the daemon's socket: (status, body as JSON or text).
 pub fn call(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
@@ -48,11 +48,16 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `importer serve` with `extra` flags.
     pub fn start(dir: &Path, root: &Path, extra: &[&str]) -> Daemon {
+        Daemon::start_env(dir, root, extra, &[])
+    }
+
+    /// [`Daemon::start`] with the extra environment `env`.
+    pub fn start_env(dir: &Path, root: &Path, extra: &[&str], env: &[(String, String)]) -> Daemon {
         let sock = dir.join("ferry.sock");
         let listen = format!("unix:{}", sock.display());
         let mut args = vec!["serve", "--listen", &listen, "--target-root", s(root)];
         args.extend_from_slice(extra);
-        let run = spawn_importer(&args);
+        let run = spawn_importer_env(&args, env);
         let deadline = Instant::now() + Duration::from_secs(20);
         while UnixStream::connect(&sock).is_err() {
             assert!(Instant::now() < deadline, "the daemon did not listen");

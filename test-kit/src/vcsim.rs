@@ -171,6 +171,21 @@ impl Vcsim {
         between(&info, "VirtualMachineSnapshot\">", "<")
     }
 
+    /// A `vddk://` URL of the simulator's user naming the VM by `vm` (`vm=moref=...` or
+    /// `uuid=...`), with the certificate `thumbprint` and `extra` query parameters (`&k=v...`).
+    pub fn vddk_url(&self, thumbprint: &str, vm: &str, extra: &str) -> String {
+        let port = self
+            .url()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .trim_end_matches("/sdk");
+        format!(
+            "vddk://{}@127.0.0.1:{port}/?{vm}&thumbprint={thumbprint}{extra}",
+            self.user().replace('@', "%40")
+        )
+    }
+
     /// The SOAP endpoint, `https://127.0.0.1:PORT/sdk`.
     pub fn url(&self) -> &str {
         &self.url

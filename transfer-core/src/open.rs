@@ -78,6 +78,9 @@ pub struct VddkOptions {
     /// How long a VDDK call may go unanswered before its handle is given up (default:
     /// [`DEFAULT_CALL_TIMEOUT`](crate::source::vddk::params::DEFAULT_CALL_TIMEOUT)).
     pub timeout: Option<std::time::Duration>,
+    /// Logins and connections kept across transfers (a daemon's): reused when they fit, and
+    /// where the source's connections go when it closes.
+    pub sessions: Option<crate::source::vddk::Sessions>,
 }
 
 #[cfg(feature = "vddk")]
@@ -406,8 +409,10 @@ async fn open_plain(uri: &SourceUri, opts: &SourceOptions) -> Result<Arc<dyn Blo
             // One vSphere login finds the disk and, for a delta, its changed areas.
             let mut params = vddk_params(u, &opts.vddk)?;
             let since = opts.vddk.changed_since.as_deref();
-            let changes = crate::delta::vsphere::prepare(&mut params, since).await?;
-            let src = VddkSource::open(params).await?;
+            let sessions = opts.vddk.sessions.clone();
+            let changes =
+                crate::delta::vsphere::prepare_with(sessions.as_ref(), &mut params, since).await?;
+            let src = VddkSource::open_with(params, sessions).await?;
             match changes {
                 Some(d) => Arc::new(src.with_changes(d.ranges().to_vec())),
                 None => Arc::new(src),

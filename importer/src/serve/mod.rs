@@ -32,6 +32,7 @@ use serde_json::{json, Value};
 use tokio::net::UnixListener;
 use transfer_core::engine::MemoryBudget;
 use transfer_core::job::ServerSlots;
+use transfer_core::source::vddk::Sessions;
 use transfer_core::{Error, ErrorKind};
 
 use registry::Registry;
@@ -133,7 +134,19 @@ pub(crate) async fn run(a: ServeArgs) -> transfer_core::Result<ExitCode> {
     let shared = registry::Shared {
         memory: MemoryBudget::new(a.memory as usize),
         servers: ServerSlots::new(Some(default_cap), &named),
+        sessions: Sessions::new(Duration::from_secs(a.session_idle)),
     };
+    let sessions = shared.sessions.clone();
+    let expiry = tokio::spawn({
+        let sessions = sessions.clone();
+        let every = Duration::from_secs((a.session_idle / 4).clamp(1, 30));
+        async move {
+            loop {
+                tokio::time::sleep(every).await;
+                sessions.expire().await;
+            }
+        }
+    });
     let registry = Registry::new(
         a.max_transfers,
         Duration::from_secs(a.retention),
@@ -168,7 +181,9 @@ pub(crate) async fn run(a: ServeArgs) -> transfer_core::Result<ExitCode> {
         }
     }
     listener.close();
+    expiry.abort();
     if daemon.registry.keeps_state() {
+        sessions.close_all().await;
         // They are recorded as queued or running: the next start takes them up again, from
         // their journals.
         tracing::info!("importer serve: stopping; unfinished transfers resume at the next start");
@@ -191,6 +206,7 @@ pub(crate) async fn run(a: ServeArgs) -> transfer_core::Result<ExitCode> {
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    sessions.close_all().await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -483,6 +499,10 @@ impl Daemon {
             "# HELP ferry_memory_in_flight_bytes Copy buffers the transfers hold now.\n# TYPE ferry_memory_in_flight_bytes gauge\nferry_memory_in_flight_bytes {}\n# HELP ferry_memory_budget_bytes The copy buffers all transfers together may hold.\n# TYPE ferry_memory_budget_bytes gauge\nferry_memory_budget_bytes {}\n",
             shared.memory.in_use(),
             shared.memory.bytes()
+        ));
+        let (logins, connections) = shared.sessions.counts();
+        text.push_str(&format!(
+            "# HELP ferry_kept_vsphere_logins vSphere logins kept for the next checkpoint.\n# TYPE ferry_kept_vsphere_logins gauge\nferry_kept_vsphere_logins {logins}\n# HELP ferry_kept_vddk_connections Idle VDDK connections kept for the next checkpoint.\n# TYPE ferry_kept_vddk_connections gauge\nferry_kept_vddk_connections {connections}\n"
         ));
         let usage = shared.servers.usage();
         let per_server = [

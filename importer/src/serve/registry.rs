@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use transfer_core::engine::{MemoryBudget, ProgressObserver};
-use transfer_core::job::{CancelToken, Resume, ServerSlots, Summary, Transfer};
+use transfer_core::job::{CancelToken, Resume, ServerSlots, SourceSpec, Summary, Transfer};
+use transfer_core::source::vddk::Sessions;
 use transfer_core::ErrorKind;
 
 use super::request::{self, Refusal, Request};
@@ -155,6 +156,7 @@ impl Entry {
                 "bytes_data": s.stats.bytes_data,
                 "bytes_zero": s.stats.bytes_zero,
                 "bytes_resumed": s.stats.bytes_resumed,
+                "delta_bytes": s.delta_bytes,
                 "connections": s.stats.connections,
                 "io_engine": s.stats.io_engine,
                 "seconds": s.stats.seconds,
@@ -182,6 +184,8 @@ pub struct Shared {
     pub memory: MemoryBudget,
     /// Connections per source server.
     pub servers: ServerSlots,
+    /// vSphere logins and VDDK connections kept for the next checkpoint of a disk.
+    pub sessions: Sessions,
 }
 
 /// Every transfer of the daemon.
@@ -303,6 +307,9 @@ impl Registry {
         }
         req.spec.engine.shared_memory = Some(self.shared.memory.clone());
         req.spec.server_slots = Some(self.shared.servers.clone());
+        if let Some(SourceSpec::Uri { options, .. }) = &mut req.spec.source {
+            options.vddk.sessions = Some(self.shared.sessions.clone());
+        }
         if !self.busy.lock().unwrap().insert(req.target.clone()) {
             return Err(Refusal {
                 status: 409,

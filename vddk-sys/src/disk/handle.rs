@@ -51,6 +51,15 @@ pub(super) enum Cmd {
     Close {
         reply: Option<SyncSender<Stats>>,
     },
+    /// Close the disk handle and keep the connection for [`Cmd::OpenDisk`].
+    Park {
+        reply: SyncSender<Stats>,
+    },
+    /// Open a disk on a parked connection.
+    OpenDisk {
+        path: String,
+        reply: SyncSender<Result<DiskInfo, VddkError>>,
+    },
 }
 
 /// Hands `value` to a caller's completion. A panicking completion must not unwind through the
@@ -109,6 +118,14 @@ impl Drop for Pending {
             std::process::abort();
         }
     }
+}
+
+/// Why the serving loop of a disk ended.
+enum End {
+    /// Close everything; answer with the statistics, if asked.
+    Close(Option<SyncSender<Stats>>),
+    /// Close the disk, keep the connection; answer with the disk's statistics.
+    Park(SyncSender<Stats>),
 }
 
 /// The state of the handle thread.
@@ -214,12 +231,8 @@ impl Handle {
             .VixDiskLib_ConnectEx
             .as_ref()
             .map_err(|e| VddkError::ours("ConnectEx", e.to_string()))?;
-        let open = lib
-            .VixDiskLib_Open
-            .as_ref()
-            .map_err(|e| VddkError::ours("Open", e.to_string()))?;
         {
-            let g = vddk.lock_open_close("ConnectEx", spec.timeout)?;
+            let _g = vddk.lock_open_close("ConnectEx", spec.timeout)?;
             if vddk.exited() {
                 return Err(VddkError::ours(
                     "ConnectEx",
@@ -244,27 +257,43 @@ impl Handle {
                 h.conn = std::ptr::null_mut();
                 return Err(vddk.error("ConnectEx", err));
             }
+        }
+        h.open_disk(&path)?;
+        Ok(h)
+    }
+
+    /// Opens `path` read-only on the connection and reads its facts into `self.info`.
+    fn open_disk(&mut self, path: &CStr) -> Result<(), VddkError> {
+        let vddk = self.vddk;
+        let open = vddk
+            .loaded()
+            .lib
+            .VixDiskLib_Open
+            .as_ref()
+            .map_err(|e| VddkError::ours("Open", e.to_string()))?;
+        {
+            let g = vddk.lock_open_close("Open", self.timeout)?;
             clear_warning();
             g.calling("Open");
             let t = Instant::now();
-            // SAFETY: `h.conn` is the connection just made; `path` is NUL-terminated;
-            // `h.handle` receives the disk handle on success.
+            // SAFETY: `self.conn` is connected and has no disk open; `path` is NUL-terminated;
+            // `self.handle` receives the disk handle on success.
             let err = unsafe {
                 open(
-                    h.conn,
+                    self.conn,
                     path.as_ptr(),
                     VIXDISKLIB_FLAG_OPEN_READ_ONLY,
-                    &mut h.handle,
+                    &mut self.handle,
                 )
             };
-            record(&mut h.stats, "Open", t.elapsed(), 0);
+            record(&mut self.stats, "Open", t.elapsed(), 0);
             if err != VIX_OK as VixError {
-                h.handle = std::ptr::null_mut();
+                self.handle = std::ptr::null_mut();
                 return Err(vddk.error("Open", err));
             }
         }
-        h.info = h.get_info()?;
-        Ok(h)
+        self.info = self.get_info()?;
+        Ok(())
     }
 
     fn get_info(&mut self) -> Result<DiskInfo, VddkError> {
@@ -311,11 +340,39 @@ impl Handle {
         })
     }
 
-    /// Serves requests until Close (or every `Disk` is gone), then drains and closes.
+    /// Serves requests until Close (or every `Disk` is gone), then drains and closes. A Park
+    /// closes only the disk and waits, connected, for a disk to open on the connection.
     pub(super) fn run(mut self, rx: Receiver<Cmd>, tx: Sender<Cmd>) {
+        loop {
+            let (end, mut pending) = self.serve(&rx, &tx);
+            self.drain(&rx, &mut pending);
+            let reply = match end {
+                End::Park(reply) if !self.close_disk() => {
+                    // Not parked: the caller hears the thread hang up.
+                    drop(reply);
+                    None
+                }
+                End::Park(reply) => {
+                    let _ = reply.send(std::mem::take(&mut self.stats));
+                    match self.parked(&rx) {
+                        Ok(()) => continue,
+                        Err(reply) => reply,
+                    }
+                }
+                End::Close(reply) => reply,
+            };
+            let stats = self.shutdown();
+            if let Some(r) = reply {
+                let _ = r.send(stats);
+            }
+            return;
+        }
+    }
+
+    /// Serves the disk's requests until Close, Park or every sender is gone.
+    fn serve(&mut self, rx: &Receiver<Cmd>, tx: &Sender<Cmd>) -> (End, Pending) {
         let mut pending = Pending::default();
         let mut next_id = 0u64;
-        let mut reply = None;
         while let Ok(cmd) = rx.recv() {
             match cmd {
                 Cmd::Read {
@@ -325,7 +382,7 @@ impl Handle {
                     done,
                 } => {
                     next_id += 1;
-                    if let Some(done) = self.submit_read(next_id, sector, buf, len, done, &tx) {
+                    if let Some(done) = self.submit_read(next_id, sector, buf, len, done, tx) {
                         pending.0.insert(next_id, (done, Instant::now(), len));
                     }
                 }
@@ -351,17 +408,44 @@ impl Handle {
                     let r = self.query(start, count, chunk);
                     deliver(done, r);
                 }
-                Cmd::Close { reply: r } => {
-                    reply = r;
-                    break;
+                Cmd::Close { reply } => return (End::Close(reply), pending),
+                Cmd::Park { reply } => return (End::Park(reply), pending),
+                Cmd::OpenDisk { reply, .. } => {
+                    let _ = reply.send(Err(VddkError::ours("Open", "a disk is open already")));
                 }
             }
         }
-        self.drain(&rx, &mut pending);
-        let stats = self.shutdown();
-        if let Some(r) = reply {
-            let _ = r.send(stats);
+        (End::Close(None), pending)
+    }
+
+    /// Waits, connected and without a disk, for a disk to open: `Ok` once one is open, `Err`
+    /// with Close's reply when the connection is to close.
+    fn parked(&mut self, rx: &Receiver<Cmd>) -> Result<(), Option<SyncSender<Stats>>> {
+        while let Ok(cmd) = rx.recv() {
+            match cmd {
+                Cmd::OpenDisk { path, reply } => {
+                    let opened = CString::new(path)
+                        .map_err(|_| VddkError::ours("Open", "the disk path has a NUL byte"))
+                        .and_then(|p| self.open_disk(&p));
+                    let ok = opened.is_ok();
+                    let _ = reply.send(opened.map(|()| self.info.clone()));
+                    if ok {
+                        return Ok(());
+                    }
+                }
+                Cmd::Close { reply } => return Err(reply),
+                Cmd::Read { done, .. } => deliver(done, Err(closed("ReadAsync"))),
+                Cmd::ReadSync { reply, .. } => {
+                    let _ = reply.send(Err(closed("Read")));
+                }
+                Cmd::Query { done, .. } => deliver(done, Err(closed("QueryAllocatedBlocks"))),
+                Cmd::Park { reply } => {
+                    let _ = reply.send(Stats::new());
+                }
+                Cmd::Completed { .. } => {}
+            }
         }
+        Err(None)
     }
 
     /// Starts one read. Returns its completion when VDDK accepted it (it is then pending),
@@ -521,6 +605,10 @@ impl Handle {
                 }
                 Ok(Cmd::Query { done, .. }) => deliver(done, Err(closed("QueryAllocatedBlocks"))),
                 Ok(Cmd::Close { reply }) => drop(reply),
+                Ok(Cmd::Park { reply }) => drop(reply),
+                Ok(Cmd::OpenDisk { reply, .. }) => {
+                    let _ = reply.send(Err(closed("Open")));
+                }
                 Err(_) => break,
             }
         }
@@ -541,17 +629,7 @@ impl Handle {
                 return false;
             }
         };
-        if !self.handle.is_null() {
-            if let Ok(close) = &lib.VixDiskLib_Close {
-                let t = Instant::now();
-                // SAFETY: `self.handle` is open and no request on it is outstanding: the
-                // serving loop drains before it ends, and a handle that failed in `open` never
-                // had one.
-                unsafe { close(self.handle) };
-                record(&mut self.stats, "Close", t.elapsed(), 0);
-            }
-            self.handle = std::ptr::null_mut();
-        }
+        self.close_handle();
         if !self.conn.is_null() {
             if let Ok(disconnect) = &lib.VixDiskLib_Disconnect {
                 g.calling("Disconnect");
@@ -564,6 +642,36 @@ impl Handle {
             self.conn = std::ptr::null_mut();
         }
         true
+    }
+
+    /// Closes the disk handle, if one is open (the caller holds the open/close lock).
+    fn close_handle(&mut self) {
+        if self.handle.is_null() {
+            return;
+        }
+        if let Ok(close) = &self.vddk.loaded().lib.VixDiskLib_Close {
+            let t = Instant::now();
+            // SAFETY: `self.handle` is open and no request on it is outstanding: the serving
+            // loop drains before it ends, and a handle that failed in `open` never had one.
+            unsafe { close(self.handle) };
+            record(&mut self.stats, "Close", t.elapsed(), 0);
+        }
+        self.handle = std::ptr::null_mut();
+    }
+
+    /// Closes the disk and keeps the connection. False when the open/close lock could not be
+    /// had (another connection's call is stuck): the disk is still open.
+    fn close_disk(&mut self) -> bool {
+        match self.vddk.lock_open_close("Close", self.timeout) {
+            Ok(_g) => {
+                self.close_handle();
+                true
+            }
+            Err(e) => {
+                tracing::warn!(target: "vddk", "{e}; the connection is not kept");
+                false
+            }
+        }
     }
 
     fn shutdown(mut self) -> Stats {

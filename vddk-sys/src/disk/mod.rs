@@ -2,7 +2,9 @@
 //! dedicated thread, which makes every call on them (VDDK handles are not to be shared between
 //! threads). Callers send it requests; reads go out with `ReadAsync`, many in flight at once,
 //! and VDDK's completion callbacks only post the result back to the thread, which hands the
-//! filled buffer to the caller. Every call is timed into per-call statistics.
+//! filled buffer to the caller. Every call is timed into per-call statistics. A disk can be
+//! closed with its connection kept ([`Disk::park`]) and another disk opened on that connection
+//! later ([`Parked::open`]): the next checkpoint of a warm migration needs no new `ConnectEx`.
 //!
 //! A VDDK call may never return (a hung NFC connection, a host that froze). The caller never
 //! waits for one without a bound: opening and closing give up after the spec's `timeout` and
@@ -333,6 +335,35 @@ impl Disk {
 }
 
 impl Disk {
+    /// Waits for the reads in flight and closes the disk but not the connection, which is
+    /// kept for opening another disk on it ([`Parked::open`]): the next checkpoint of a warm
+    /// migration needs no new `ConnectEx`. `None` when the disk could not be closed in time
+    /// (the handle is then abandoned, as [`Disk::close`] does).
+    pub fn park(mut self) -> Option<Parked> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.tx.send(Cmd::Park { reply }).ok()?;
+        match rx.recv_timeout(self.timeout) {
+            Ok(_stats) => Some(Parked {
+                vddk: self.vddk,
+                tx: self.tx.clone(),
+                thread: self.thread.take(),
+                timeout: self.timeout,
+                transport: self.info.transport.clone(),
+            }),
+            Err(RecvTimeoutError::Timeout) => {
+                self.thread.take();
+                self.vddk.handle_abandoned();
+                None
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                if let Some(t) = self.thread.take() {
+                    let _ = t.join();
+                }
+                None
+            }
+        }
+    }
+
     /// Gives the handle up without waiting: a call on it has not returned. It is closed in
     /// the background if VDDK ever answers, and [`session::exit`](crate::session::exit) does
     /// not wait for it.
@@ -344,6 +375,87 @@ impl Disk {
 }
 
 impl Drop for Disk {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.tx.send(Cmd::Close { reply: None });
+        }
+    }
+}
+
+/// A VDDK connection without an open disk, kept by its handle thread for the next disk.
+/// Dropping it disconnects in the background.
+pub struct Parked {
+    vddk: &'static Vddk,
+    tx: Sender<Cmd>,
+    thread: Option<JoinHandle<()>>,
+    timeout: Duration,
+    transport: String,
+}
+
+impl Parked {
+    /// The transport mode the connection's last disk used.
+    pub fn transport(&self) -> &str {
+        &self.transport
+    }
+
+    /// Opens `path` read-only on this connection. On failure the connection is closed.
+    pub fn open(mut self, path: &str) -> Result<Disk, VddkError> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        let cmd = Cmd::OpenDisk {
+            path: path.to_owned(),
+            reply,
+        };
+        if self.tx.send(cmd).is_err() {
+            return Err(closed("Open"));
+        }
+        match rx.recv_timeout(self.timeout) {
+            Ok(Ok(info)) => Ok(Disk {
+                vddk: self.vddk,
+                tx: self.tx.clone(),
+                thread: self.thread.take(),
+                info,
+                timeout: self.timeout,
+            }),
+            Ok(Err(e)) => {
+                self.close();
+                Err(e)
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                self.thread.take();
+                self.vddk.handle_abandoned();
+                Err(VddkError::stuck(
+                    "Open",
+                    format!(
+                        "the disk was not open after {} s; the connection is abandoned",
+                        self.timeout.as_secs_f64()
+                    ),
+                ))
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(closed("Open")),
+        }
+    }
+
+    /// Disconnects, waiting at most the timeout.
+    pub fn close(mut self) {
+        let (reply, rx) = mpsc::sync_channel(1);
+        if self.tx.send(Cmd::Close { reply: Some(reply) }).is_err() {
+            return;
+        }
+        match rx.recv_timeout(self.timeout) {
+            Ok(_) | Err(RecvTimeoutError::Disconnected) => {
+                if let Some(t) = self.thread.take() {
+                    let _ = t.join();
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                self.thread.take();
+                self.vddk.handle_abandoned();
+            }
+        }
+    }
+}
+
+impl Drop for Parked {
     fn drop(&mut self) {
         if self.thread.is_some() {
             let _ = self.tx.send(Cmd::Close { reply: None });

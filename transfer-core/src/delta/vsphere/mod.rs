@@ -14,7 +14,7 @@
 
 pub mod xml;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use reqwest::Method;
@@ -23,7 +23,7 @@ use url::Url;
 use crate::delta::DeltaSet;
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{read_bounded, redact, HttpClient, HttpOptions, TlsTrust};
-use crate::source::vddk::{Secret, VddkParams};
+use crate::source::vddk::{Secret, Sessions, VddkParams};
 use xml::{envelope, escape, moref, Fault, Node, ServiceContent, VirtualDisk};
 
 /// The session cookie vCenter and ESXi set at Login.
@@ -434,11 +434,25 @@ pub async fn prepare(
     params: &mut VddkParams,
     changed_since: Option<&str>,
 ) -> Result<Option<DeltaSet>> {
+    prepare_with(None, params, changed_since).await
+}
+
+/// [`prepare`] through the login `sessions` keeps for the server and user, made and kept
+/// there when there is none (it is then not logged out: the next checkpoint reuses it).
+pub async fn prepare_with(
+    sessions: Option<&Sessions>,
+    params: &mut VddkParams,
+    changed_since: Option<&str>,
+) -> Result<Option<DeltaSet>> {
     let uuid = params.uuid.clone().filter(|_| params.vm.is_empty());
     if uuid.is_none() && changed_since.is_none() {
         return Ok(None);
     }
-    let c = connect_for(params).await?;
+    let kept = sessions.and_then(|s| s.login(params));
+    let c = match kept {
+        Some(c) => c,
+        None => Arc::new(connect_for(params).await?),
+    };
     let r = async {
         if let Some(uuid) = &uuid {
             resolve_with(&c, params, uuid).await?;
@@ -452,7 +466,18 @@ pub async fn prepare(
         }
     }
     .await;
-    c.logout().await;
+    match sessions {
+        Some(s) if !matches!(&r, Err(e) if e.kind() == ErrorKind::Connect) => {
+            if let Some(extra) = s.keep_login(params, c) {
+                extra.logout().await;
+            }
+        }
+        Some(s) => {
+            s.drop_login(params);
+            c.logout().await;
+        }
+        None => c.logout().await,
+    }
     r
 }
 

@@ -9,6 +9,7 @@
 //! connections a process opens to one server can be capped ([`set_host_connection_limit`]).
 
 pub mod params;
+pub mod sessions;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -29,6 +30,7 @@ use crate::extent::{clip, Extent, ExtentKind};
 use crate::source::{BlockSource, SourceCaps};
 
 pub use params::{Secret, VddkParams};
+pub use sessions::Sessions;
 
 /// The chunk QueryAllocatedBlocks is asked with: VDDK's smallest, 128 sectors (64 KiB).
 const CHUNK_SECTORS: u64 = VIXDISKLIB_MIN_CHUNK_SIZE as u64;
@@ -139,6 +141,10 @@ pub struct VddkSource {
     query: Arc<AtomicBool>,
     /// The changed areas read from vSphere when the disk was opened for a delta.
     changes: Option<Arc<crate::source::KnownChanges>>,
+    /// Where the connection goes when the source closes, for the next checkpoint.
+    sessions: Option<Sessions>,
+    /// False once a call on the handle failed: its connection is not kept.
+    healthy: AtomicBool,
 }
 
 fn to_error(params: &VddkParams, e: VddkError) -> Error {
@@ -168,51 +174,54 @@ fn describe(p: &VddkParams) -> String {
 impl VddkSource {
     /// Loads and initialises VDDK (once per process), connects and opens the disk.
     pub async fn open(params: VddkParams) -> Result<Self> {
-        params.check()?;
-        Self::open_handle(Arc::new(params), true).await
+        Self::open_with(params, None).await
     }
 
-    async fn open_handle(params: Arc<VddkParams>, first: bool) -> Result<Self> {
-        // The first handle waits for a slot under the host's cap; another one is only worth
-        // having when a slot is free now (waiting could deadlock copies that each hold one).
-        let permit = if first {
-            host_permit(&params.server).await
-        } else {
-            match host_semaphore(&params.server) {
-                None => None,
-                Some(sem) => Some(sem.try_acquire_owned().map_err(|_| {
-                    Error::new(
-                        ErrorKind::Busy,
-                        format!(
-                            "{}: no free VDDK connection slot for {}",
-                            describe(&params),
-                            params.server
-                        ),
-                    )
-                })?),
-            }
-        };
+    /// [`VddkSource::open`], taking a connection `sessions` kept (no `ConnectEx`) when one
+    /// fits, and giving the connection back to it when the source closes.
+    pub async fn open_with(params: VddkParams, sessions: Option<Sessions>) -> Result<Self> {
+        params.check()?;
+        Self::open_handle(Arc::new(params), true, sessions).await
+    }
+
+    /// A connection `sessions` kept, with `params`' disk open on it.
+    async fn reuse(params: &Arc<VddkParams>, sessions: &Sessions) -> Option<(&'static Vddk, Disk)> {
+        let parked = sessions.connection(params)?;
         let p = params.clone();
-        let (vddk, disk) = tokio::task::spawn_blocking(move || {
+        let r = tokio::task::spawn_blocking(move || {
             let vddk = session::init(&p.libdir, p.config.as_deref())?;
-            let spec = DiskSpec {
-                server: p.server.clone(),
-                port: p.port,
-                nfc_port: p.nfc_port,
-                user: p.user.clone(),
-                password: Password::new(p.password.as_ref().map_or("", |s| s.expose())),
-                thumbprint: p.thumbprint.clone(),
-                vm: p.vm.clone(),
-                snapshot: p.snapshot.clone(),
-                transports: p.transports.clone(),
-                path: p.file.clone(),
-                timeout: p.timeout,
-            };
-            Disk::open_holding(vddk, &spec, Box::new(permit)).map(|d| (vddk, d))
+            parked.open(&p.file).map(|d| (vddk, d))
         })
         .await
-        .map_err(|e| Error::new(ErrorKind::Io, format!("VDDK open task failed: {e}")))?
-        .map_err(|e| to_error(&params, e))?;
+        .ok()?;
+        match r {
+            Ok(x) => {
+                tracing::debug!("{}: reusing a kept VDDK connection", describe(params));
+                Some(x)
+            }
+            Err(e) => {
+                tracing::info!(
+                    "{}: a kept VDDK connection could not open the disk ({e}); connecting again",
+                    describe(params)
+                );
+                None
+            }
+        }
+    }
+
+    async fn open_handle(
+        params: Arc<VddkParams>,
+        first: bool,
+        sessions: Option<Sessions>,
+    ) -> Result<Self> {
+        let reused = match &sessions {
+            Some(s) => Self::reuse(&params, s).await,
+            None => None,
+        };
+        let (vddk, disk) = match reused {
+            Some(x) => x,
+            None => Self::connect(&params, first, sessions.as_ref()).await?,
+        };
         let info = disk.info().clone();
         let query = vddk.loaded().has("VixDiskLib_QueryAllocatedBlocks")
             && vddk.loaded().has("VixDiskLib_FreeBlockList");
@@ -241,7 +250,64 @@ impl VddkSource {
             disk: RwLock::new(Some(disk)),
             query: Arc::new(AtomicBool::new(query)),
             changes: None,
+            sessions,
+            healthy: AtomicBool::new(true),
         })
+    }
+
+    /// A new connection (`ConnectEx`) with the disk open on it.
+    async fn connect(
+        params: &Arc<VddkParams>,
+        first: bool,
+        sessions: Option<&Sessions>,
+    ) -> Result<(&'static Vddk, Disk)> {
+        // An idle kept connection to the server gives its slot up for this one.
+        if let (Some(s), Some(sem)) = (sessions, host_semaphore(&params.server)) {
+            if sem.available_permits() == 0 {
+                s.close_one_to(&params.server).await;
+            }
+        }
+        // The first handle waits for a slot under the host's cap; another one is only worth
+        // having when a slot is free now (waiting could deadlock copies that each hold one).
+        let permit = if first {
+            host_permit(&params.server).await
+        } else {
+            match host_semaphore(&params.server) {
+                None => None,
+                Some(sem) => Some(sem.try_acquire_owned().map_err(|_| {
+                    Error::new(
+                        ErrorKind::Busy,
+                        format!(
+                            "{}: no free VDDK connection slot for {}",
+                            describe(params),
+                            params.server
+                        ),
+                    )
+                })?),
+            }
+        };
+        let p = params.clone();
+        let (vddk, disk) = tokio::task::spawn_blocking(move || {
+            let vddk = session::init(&p.libdir, p.config.as_deref())?;
+            let spec = DiskSpec {
+                server: p.server.clone(),
+                port: p.port,
+                nfc_port: p.nfc_port,
+                user: p.user.clone(),
+                password: Password::new(p.password.as_ref().map_or("", |s| s.expose())),
+                thumbprint: p.thumbprint.clone(),
+                vm: p.vm.clone(),
+                snapshot: p.snapshot.clone(),
+                transports: p.transports.clone(),
+                path: p.file.clone(),
+                timeout: p.timeout,
+            };
+            Disk::open_holding(vddk, &spec, Box::new(permit)).map(|d| (vddk, d))
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Io, format!("VDDK open task failed: {e}")))?
+        .map_err(|e| to_error(params, e))?;
+        Ok((vddk, disk))
     }
 
     /// The same source, reporting `ranges` as its changes (see [`BlockSource::changes`]).
@@ -385,6 +451,7 @@ impl BlockSource for VddkSource {
             .await
             .map_err(|_| self.timed_out(format!("a read of {len} bytes at {offset}")))?;
         r.map_err(|_| self.closed())?.map_err(|e| {
+            self.healthy.store(false, Ordering::Relaxed);
             to_error(&self.params, e).context_prefix(format!("reading {len} bytes at {offset}"))
         })
     }
@@ -441,7 +508,7 @@ impl BlockSource for VddkSource {
     }
 
     async fn open_another(&self) -> Result<Arc<dyn BlockSource>> {
-        let s = Self::open_handle(self.params.clone(), false).await?;
+        let s = Self::open_handle(self.params.clone(), false, self.sessions.clone()).await?;
         // One handle giving up on QueryAllocatedBlocks makes the others give up too.
         let s = VddkSource {
             query: self.query.clone(),
@@ -455,6 +522,13 @@ impl BlockSource for VddkSource {
         let Some(disk) = disk else {
             return Ok(());
         };
+        if let (Some(sessions), true) = (&self.sessions, self.healthy.load(Ordering::Relaxed)) {
+            // Kept for the next checkpoint of the disk, connected.
+            if let Ok(Some(parked)) = tokio::task::spawn_blocking(move || disk.park()).await {
+                sessions.keep_connection(&self.params, parked);
+            }
+            return Ok(());
+        }
         let stats = tokio::task::spawn_blocking(move || disk.close())
             .await
             .map_err(|e| Error::new(ErrorKind::Io, format!("VDDK close task failed: {e}")))?;

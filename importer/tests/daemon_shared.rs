@@ -156,3 +156,47 @@ fn connections_to_one_server_are_capped_across_transfers_and_the_wait_is_logged(
         out.stderr
     );
 }
+
+#[test]
+fn a_source_that_dies_fails_its_transfer_while_the_daemon_serves_the_others() {
+    if !require_peers(&["nbdkit", "nbdcopy"]) {
+        return;
+    }
+    let dir = tempdir();
+    let root = dir.path().join("volumes");
+    std::fs::create_dir(&root).unwrap();
+    let mut dying = Peer::nbdkit(&["--filter=delay", "pattern", "size=64M", "rdelay=50ms"]);
+    let healthy = Peer::nbdkit(&["sparse-random", "size=32M", "seed=3", "percent=40"]);
+    let reference = dir.path().join("reference.img");
+    nbdcopy(&healthy.uri(), &reference);
+    let d = Daemon::start(dir.path(), &root, &[]);
+    let post = |uri: String, name: &str| {
+        let (st, v) = d.post(&format!(
+            r#"{{"source":"{uri}","target":"{}","options":{{"connections":1}}}}"#,
+            root.join(name).display()
+        ));
+        assert_eq!(st, 201, "{v}");
+        v["id"].as_str().unwrap().to_owned()
+    };
+    let doomed = post(dying.uri(), "doomed.img");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while d.get(&doomed)["bytes_done"].as_u64().unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "{}", d.get(&doomed));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    dying.kill();
+    let fine = post(healthy.uri(), "fine.img");
+
+    let v = d.wait(&doomed);
+    assert_eq!(v["state"], "failed", "{v}");
+    let error = v["error"].as_str().unwrap_or("");
+    assert!(!error.is_empty() && !error.contains('\n'), "one line: {v}");
+    assert_eq!(d.wait(&fine)["state"], "succeeded");
+    assert_same_files(&reference, &root.join("fine.img"));
+    assert!(
+        !root.join("doomed.img").exists(),
+        "a failed new target is removed"
+    );
+    let (st, _) = test_kit::daemon::call(&d.sock, "GET", "/healthz", None);
+    assert_eq!(st, 200);
+}

@@ -3,9 +3,8 @@
 #   FERRY=https://ferry-daemon:8444 TOKEN_FILE=./token CACERT=./ca.crt \
 #     deploy/daemon-copy.sh nbd://source-host/disk0 nbd://source-host/disk1
 # Disk N goes to /volumes/disk-N/disk.img. Each copy records checkpoint "base" in its target's
-# chain. (Warm-migration deltas through the API, and the cutover, come with the rest of issue
-# 18; until then a delta is an `importer copy --delta` run.) The token is read from a file and
-# passed to curl in a header file, never on its command line.
+# chain (deploy/warm-migration.sh takes it on with deltas and the cutover). The token is read
+# from a file and passed to curl in a header file, never on its command line.
 set -euo pipefail
 : "${FERRY:?the daemon URL, https://HOST:8444}" "${TOKEN_FILE:?the bearer token file}" "${CACERT:?the CA that signed the daemon certificate}"
 headers=$(mktemp)

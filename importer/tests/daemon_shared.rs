@@ -1,5 +1,7 @@
 //! What the daemon's transfers share: one memory budget for every copy buffer, and connection
-//! caps per source server, both visible in `/metrics`. Against real nbdkit exports.
+//! caps per source server, both visible in `/metrics` (against real nbdkit exports); a source
+//! that dies fails only its own transfer; Keystone credentials in a request reach a Glance
+//! image and are never shown nor kept (the in-test Keystone and Glance of `test_kit::keystone`).
 
 use std::time::{Duration, Instant};
 
@@ -199,4 +201,52 @@ fn a_source_that_dies_fails_its_transfer_while_the_daemon_serves_the_others() {
     );
     let (st, _) = test_kit::daemon::call(&d.sock, "GET", "/healthz", None);
     assert_eq!(st, 200);
+}
+
+#[test]
+fn keystone_secrets_in_the_request_reach_glance_and_are_never_shown_nor_kept() {
+    use test_kit::keystone::{serve, PASSWORD};
+    let data = pattern_bytes(3 << 20);
+    let ks = serve(data.clone());
+    let dir = tempdir();
+    let root = dir.path().join("volumes");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&root).unwrap();
+    let mut d = Daemon::start(dir.path(), &root, &["--state-dir", s(&state)]);
+    let target = root.join("disk.img");
+    let body = |pw: &str| {
+        format!(
+            r#"{{"source":"glance+{ks}?image=img-ok","target":"{}","keystone":{{"username":"demo","user_domain_name":"Default","project_name":"demo","project_domain_name":"Default","region":"RegionOne"}},"secrets":{{"password":"{pw}"}}}}"#,
+            target.display()
+        )
+    };
+    let (st, v) = d.post(&body("wrong-password"));
+    assert_eq!(st, 201, "{v}");
+    let v = d.wait(v["id"].as_str().unwrap());
+    assert_eq!(v["state"], "failed", "{v}");
+    let (st, v) = d.post(&body(PASSWORD));
+    assert_eq!(st, 201, "{v}");
+    let v = d.wait(v["id"].as_str().unwrap());
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_file_holds(&target, &data);
+
+    let (_, listed) = test_kit::daemon::call(&d.sock, "GET", "/v1/transfers", None);
+    let (_, metrics) = test_kit::daemon::call(&d.sock, "GET", "/metrics", None);
+    let out = d.stop();
+    let mut kept = String::new();
+    for e in std::fs::read_dir(&state).unwrap().flatten() {
+        kept.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+    }
+    assert!(kept.contains("withheld"), "{kept}");
+    for (what, text) in [
+        ("GET", &listed),
+        ("metrics", &metrics),
+        ("log", &out.stderr),
+        ("state", &kept),
+    ] {
+        assert!(
+            !text.contains(PASSWORD) && !text.contains("wrong-password"),
+            "a secret in the {what}: {text}"
+        );
+    }
 }

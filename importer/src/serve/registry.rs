@@ -239,10 +239,10 @@ impl Registry {
             let body = record["request"].to_string();
             let withheld = !finished && request::had_withheld_secret(&record["request"]);
             if withheld {
-                // Its password came in the request and was not kept: it cannot run again.
+                // Its secret came in the request and was not kept: it cannot run again.
                 view["state"] = "failed".into();
-                view["error"] = "the daemon restarted and the transfer's password, given in the request, is not kept: submit it again (or name a password_file)".into();
-                tracing::warn!(transfer = %id, "transfer not taken up again: its password was not kept");
+                view["error"] = "the daemon restarted and the transfer's secret, given in the request, is not kept: submit it again (or name a file for it)".into();
+                tracing::warn!(transfer = %id, "transfer not taken up again: its secret was not kept");
             }
             if finished || withheld {
                 let target = PathBuf::from(view["target"].as_str().unwrap_or(""));

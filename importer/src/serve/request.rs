@@ -9,6 +9,7 @@ use transfer_core::job::{
     Changes, EngineOptions, Mode, Resume, SourceSpec, TargetSpec, TransferSpec,
 };
 use transfer_core::open::SourceOptions;
+use transfer_core::source::glance::GlanceAuth;
 use transfer_core::source::vddk::Secret;
 
 /// Why a request was refused, and with which HTTP status.
@@ -44,10 +45,35 @@ const FIELDS: &[&str] = &[
     "previous_checkpoint",
     "delta",
     "vddk",
+    "keystone",
     "secrets",
 ];
+const KEYSTONE: &[&str] = &[
+    "auth_type",
+    "username",
+    "user_id",
+    "user_domain_name",
+    "user_domain_id",
+    "project_name",
+    "project_id",
+    "project_domain_name",
+    "project_domain_id",
+    "application_credential_id",
+    "application_credential_name",
+    "region",
+    "interface",
+];
 const DELTA: &[&str] = &["changes", "dirty_bitmap", "ranges"];
-const SECRETS: &[&str] = &["password", "password_file"];
+const SECRETS: &[&str] = &[
+    "password",
+    "password_file",
+    "token",
+    "token_file",
+    "application_credential_secret",
+    "application_credential_secret_file",
+];
+/// The secrets given inline, which the state directory never keeps.
+const INLINE_SECRETS: &[&str] = &["password", "token", "application_credential_secret"];
 const OPTIONS: &[&str] = &["connections", "verify", "resume"];
 
 /// Parses a request body. `roots` are the directories targets must lie in.
@@ -110,11 +136,33 @@ pub fn parse(body: &[u8], roots: &[PathBuf]) -> Result<Request, Refusal> {
         }
         sopts.vddk.params = vddk_params(v)?;
     }
-    if let Some(v) = obj.get("secrets") {
-        sopts.vddk.password = Some(password(v)?);
-        if !is_vddk {
-            return Err(bad("secrets", "only a vddk:// source takes a password"));
+    let is_glance = source
+        .split_once("://")
+        .is_some_and(|(s, _)| s.to_ascii_lowercase().starts_with("glance+"));
+    let secrets = match obj.get("secrets") {
+        Some(v) => Some(secrets(v)?),
+        None => None,
+    };
+    if is_glance {
+        let mut auth = match obj.get("keystone") {
+            Some(k) => keystone(k)?,
+            None => return Err(bad("keystone", "required for a glance+ source")),
+        };
+        let s = secrets.unwrap_or_default();
+        auth.password = s.password.map(|p| p.expose().to_owned());
+        auth.token = s.token.map(|p| p.expose().to_owned());
+        auth.app_cred_secret = s.app_secret.map(|p| p.expose().to_owned());
+        sopts.glance_auth = Some(auth);
+    } else if obj.contains_key("keystone") {
+        return Err(bad("keystone", "only for a glance+ source"));
+    } else if let Some(s) = secrets {
+        if !is_vddk || s.token.is_some() || s.app_secret.is_some() {
+            return Err(bad(
+                "secrets",
+                "a vddk:// source takes a password, a glance+ source Keystone's secrets; others none",
+            ));
         }
+        sopts.vddk.password = s.password;
     }
     let mode = match obj.get("delta") {
         None | Some(Value::Null) => Mode::Full,
@@ -221,29 +269,77 @@ fn vddk_params(v: &Value) -> Result<Vec<(String, String)>, Refusal> {
         .collect()
 }
 
-/// `secrets`: the source's password, inline or in a file the daemon reads. Never kept in the
-/// state directory, shown or logged.
-fn password(v: &Value) -> Result<Secret, Refusal> {
+/// The secrets of a request.
+#[derive(Default)]
+struct Secrets {
+    password: Option<Secret>,
+    token: Option<Secret>,
+    app_secret: Option<Secret>,
+}
+
+/// `secrets`: each inline (`NAME`) or in a file the daemon reads (`NAME_file`). Never kept in
+/// the state directory, shown or logged.
+fn secrets(v: &Value) -> Result<Secrets, Refusal> {
     let o = v
         .as_object()
         .ok_or_else(|| bad("secrets", "must be a JSON object"))?;
     refuse_unknown(o, SECRETS, "secrets.")?;
-    match (o.get("password"), o.get("password_file")) {
-        (Some(Value::String(p)), None) => Ok(Secret::new(p)),
-        (None, Some(Value::String(f))) => {
-            let text = std::fs::read_to_string(f).map_err(|e| {
-                bad(
-                    "secrets.password_file",
-                    &format!("cannot be read: {}", e.kind()),
-                )
-            })?;
-            Ok(Secret::new(&text))
+    let one = |name: &str| -> Result<Option<Secret>, Refusal> {
+        let file = format!("{name}_file");
+        match (o.get(name), o.get(&file)) {
+            (None, None) => Ok(None),
+            (Some(Value::String(p)), None) => Ok(Some(Secret::new(p))),
+            (None, Some(Value::String(f))) => {
+                let text = std::fs::read_to_string(f).map_err(|e| {
+                    bad(
+                        &format!("secrets.{file}"),
+                        &format!("cannot be read: {}", e.kind()),
+                    )
+                })?;
+                Ok(Some(Secret::new(&text)))
+            }
+            _ => Err(bad(
+                &format!("secrets.{name}"),
+                &format!("give {name} or {file}, as a string"),
+            )),
         }
-        _ => Err(bad(
-            "secrets",
-            "give password or password_file, as a string",
-        )),
-    }
+    };
+    Ok(Secrets {
+        password: one("password")?,
+        token: one("token")?,
+        app_secret: one("application_credential_secret")?,
+    })
+}
+
+/// `keystone`: how a `glance+` source logs in (its secrets come in `secrets`).
+fn keystone(v: &Value) -> Result<GlanceAuth, Refusal> {
+    let o = v
+        .as_object()
+        .ok_or_else(|| bad("keystone", "must be a JSON object of strings"))?;
+    refuse_unknown(o, KEYSTONE, "keystone.")?;
+    let get = |k: &str| -> Result<Option<String>, Refusal> {
+        match o.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if !s.chars().any(char::is_control) => Ok(Some(s.clone())),
+            Some(_) => Err(bad(&format!("keystone.{k}"), "must be a string")),
+        }
+    };
+    Ok(GlanceAuth {
+        auth_type: get("auth_type")?.unwrap_or_else(|| "password".into()),
+        username: get("username")?,
+        user_id: get("user_id")?,
+        user_domain_name: get("user_domain_name")?,
+        user_domain_id: get("user_domain_id")?,
+        project_name: get("project_name")?,
+        project_id: get("project_id")?,
+        project_domain_name: get("project_domain_name")?,
+        project_domain_id: get("project_domain_id")?,
+        app_cred_id: get("application_credential_id")?,
+        app_cred_name: get("application_credential_name")?,
+        region: get("region")?,
+        interface: get("interface")?,
+        ..GlanceAuth::default()
+    })
 }
 
 /// The request as the state directory keeps it: without an inline password (a password
@@ -251,16 +347,20 @@ fn password(v: &Value) -> Result<Secret, Refusal> {
 pub fn without_secrets(body: &Value) -> Value {
     let mut b = body.clone();
     if let Some(s) = b.get_mut("secrets").and_then(Value::as_object_mut) {
-        if s.remove("password").is_some() {
-            s.insert("password_withheld".into(), Value::Bool(true));
+        let mut withheld = false;
+        for k in INLINE_SECRETS {
+            withheld |= s.remove(*k).is_some();
+        }
+        if withheld {
+            s.insert("withheld".into(), Value::Bool(true));
         }
     }
     b
 }
 
-/// Whether a kept request had an inline password, which was not kept.
+/// Whether a kept request had an inline secret, which was not kept.
 pub fn had_withheld_secret(body: &Value) -> bool {
-    body["secrets"]["password_withheld"] == Value::Bool(true)
+    body["secrets"]["withheld"] == Value::Bool(true)
 }
 
 fn refuse_unknown(obj: &Map<String, Value>, known: &[&str], prefix: &str) -> Result<(), Refusal> {
@@ -464,6 +564,7 @@ mod tests {
             (r#","previous_checkpoint":"b""#, "previous_checkpoint"),
             (r#","vddk":{"libdir":"/x"}"#, "vddk"),
             (r#","secrets":{"password":"pw"}"#, "secrets"),
+            (r#","keystone":{"username":"u"}"#, "keystone"),
             (r#","secrets":{"pasword":"pw"}"#, "secrets.pasword"),
         ];
         for (extra, field) in cases {

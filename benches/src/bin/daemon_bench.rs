@@ -16,7 +16,7 @@
 //! Run: `cargo build --release -p importer -p benches -p vddk-fake && bash
 //! scripts/install-peers.sh` (for vcsim-ferry), then `./target/release/daemon-bench`
 //! (options: `--rounds 7`, `--size 1G`, `--areas 160` (64 KiB each), `--login-delay 1s`,
-//! `--connect-delay 1s`, `--dir /var/tmp/ferry-daemon-bench`, `--skip-memory`).
+//! `--connect-delay 1s`, `--dir /var/tmp/ferry-daemon-bench`, `--skip-memory`, `--only-memory`, `--daemon-memory 64M`).
 
 mod util;
 
@@ -374,6 +374,9 @@ fn bench() -> Result<(), String> {
     let connect = arg("--connect-delay", "1s");
     let connect_us = parse_secs(&connect)? * 1e6;
     let dir = PathBuf::from(arg("--dir", "/var/tmp/ferry-daemon-bench"));
+    if flag("--only-memory") {
+        return only_memory(&dir);
+    }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let bin = exe.parent().ok_or("no binary directory")?.to_owned();
     let repo = bin.join("../..");
@@ -493,6 +496,15 @@ fn bench() -> Result<(), String> {
     Ok(())
 }
 
+/// `--only-memory`: the eight-transfer part alone.
+fn only_memory(dir: &Path) -> Result<(), String> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir.join("volumes")).map_err(|e| e.to_string())?;
+    memory(&util::importer()?, dir)?;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
 fn parse_secs(s: &str) -> Result<f64, String> {
     let (n, scale) = match s.strip_suffix("ms") {
         Some(n) => (n, 1e-3),
@@ -527,7 +539,22 @@ fn memory(importer: &Path, dir: &Path) -> Result<(), String> {
         return Err("nbdkit did not start".into());
     }
     prepare_rounds(&vol, 9 << 30, 1)?;
-    let (daemon, dsock) = start_daemon(importer, dir, &vol, &[], &["--max-transfers", "8"])?;
+    let budget = arg("--daemon-memory", "64M");
+    // Eight transfers of four connections each, all copying at once.
+    let (daemon, dsock) = start_daemon(
+        importer,
+        dir,
+        &vol,
+        &[],
+        &[
+            "--max-transfers",
+            "8",
+            "--server-connections",
+            "32",
+            "--memory",
+            &budget,
+        ],
+    )?;
     let (cpu0, ncpu0) = (
         tree_cpu_seconds(daemon.0.id()).unwrap_or(0.0),
         tree_cpu_seconds(nbdkit.0.id()).unwrap_or(0.0),
@@ -573,7 +600,7 @@ fn memory(importer: &Path, dir: &Path) -> Result<(), String> {
         .trim()
         .to_owned();
     println!(
-        "\n8 x 1 GiB from nbdkit (pattern) at once into one daemon (--memory 64M): {secs:.2} s, {:.0} MiB/s, daemon peak RSS {hwm} (goal < 128 MiB), daemon cpu {cpu:.2} s, nbdkit cpu {ncpu:.2} s",
+        "\n8 x 1 GiB from nbdkit (pattern) at once into one daemon (--memory {budget}): {secs:.2} s, {:.0} MiB/s, daemon peak RSS {hwm} (goal < 128 MiB), daemon cpu {cpu:.2} s, nbdkit cpu {ncpu:.2} s",
         8.0 * 1024.0 / secs
     );
     Ok(())

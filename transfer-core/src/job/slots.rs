@@ -1,9 +1,9 @@
 //! Connection caps per source server, across the transfers of one process. ESXi's NFC service
 //! takes about 10 connections per host by default, shared by everything that reads from it;
 //! an imageio daemon announces `max_readers`; an NBD server may accept few clients. A transfer
-//! takes the slots for its connections before it opens the source (all at once, first come
-//! first served, so transfers never hold part of what they need while waiting) and gives
-//! them back when it ends; one that would need more than the cap runs with the cap.
+//! takes slots for its connections before it opens the source, as many as are free (at least
+//! one, waiting first come first served when none is), never waiting while it holds some, and
+//! runs with that many connections; it gives them back when it ends.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -75,21 +75,40 @@ impl ServerSlots {
         Some(s)
     }
 
-    /// Waits for `want` connection slots on `server` (fewer when its cap is lower); `None`
-    /// when the server is not capped. Logs when it has to wait.
+    /// Takes up to `want` connection slots on `server` (never more than its cap): as many as
+    /// are free now, or, when none is, waits for one and then takes what is free. It never
+    /// holds slots while waiting for more, so transfers cannot block each other. `None` when
+    /// the server is not capped. Logs when it has to wait.
     pub async fn take(&self, server: &str, want: usize) -> Option<Slots> {
         let (cap, sem) = self.semaphore(server)?;
-        let granted = want.clamp(1, cap);
-        if sem.available_permits() < granted {
+        let want = want.clamp(1, cap);
+        if sem.available_permits() == 0 {
             tracing::info!(
                 server,
-                connections = granted,
+                connections = want,
                 cap,
-                free = sem.available_permits(),
                 "waiting for connection slots to the source's server"
             );
         }
-        let permit = sem.acquire_many_owned(granted as u32).await.ok()?;
+        let mut permit = sem.clone().acquire_owned().await.ok()?;
+        let mut granted = 1;
+        while granted < want {
+            match sem.clone().try_acquire_owned() {
+                Ok(p) => {
+                    permit.merge(p);
+                    granted += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        if granted < want {
+            tracing::info!(
+                server,
+                connections = granted,
+                wanted = want,
+                "fewer connections than asked: the server's other slots are taken"
+            );
+        }
         Some(Slots {
             granted,
             _permit: permit,
@@ -157,16 +176,18 @@ mod tests {
         assert!(s.take("other:1", 8).await.is_none(), "uncapped");
         let a = s.take("h.example:10809", 2).await.unwrap();
         assert_eq!(a.granted, 2);
+        let b = s.take("h.example:10809", 2).await.unwrap();
+        assert_eq!(b.granted, 1, "what is free, without waiting");
         let waiting = tokio::time::timeout(
             std::time::Duration::from_millis(50),
-            s.take("h.example:10809", 2),
+            s.take("h.example:10809", 1),
         );
-        assert!(waiting.await.is_err(), "one slot free, two wanted");
-        drop(a);
-        let b = s.take("h.example:10809", 8).await.unwrap();
-        assert_eq!(b.granted, 3, "no more than the cap");
+        assert!(waiting.await.is_err(), "none free: it waits");
+        drop((a, b));
+        let c = s.take("h.example:10809", 8).await.unwrap();
+        assert_eq!(c.granted, 3, "no more than the cap");
         assert_eq!(s.usage(), vec![("h.example:10809".into(), 3, 3)]);
-        drop(b);
+        drop(c);
         assert_eq!(s.usage(), vec![("h.example:10809".into(), 0, 3)]);
     }
 }

@@ -1,14 +1,15 @@
 //! What ferry's pod entrypoints share, kept out of `transfer-core` so that an embedder of the
 //! library compiles none of it: CDI's importer mode and Forklift's populators serve their
 //! progress over HTTPS ([`metrics`]), stop on SIGTERM ([`cancel_on_sigterm`]), run an oVirt
-//! engine's image transfer around an imageio download ([`ovirt`]) and read Forklift's secret
-//! from the environment ([`forklift`]).
+//! engine's image transfer around an imageio download ([`ovirt`]), read Forklift's secret
+//! from the environment ([`forklift`]) and drive storage arrays for copy offload ([`xcopy`]).
 
 #![warn(missing_docs)]
 
 pub mod forklift;
 pub mod metrics;
 pub mod ovirt;
+pub mod xcopy;
 
 use transfer_core::job::CancelToken;
 

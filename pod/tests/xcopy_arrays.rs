@@ -1,0 +1,615 @@
+//! The storage side of the copy-offload populator against in-test REST servers of NetApp ONTAP
+//! and Pure FlashArray (neither can be installed here), which follow the vendors' API
+//! references: ONTAP's igroups, LUNs and LUN maps under `/api` with basic authentication and
+//! `{"records"}` answers; FlashArray's `api_version`, `auth/apitoken`, `login` (`api-token` in,
+//! `x-auth-token` out), hosts, volumes and connections with `{"items"}` answers. Their mapping
+//! tables are what the tests compare.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use ferry_pod::xcopy::ontap::{naa, Ontap};
+use ferry_pod::xcopy::pure::{self, Credentials, FlashArray};
+use ferry_pod::xcopy::{restore, Initiators, StorageArray, Volume};
+use serde_json::{json, Value};
+use transfer_core::http::HttpOptions;
+use transfer_core::ErrorKind;
+
+/// One request to a fake.
+struct Req {
+    method: String,
+    /// Path segments after `/api/`.
+    segs: Vec<String>,
+    query: Vec<(String, String)>,
+    headers: Vec<(String, String)>,
+    body: Value,
+}
+
+impl Req {
+    fn q(&self, k: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    }
+    fn header(&self, k: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.as_str())
+    }
+    fn segs(&self) -> Vec<&str> {
+        self.segs.iter().map(String::as_str).collect()
+    }
+}
+
+/// An answer: status, extra headers, JSON body.
+type Answer = (u16, Vec<(&'static str, String)>, Value);
+
+/// Serves `handle` on 127.0.0.1 (one request per connection); returns its URL.
+fn serve(handle: impl Fn(&Req) -> Answer + Send + 'static) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let method = parts.next().unwrap_or("").to_owned();
+            let target = parts.next().unwrap_or("").to_owned();
+            let mut headers = Vec::new();
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).is_err() || h.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    headers.push((k.trim().to_owned(), v.trim().to_owned()));
+                }
+            }
+            let len = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; len];
+            let _ = r.read_exact(&mut body);
+            let url = url::Url::parse(&format!("http://x{target}")).unwrap();
+            let req = Req {
+                method,
+                segs: url
+                    .path()
+                    .trim_start_matches("/api/")
+                    .split('/')
+                    .map(str::to_owned)
+                    .collect(),
+                query: url.query_pairs().into_owned().collect(),
+                headers,
+                body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            };
+            let (status, extra, body) = handle(&req);
+            let b = body.to_string();
+            let mut head = format!(
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+                b.len()
+            );
+            for (k, v) in extra {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+            let _ = write!(s, "{head}\r\n{b}");
+        }
+    });
+    url
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+// ---- ONTAP ----
+
+const USER: &str = "admin";
+const PASSWORD: &str = "ontap-pw-93";
+const SVM: &str = "svm1";
+#[derive(Default)]
+struct Table {
+    /// (uuid, name, initiators)
+    igroups: Vec<(String, String, Vec<String>)>,
+    /// (uuid, name, serial)
+    luns: Vec<(String, String, String)>,
+    /// (lun uuid, igroup uuid)
+    maps: Vec<(String, String)>,
+    /// Make creating a LUN map fail.
+    fail_map: bool,
+    next: u32,
+}
+
+type Shared = Arc<Mutex<Table>>;
+
+fn ontap_error(status: u16, msg: &str) -> Answer {
+    (
+        status,
+        vec![],
+        json!({"error": {"message": msg, "code": "4"}}),
+    )
+}
+
+fn ontap_handle(t: &Shared, r: &Req) -> Answer {
+    let want = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+    );
+    if r.header("authorization") != Some(want.as_str()) {
+        return ontap_error(401, "User is not authorized.");
+    }
+    let q = |k: &str| r.q(k).map(str::to_owned);
+    let body = &r.body;
+    let mut t = t.lock().unwrap();
+    let records = |v: Vec<Value>| (200, vec![], json!({"num_records": v.len(), "records": v}));
+    match (r.method.as_str(), r.segs().as_slice()) {
+        ("GET", ["protocols", "san", "igroups"]) => {
+            assert_eq!(q("svm.name").as_deref(), Some(SVM));
+            let v = t
+                .igroups
+                .iter()
+                .filter(|g| q("name").is_none_or(|n| n == g.1))
+                .map(|g| json!({"uuid": g.0, "name": g.1, "initiators": g.2.iter().map(|i| json!({"name": i})).collect::<Vec<_>>()}))
+                .collect();
+            records(v)
+        }
+        ("POST", ["protocols", "san", "igroups"]) => {
+            assert_eq!(body["svm"]["name"], SVM);
+            assert_eq!(body["os_type"], "vmware");
+            t.next += 1;
+            let uuid = format!("ig-{}", t.next);
+            let inits = body["initiators"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["name"].as_str().unwrap().to_owned())
+                .collect();
+            let name = body["name"].as_str().unwrap().to_owned();
+            t.igroups.push((uuid, name, inits));
+            (201, vec![], json!({}))
+        }
+        ("POST", ["protocols", "san", "igroups", uuid, "initiators"]) => {
+            let add: Vec<String> = body["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["name"].as_str().unwrap().to_owned())
+                .collect();
+            match t.igroups.iter_mut().find(|g| g.0 == *uuid) {
+                Some(g) => {
+                    g.2.extend(add);
+                    (201, vec![], json!({}))
+                }
+                None => ontap_error(404, "entry doesn't exist"),
+            }
+        }
+        ("GET", ["storage", "luns"]) => {
+            let v = t
+                .luns
+                .iter()
+                .filter(|l| q("name").is_none_or(|n| n == l.1))
+                .map(|l| json!({"uuid": l.0, "name": l.1, "serial_number": l.2}))
+                .collect();
+            records(v)
+        }
+        ("GET", ["protocols", "san", "lun-maps"]) => {
+            let v = t
+                .maps
+                .iter()
+                .filter(|m| q("lun.uuid").is_none_or(|u| u == m.0))
+                .filter_map(|m| {
+                    let g = t.igroups.iter().find(|g| g.0 == m.1)?;
+                    q("igroup.name").is_none_or(|n| n == g.1).then(
+                        || json!({"lun": {"uuid": m.0}, "igroup": {"uuid": g.0, "name": g.1}}),
+                    )
+                })
+                .collect();
+            records(v)
+        }
+        ("POST", ["protocols", "san", "lun-maps"]) => {
+            if t.fail_map {
+                return ontap_error(500, "The LUN map could not be created.");
+            }
+            let lun = t
+                .luns
+                .iter()
+                .find(|l| body["lun"]["name"] == l.1)
+                .map(|l| l.0.clone());
+            let group = t
+                .igroups
+                .iter()
+                .find(|g| body["igroup"]["name"] == g.1)
+                .map(|g| g.0.clone());
+            match (lun, group) {
+                (Some(l), Some(g)) if !t.maps.contains(&(l.clone(), g.clone())) => {
+                    t.maps.push((l, g));
+                    (201, vec![], json!({}))
+                }
+                (Some(_), Some(_)) => ontap_error(409, "The LUN map already exists."),
+                _ => ontap_error(404, "entry doesn't exist"),
+            }
+        }
+        ("DELETE", ["protocols", "san", "lun-maps", lun, group]) => {
+            let before = t.maps.len();
+            t.maps.retain(|m| !(m.0 == *lun && m.1 == *group));
+            if t.maps.len() < before {
+                (200, vec![], json!({}))
+            } else {
+                ontap_error(404, "The specified LUN map does not exist.")
+            }
+        }
+        _ => ontap_error(404, "no such endpoint"),
+    }
+}
+
+/// An ONTAP REST server on 127.0.0.1 with one LUN (`/vol/trident_pvc_1/lun0`) mapped to the
+/// igroup `other-host`; its URL and table.
+fn ontap() -> (String, Shared) {
+    let table: Shared = Arc::new(Mutex::new(Table {
+        igroups: vec![("ig-0".into(), "other-host".into(), vec!["iqn.other".into()])],
+        luns: vec![(
+            "lun-1".into(),
+            "/vol/trident_pvc_1/lun0".into(),
+            "wCVg4]DhZs-V".into(),
+        )],
+        maps: vec![("lun-1".into(), "ig-0".into())],
+        ..Table::default()
+    }));
+    let t = table.clone();
+    (serve(move |r| ontap_handle(&t, r)), table)
+}
+
+fn volume(internal: &str) -> Volume {
+    Volume {
+        name: "pvc-1".into(),
+        handle: "pvc-1".into(),
+        attributes: vec![("internalName".into(), internal.into())],
+    }
+}
+
+#[test]
+fn the_lun_is_mapped_to_the_hosts_igroup_and_its_mappings_restored() {
+    let (url, table) = ontap();
+    let array = Ontap::new(&url, USER, PASSWORD, SVM, &HttpOptions::default()).unwrap();
+    let esxi = Initiators::from_esxi(&["iqn.1998-01.com.vmware:esx1".to_owned()]).unwrap();
+    rt().block_on(async {
+        let group = array.ensure_group("esx1.example", &esxi).await.unwrap();
+        assert_eq!(group, "ferry-esx1.example");
+        // Again, with one more initiator: it is added, nothing doubled.
+        let more = Initiators::from_esxi(&[
+            "iqn.1998-01.com.vmware:esx1".to_owned(),
+            "fc.20000025b5aa0001:20000025b5aa0002".to_owned(),
+        ])
+        .unwrap();
+        array.ensure_group("esx1.example", &more).await.unwrap();
+        let lun = array.lun(&volume("trident_pvc_1")).await.unwrap();
+        assert_eq!(lun.naa, naa("wCVg4]DhZs-V"));
+        let before = array.mappings(&lun).await.unwrap();
+        assert_eq!(before, vec!["other-host"]);
+
+        array.map(&lun, &group).await.unwrap();
+        array.map(&lun, &group).await.unwrap();
+        let mut now = array.mappings(&lun).await.unwrap();
+        now.sort();
+        assert_eq!(now, vec!["ferry-esx1.example", "other-host"]);
+
+        restore(&array, &lun, &before).await.unwrap();
+        restore(&array, &lun, &before).await.unwrap();
+        assert_eq!(array.mappings(&lun).await.unwrap(), before);
+        array.unmap(&lun, &group).await.unwrap();
+    });
+    let t = table.lock().unwrap();
+    assert_eq!(t.maps, vec![("lun-1".to_owned(), "ig-0".to_owned())]);
+    let ours = t
+        .igroups
+        .iter()
+        .find(|g| g.1 == "ferry-esx1.example")
+        .unwrap();
+    assert_eq!(
+        ours.2,
+        vec!["iqn.1998-01.com.vmware:esx1", "20:00:00:25:b5:aa:00:02"]
+    );
+}
+
+#[test]
+fn a_lost_mapping_is_mapped_again_and_failures_are_one_clear_line() {
+    let (url, table) = ontap();
+    let array = Ontap::new(&url, USER, PASSWORD, SVM, &HttpOptions::default()).unwrap();
+    let esxi = Initiators::from_esxi(&["iqn.1998-01.com.vmware:esx2".to_owned()]).unwrap();
+    rt().block_on(async {
+        let lun = array.lun(&volume("trident_pvc_1")).await.unwrap();
+        let before = array.mappings(&lun).await.unwrap();
+        let group = array.ensure_group("esx2", &esxi).await.unwrap();
+        // Something removed the LUN's own mapping meanwhile: restoring brings it back.
+        array.unmap(&lun, "other-host").await.unwrap();
+        array.unmap(&lun, "other-host").await.unwrap();
+        restore(&array, &lun, &before).await.unwrap();
+        assert_eq!(array.mappings(&lun).await.unwrap(), before);
+
+        table.lock().unwrap().fail_map = true;
+        let e = array.map(&lun, &group).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Server);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("could not be created") && !msg.contains('\n'),
+            "{msg}"
+        );
+
+        let e = array.lun(&volume("trident_pvc_9")).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        let e = array.lun(&Volume::default()).await.unwrap_err();
+        assert!(e.to_string().contains("internalName"), "{e}");
+
+        let wrong = Ontap::new(&url, USER, "nope", SVM, &HttpOptions::default()).unwrap();
+        let e = wrong.mappings(&lun).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Denied, "{e}");
+        assert!(!e.to_string().contains("nope") && !e.to_string().contains(PASSWORD));
+    });
+    assert!(Ontap::new(&url, USER, PASSWORD, "", &HttpOptions::default()).is_err());
+}
+
+// ---- FlashArray ----
+
+const PURE_USER: &str = "pureuser";
+const PURE_PASSWORD: &str = "pure-pw-17";
+const API_TOKEN: &str = "6e1b80a1-cd63-de90-b74a-7fc16d034016";
+const SESSION: &str = "session-token-42";
+
+#[derive(Default)]
+struct Array {
+    /// (name, iqns, wwns)
+    hosts: Vec<(String, Vec<String>, Vec<String>)>,
+    /// (name, serial)
+    volumes: Vec<(String, String)>,
+    /// (host, volume)
+    connections: Vec<(String, String)>,
+    logins: usize,
+}
+
+fn pure_error(status: u16, msg: &str) -> Answer {
+    (status, vec![], json!({"errors": [{"message": msg}]}))
+}
+
+fn pure_handle(a: &Arc<Mutex<Array>>, r: &Req) -> Answer {
+    let mut a = a.lock().unwrap();
+    let items = |v: Vec<Value>| (200, vec![], json!({"items": v}));
+    let segs = r.segs();
+    match (r.method.as_str(), segs.as_slice()) {
+        ("GET", ["api_version"]) => (
+            200,
+            vec![],
+            json!({"version": ["1.17", "1.19", "2.4", "2.21"]}),
+        ),
+        ("POST", ["1.19", "auth", "apitoken"]) => {
+            if r.body["username"] == PURE_USER && r.body["password"] == PURE_PASSWORD {
+                (200, vec![], json!({"api_token": API_TOKEN}))
+            } else {
+                pure_error(400, "invalid credentials")
+            }
+        }
+        ("POST", ["2.21", "login"]) => {
+            if r.header("api-token") == Some(API_TOKEN) {
+                a.logins += 1;
+                (
+                    200,
+                    vec![("x-auth-token", SESSION.to_owned())],
+                    json!({"items": [{"username": PURE_USER}]}),
+                )
+            } else {
+                pure_error(401, "Invalid api-token.")
+            }
+        }
+        _ if r.header("x-auth-token") != Some(SESSION) => pure_error(401, "Session expired."),
+        ("GET", ["2.21", "hosts"]) => items(
+            a.hosts
+                .iter()
+                .map(|h| json!({"name": h.0, "iqns": h.1, "wwns": h.2}))
+                .collect(),
+        ),
+        ("POST", ["2.21", "hosts"]) => {
+            let name = r.q("names").unwrap().to_owned();
+            if a.hosts.iter().any(|h| h.0 == name) {
+                return pure_error(400, "Host already exists.");
+            }
+            let list = |k: &str| {
+                r.body[k]
+                    .as_array()
+                    .map(|v| v.iter().map(|x| x.as_str().unwrap().to_owned()).collect())
+                    .unwrap_or_default()
+            };
+            let (iqns, wwns) = (list("iqns"), list("wwns"));
+            a.hosts.push((name.clone(), iqns, wwns));
+            items(vec![json!({"name": name})])
+        }
+        ("PATCH", ["2.21", "hosts"]) => {
+            let name = r.q("names").unwrap().to_owned();
+            let list = |k: &str| -> Vec<String> {
+                r.body[k]
+                    .as_array()
+                    .map(|v| v.iter().map(|x| x.as_str().unwrap().to_owned()).collect())
+                    .unwrap_or_default()
+            };
+            let (iqns, wwns) = (list("add_iqns"), list("add_wwns"));
+            match a.hosts.iter_mut().find(|h| h.0 == name) {
+                Some(h) => {
+                    h.1.extend(iqns);
+                    h.2.extend(wwns);
+                    items(vec![json!({"name": name})])
+                }
+                None => pure_error(400, "Host does not exist."),
+            }
+        }
+        ("GET", ["2.21", "volumes"]) => items(
+            a.volumes
+                .iter()
+                .map(|v| json!({"name": v.0, "serial": v.1}))
+                .collect(),
+        ),
+        ("GET", ["2.21", "connections"]) => {
+            let vol = r.q("volume_names").unwrap_or("");
+            items(
+                a.connections
+                    .iter()
+                    .filter(|c| c.1 == vol)
+                    .map(|c| json!({"host": {"name": c.0}, "volume": {"name": c.1}, "lun": 1}))
+                    .collect(),
+            )
+        }
+        ("POST", ["2.21", "connections"]) => {
+            let c = (
+                r.q("host_names").unwrap().to_owned(),
+                r.q("volume_names").unwrap().to_owned(),
+            );
+            if !a.hosts.iter().any(|h| h.0 == c.0) {
+                return pure_error(400, "Host does not exist.");
+            }
+            if a.connections.contains(&c) {
+                return pure_error(400, "Connection already exists.");
+            }
+            a.connections.push(c);
+            items(vec![])
+        }
+        ("DELETE", ["2.21", "connections"]) => {
+            let c = (
+                r.q("host_names").unwrap().to_owned(),
+                r.q("volume_names").unwrap().to_owned(),
+            );
+            let before = a.connections.len();
+            a.connections.retain(|x| *x != c);
+            if a.connections.len() < before {
+                (200, vec![], json!({}))
+            } else {
+                pure_error(400, "Connection does not exist.")
+            }
+        }
+        _ => pure_error(404, "no such endpoint"),
+    }
+}
+
+/// A FlashArray with the volume `px-pvc-7` connected to the host `other`.
+fn flasharray() -> (String, Arc<Mutex<Array>>) {
+    let a = Arc::new(Mutex::new(Array {
+        hosts: vec![("other".into(), vec!["iqn.other".into()], vec![])],
+        volumes: vec![("px-pvc-7".into(), "F4252922ADE248CF000113E6".into())],
+        connections: vec![("other".into(), "px-pvc-7".into())],
+        ..Array::default()
+    }));
+    let t = a.clone();
+    (serve(move |r| pure_handle(&t, r)), a)
+}
+
+#[test]
+fn a_flasharray_volume_is_connected_to_the_hosts_entry_and_its_connections_restored() {
+    let (url, array) = flasharray();
+    let fa = FlashArray::new(
+        &url,
+        Credentials::Password(PURE_USER.into(), PURE_PASSWORD.into()),
+        "px",
+        &HttpOptions::default(),
+    )
+    .unwrap();
+    let esxi = Initiators::from_esxi(&[
+        "iqn.1998-01.com.vmware:esx3".to_owned(),
+        "fc.20000025b5aa0001:20000025b5aa0002".to_owned(),
+    ])
+    .unwrap();
+    let pv = Volume {
+        name: "pvc-7".into(),
+        ..Volume::default()
+    };
+    rt().block_on(async {
+        let host = fa.ensure_group("esx3.example", &esxi).await.unwrap();
+        assert_eq!(host, "ferry-esx3-example");
+        fa.ensure_group("esx3.example", &esxi).await.unwrap();
+        let lun = fa.lun(&pv).await.unwrap();
+        assert_eq!(lun.naa, pure::naa("F4252922ADE248CF000113E6"));
+        let before = fa.mappings(&lun).await.unwrap();
+        assert_eq!(before, vec!["other"]);
+        fa.map(&lun, &host).await.unwrap();
+        fa.map(&lun, &host).await.unwrap();
+        assert_eq!(fa.mappings(&lun).await.unwrap(), vec!["other", &host]);
+        restore(&fa, &lun, &before).await.unwrap();
+        restore(&fa, &lun, &before).await.unwrap();
+        assert_eq!(fa.mappings(&lun).await.unwrap(), before);
+        let missing = Volume {
+            name: "pvc-9".into(),
+            ..Volume::default()
+        };
+        assert_eq!(
+            fa.lun(&missing).await.unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+    });
+    let a = array.lock().unwrap();
+    assert_eq!(
+        a.connections,
+        vec![("other".to_owned(), "px-pvc-7".to_owned())]
+    );
+    let ours = a
+        .hosts
+        .iter()
+        .find(|h| h.0 == "ferry-esx3-example")
+        .unwrap();
+    assert_eq!(ours.1, vec!["iqn.1998-01.com.vmware:esx3"]);
+    assert_eq!(ours.2, vec!["20000025B5AA0002"], "WWPNs added once");
+    assert_eq!(a.logins, 1, "one session for every call");
+}
+
+#[test]
+fn flasharray_logins_fail_clearly_without_showing_secrets() {
+    let (url, _) = flasharray();
+    rt().block_on(async {
+        for creds in [
+            Credentials::Password(PURE_USER.into(), "wrong".into()),
+            Credentials::Token("bad-token".into()),
+        ] {
+            let fa = FlashArray::new(&url, creds, "px", &HttpOptions::default()).unwrap();
+            let e = fa
+                .lun(&Volume {
+                    name: "pvc-7".into(),
+                    ..Volume::default()
+                })
+                .await
+                .unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                !msg.contains('\n') && !msg.contains("wrong") && !msg.contains("bad-token"),
+                "{msg}"
+            );
+        }
+        // A token given as is works without the password exchange.
+        let fa = FlashArray::new(
+            &url,
+            Credentials::Token(API_TOKEN.into()),
+            "px",
+            &HttpOptions::default(),
+        )
+        .unwrap();
+        assert!(fa
+            .lun(&Volume {
+                name: "pvc-7".into(),
+                ..Volume::default()
+            })
+            .await
+            .is_ok());
+    });
+    assert!(FlashArray::new(
+        &url,
+        Credentials::Token(API_TOKEN.into()),
+        "",
+        &HttpOptions::default()
+    )
+    .is_err());
+}

@@ -306,7 +306,7 @@ impl Disk {
         if self.tx.send(Cmd::Close { reply: Some(reply) }).is_err() {
             return Stats::new();
         }
-        match rx.recv_timeout(self.timeout) {
+        match rx.recv_timeout(closing_wait(self.timeout)) {
             Ok(stats) => {
                 if let Some(t) = self.thread.take() {
                     let _ = t.join();
@@ -317,7 +317,7 @@ impl Disk {
                 tracing::warn!(
                     target: "vddk",
                     "the VDDK handle did not close within {} s; it is abandoned",
-                    self.timeout.as_secs_f64()
+                    closing_wait(self.timeout).as_secs_f64()
                 );
                 // Dropped unjoined: the thread ends by itself if VDDK ever returns.
                 self.thread.take();
@@ -342,7 +342,7 @@ impl Disk {
     pub fn park(mut self) -> Option<Parked> {
         let (reply, rx) = mpsc::sync_channel(1);
         self.tx.send(Cmd::Park { reply }).ok()?;
-        match rx.recv_timeout(self.timeout) {
+        match rx.recv_timeout(closing_wait(self.timeout)) {
             Ok(_stats) => Some(Parked {
                 vddk: self.vddk,
                 tx: self.tx.clone(),
@@ -441,7 +441,7 @@ impl Parked {
         if self.tx.send(Cmd::Close { reply: Some(reply) }).is_err() {
             return;
         }
-        match rx.recv_timeout(self.timeout) {
+        match rx.recv_timeout(closing_wait(self.timeout)) {
             Ok(_) | Err(RecvTimeoutError::Disconnected) => {
                 if let Some(t) = self.thread.take() {
                     let _ = t.join();
@@ -461,6 +461,13 @@ impl Drop for Parked {
             let _ = self.tx.send(Cmd::Close { reply: None });
         }
     }
+}
+
+/// How long a caller waits for a handle to close: the handle's own bounded waits (for VDDK's
+/// Wait, and for the open/close lock another connection may hold) come first, so that the
+/// handle thread reports what it gave up on before the caller gives up on the thread.
+fn closing_wait(timeout: Duration) -> Duration {
+    timeout + (timeout / 2).min(Duration::from_secs(2))
 }
 
 fn closed(call: &'static str) -> VddkError {

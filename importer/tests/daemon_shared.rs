@@ -177,11 +177,7 @@ fn a_source_that_dies_fails_its_transfer_while_the_daemon_serves_the_others() {
         v["id"].as_str().unwrap().to_owned()
     };
     let doomed = post(dying.uri(), "doomed.img");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while d.get(&doomed)["bytes_done"].as_u64().unwrap_or(0) == 0 {
-        assert!(Instant::now() < deadline, "{}", d.get(&doomed));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_for_bytes(&doomed, 1);
     dying.kill();
     let fine = post(healthy.uri(), "fine.img");
 

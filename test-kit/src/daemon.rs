@@ -93,6 +93,26 @@ impl Daemon {
         (st, json(&b))
     }
 
+    /// `POST /v1/transfers` of `body`, which must be accepted (201); the transfer's id.
+    pub fn submit(&self, body: &str) -> String {
+        let (st, v) = self.post(body);
+        assert_eq!(st, 201, "{v}");
+        v["id"].as_str().expect("an id").to_owned()
+    }
+
+    /// Polls transfer `id` until it has put at least `bytes` on its target (60 s at most).
+    pub fn wait_for_bytes(&self, id: &str, bytes: u64) {
+        let started = Instant::now();
+        while self.get(id)["bytes_done"].as_u64().unwrap_or(0) < bytes {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{}",
+                self.get(id)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `GET /v1/transfers/{id}`.
     pub fn get(&self, id: &str) -> Value {
         let (st, b) = call(&self.sock, "GET", &format!("/v1/transfers/{id}"), None);

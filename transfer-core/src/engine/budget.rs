@@ -29,7 +29,22 @@ struct Inner {
     units: Arc<Semaphore>,
     /// Buffers kept for reuse, with no share of the budget held for them (they are counted
     /// against the free shares instead).
-    kept: Mutex<Vec<Buffer>>,
+    kept: Mutex<Kept>,
+}
+
+/// The buffers kept for reuse and their bytes.
+#[derive(Default)]
+struct Kept {
+    buffers: Vec<Buffer>,
+    bytes: usize,
+}
+
+impl Kept {
+    fn take(&mut self, i: usize) -> Buffer {
+        let b = self.buffers.swap_remove(i);
+        self.bytes -= b.capacity();
+        b
+    }
 }
 
 impl std::fmt::Debug for MemoryBudget {
@@ -54,7 +69,7 @@ impl MemoryBudget {
             inner: Arc::new(Inner {
                 bytes,
                 units: Arc::new(Semaphore::new(bytes / UNIT)),
-                kept: Mutex::new(Vec::new()),
+                kept: Mutex::new(Kept::default()),
             }),
         }
     }
@@ -87,16 +102,13 @@ impl MemoryBudget {
     /// until the total fits the budget.
     pub(crate) fn buffer(&self, cap: usize, len: usize) -> Buffer {
         let mut kept = self.inner.kept.lock().unwrap_or_else(|e| e.into_inner());
-        let mut b = match kept.iter().position(|b| b.capacity() == cap) {
-            Some(i) => kept.swap_remove(i),
+        let mut b = match kept.buffers.iter().position(|b| b.capacity() == cap) {
+            Some(i) => kept.take(i),
             None => {
                 let free = self.inner.units.available_permits() * UNIT;
-                let mut held: usize = kept.iter().map(Buffer::capacity).sum();
-                while held > free {
-                    match kept.pop() {
-                        Some(b) => held -= b.capacity(),
-                        None => break,
-                    }
+                while kept.bytes > free && !kept.buffers.is_empty() {
+                    let last = kept.buffers.len() - 1;
+                    drop(kept.take(last));
                 }
                 Buffer::new(cap)
             }
@@ -110,16 +122,19 @@ impl MemoryBudget {
     pub(crate) fn put(&self, b: Buffer) {
         let mut kept = self.inner.kept.lock().unwrap_or_else(|e| e.into_inner());
         let free = self.inner.units.available_permits() * UNIT + b.capacity();
-        let held: usize = kept.iter().map(Buffer::capacity).sum();
-        if held + b.capacity() <= free {
-            kept.push(b);
+        if kept.bytes + b.capacity() <= free {
+            kept.bytes += b.capacity();
+            kept.buffers.push(b);
         }
     }
 
     /// Bytes of buffers kept for reuse.
     pub fn kept(&self) -> usize {
-        let kept = self.inner.kept.lock().unwrap_or_else(|e| e.into_inner());
-        kept.iter().map(Buffer::capacity).sum()
+        self.inner
+            .kept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .bytes
     }
 }
 

@@ -280,11 +280,20 @@ fn call(sock: &Path, method: &str, path: &str, body: &str) -> Result<Value, Stri
 
 /// Submits `body` and waits until the transfer has finished; fails unless it succeeded.
 fn transfer(sock: &Path, body: &str) -> Result<(), String> {
+    wait(sock, &submit(sock, body)?)
+}
+
+/// Submits `body`; the transfer's id.
+fn submit(sock: &Path, body: &str) -> Result<String, String> {
     let v = call(sock, "POST", "/v1/transfers", body)?;
-    let id = v["id"]
+    v["id"]
         .as_str()
-        .ok_or_else(|| format!("refused: {v}"))?
-        .to_owned();
+        .map(str::to_owned)
+        .ok_or_else(|| format!("refused: {v}"))
+}
+
+/// Waits until transfer `id` has finished; fails unless it succeeded.
+fn wait(sock: &Path, id: &str) -> Result<(), String> {
     loop {
         let v = call(sock, "GET", &format!("/v1/transfers/{id}"), "")?;
         match v["state"].as_str() {
@@ -375,7 +384,7 @@ fn bench() -> Result<(), String> {
     let connect_us = parse_secs(&connect)? * 1e6;
     let dir = PathBuf::from(arg("--dir", "/var/tmp/ferry-daemon-bench"));
     if flag("--only-memory") {
-        return only_memory(&dir);
+        return only_memory(&dir, rounds_n);
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let bin = exe.parent().ok_or("no binary directory")?.to_owned();
@@ -490,17 +499,17 @@ fn bench() -> Result<(), String> {
     );
     drop(s.sim.proc);
     if !flag("--skip-memory") {
-        memory(&s.importer, &dir)?;
+        memory(&s.importer, &dir, rounds_n)?;
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
 /// `--only-memory`: the eight-transfer part alone.
-fn only_memory(dir: &Path) -> Result<(), String> {
+fn only_memory(dir: &Path, rounds_n: usize) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir.join("volumes")).map_err(|e| e.to_string())?;
-    memory(&util::importer()?, dir)?;
+    memory(&util::importer()?, dir, rounds_n)?;
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }
@@ -515,15 +524,14 @@ fn parse_secs(s: &str) -> Result<f64, String> {
         .map_err(|_| format!("bad duration {s} (e.g. 1s, 500ms)"))
 }
 
-/// Eight 1 GiB transfers at once from one nbdkit into one daemon.
-fn memory(importer: &Path, dir: &Path) -> Result<(), String> {
+/// One run of eight transfers: (seconds, peak RSS in KiB, daemon CPU, nbdkit CPU).
+type Eight = (f64, f64, f64, f64);
+
+/// Eight 1 GiB transfers at once from one nbdkit into one daemon, `rounds_n` rounds
+/// alternating the daemon's budget between `--daemon-memory` (64M) and 1G (each transfer's own
+/// 16 MiB only), a fresh daemon each run.
+fn memory(importer: &Path, dir: &Path, rounds_n: usize) -> Result<(), String> {
     let vol = dir.join("volumes");
-    for e in std::fs::read_dir(&vol)
-        .map_err(|e| e.to_string())?
-        .flatten()
-    {
-        let _ = std::fs::remove_file(e.path());
-    }
     let sock = dir.join("nbdkit.sock");
     let nbdkit = Proc(
         Command::new("nbdkit")
@@ -538,8 +546,64 @@ fn memory(importer: &Path, dir: &Path) -> Result<(), String> {
     }) {
         return Err("nbdkit did not start".into());
     }
-    prepare_rounds(&vol, 9 << 30, 1)?;
-    let budget = arg("--daemon-memory", "64M");
+    prepare_rounds(&vol, 9 << 30, rounds_n)?;
+    let budgets = [arg("--daemon-memory", "64M"), "1G".to_owned()];
+    let mut runs: [Vec<Eight>; 2] = [Vec::new(), Vec::new()];
+    for r in 0..rounds_n {
+        for k in 0..2 {
+            let i = (k + r) % 2;
+            let m = eight(importer, dir, &sock, nbdkit.0.id(), &budgets[i])?;
+            println!(
+                "round {}/{rounds_n}  --memory {:<4} {:6.2} s  {:5.0} MiB/s  peak RSS {:6.1} MiB  daemon cpu {:5.2} s  nbdkit cpu {:5.2} s",
+                r + 1,
+                budgets[i],
+                m.0,
+                8.0 * 1024.0 / m.0,
+                m.1 / 1024.0,
+                m.2,
+                m.3
+            );
+            runs[i].push(m);
+        }
+    }
+    println!(
+        "\n8 x 1 GiB at once       min s  median s  min RSS MiB  median RSS MiB  max RSS MiB  daemon cpu  nbdkit cpu"
+    );
+    for i in 0..2 {
+        let col = |f: fn(&Eight) -> f64| runs[i].iter().map(f).collect::<Vec<_>>();
+        let rss = col(|m| m.1 / 1024.0);
+        println!(
+            "--memory {:<13} {:>6.2} {:>9.2} {:>12.1} {:>15.1} {:>12.1} {:>11.2} {:>11.2}",
+            budgets[i],
+            min(&col(|m| m.0)),
+            median(col(|m| m.0)),
+            min(&rss),
+            median(rss.clone()),
+            rss.iter().cloned().fold(0.0, f64::max),
+            median(col(|m| m.2)),
+            median(col(|m| m.3))
+        );
+    }
+    println!("goal: the daemon's peak RSS under 128 MiB with its budget");
+    Ok(())
+}
+
+/// One run of eight 1 GiB transfers into a fresh daemon with `--memory budget`.
+fn eight(
+    importer: &Path,
+    dir: &Path,
+    sock: &Path,
+    nbdkit: u32,
+    budget: &str,
+) -> Result<Eight, String> {
+    let vol = dir.join("volumes");
+    for e in std::fs::read_dir(&vol)
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
+        let _ = std::fs::remove_file(e.path());
+    }
+    util::run("sync", &[])?;
     // Eight transfers of four connections each, all copying at once.
     let (daemon, dsock) = start_daemon(
         importer,
@@ -552,56 +616,38 @@ fn memory(importer: &Path, dir: &Path) -> Result<(), String> {
             "--server-connections",
             "32",
             "--memory",
-            &budget,
+            budget,
         ],
     )?;
     let (cpu0, ncpu0) = (
         tree_cpu_seconds(daemon.0.id()).unwrap_or(0.0),
-        tree_cpu_seconds(nbdkit.0.id()).unwrap_or(0.0),
+        tree_cpu_seconds(nbdkit).unwrap_or(0.0),
     );
     let t = Instant::now();
-    let ids: Vec<String> = (0..8)
+    let ids = (0..8)
         .map(|i| {
-            let v = call(
+            submit(
                 &dsock,
-                "POST",
-                "/v1/transfers",
                 &format!(
                     r#"{{"source":"nbd+unix:///?socket={}","target":"{}"}}"#,
                     sock.display(),
                     vol.join(format!("d{i}.img")).display()
                 ),
-            )?;
-            v["id"]
-                .as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| format!("refused: {v}"))
+            )
         })
-        .collect::<Result<_, String>>()?;
+        .collect::<Result<Vec<_>, String>>()?;
     for id in &ids {
-        loop {
-            let v = call(&dsock, "GET", &format!("/v1/transfers/{id}"), "")?;
-            match v["state"].as_str() {
-                Some("succeeded") => break,
-                Some("queued" | "running") => std::thread::sleep(Duration::from_millis(20)),
-                _ => return Err(format!("transfer {id}: {v}")),
-            }
-        }
+        wait(&dsock, id)?;
     }
     let secs = t.elapsed().as_secs_f64();
     let cpu = tree_cpu_seconds(daemon.0.id()).unwrap_or(0.0) - cpu0;
-    let ncpu = tree_cpu_seconds(nbdkit.0.id()).unwrap_or(0.0) - ncpu0;
+    let ncpu = tree_cpu_seconds(nbdkit).unwrap_or(0.0) - ncpu0;
     let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.0.id()))
         .map_err(|e| e.to_string())?;
-    let hwm = status
+    let hwm_kib = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
-        .unwrap_or("?")
-        .trim()
-        .to_owned();
-    println!(
-        "\n8 x 1 GiB from nbdkit (pattern) at once into one daemon (--memory {budget}): {secs:.2} s, {:.0} MiB/s, daemon peak RSS {hwm} (goal < 128 MiB), daemon cpu {cpu:.2} s, nbdkit cpu {ncpu:.2} s",
-        8.0 * 1024.0 / secs
-    );
-    Ok(())
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .ok_or("no VmHWM in the daemon's status")?;
+    Ok((secs, hwm_kib, cpu, ncpu))
 }

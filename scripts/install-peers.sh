@@ -51,12 +51,13 @@ if [ ! -x "$venv/bin/ovirt-imageio" ]; then
 fi
 [ -x "$venv/bin/ovirt-imageio" ] || { echo "test peer missing after install: $venv/bin/ovirt-imageio" >&2; exit 1; }
 # vcsim-ferry: govmomi's vCenter simulator with the changed-block tracking that the vSphere tests
-# need, from the launcher importer/tests/fixtures/vcsim/main.go. Built offline: GOPATH mode against
-# the govmomi sources that Debian installs under /usr/share/gocode (no go.mod, no module proxy),
-# with the build cache inside .peers/. Rebuilt when main.go is newer than the binary.
+# and the copy-offload tests need (esxcli over the vSphere API), from the launcher in
+# importer/tests/fixtures/vcsim/. Built offline: GOPATH mode against the govmomi sources that
+# Debian installs under /usr/share/gocode (no go.mod, no module proxy), with the build cache
+# inside .peers/. Rebuilt when any of the launcher's .go files is newer than the binary.
 vcsim="$repo/.peers/bin/vcsim-ferry"
 launcher="$repo/importer/tests/fixtures/vcsim"
-if [ ! -x "$vcsim" ] || [ "$launcher/main.go" -nt "$vcsim" ]; then
+if [ ! -x "$vcsim" ] || [ -n "$(find "$launcher" -name '*.go' -newer "$vcsim")" ]; then
   echo "building test peer: vcsim-ferry (into $vcsim)"
   mkdir -p "$repo/.peers/bin"
   (cd "$launcher" && GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="$repo/.peers/gocache" \

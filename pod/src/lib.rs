@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod forklift;
+pub mod kube;
 pub mod metrics;
 pub mod ovirt;
 pub mod xcopy;

@@ -22,16 +22,21 @@ use transfer_core::engine::Progress;
 use transfer_core::{Error, ErrorKind, Result};
 
 type Labels = Vec<(String, String)>;
+type GaugeFamily = Family<Labels, Gauge<f64, AtomicU64>>;
 
 /// The progress counters of one import.
 pub struct Metrics {
     registry: Registry,
     families: Vec<Family<Labels, Counter<f64, AtomicU64>>>,
     gauges: Vec<Family<Labels, Gauge<f64, AtomicU64>>>,
+    /// Other values of the import (not percentages), by name.
+    extra: Vec<(String, GaugeFamily)>,
     owner: Labels,
     last: Mutex<f64>,
     /// Set once a scrape has returned 100.
     seen_done: AtomicBool,
+    /// Scrapes served.
+    scrapes: AtomicU64,
 }
 
 /// Connections the metrics server serves at once; more are closed on accept.
@@ -48,6 +53,18 @@ impl Metrics {
     /// ends in `_total` is a counter (CDI's names); any other is exposed under that very name
     /// (Forklift's `ovirt_progress`, whose Go client adds no suffix), as a gauge that only rises.
     pub fn new(names: &[&str], owner_uid: &str) -> Arc<Metrics> {
+        Metrics::labelled(names, "ownerUID", owner_uid, &[])
+    }
+
+    /// Progress metrics named `names` labelled `label=owner_uid` (Forklift's copy-offload
+    /// populator says `owner_uid`), and the gauges `extra` (name, help), set with
+    /// [`set`](Self::set).
+    pub fn labelled(
+        names: &[&str],
+        label: &str,
+        owner_uid: &str,
+        extra: &[(&str, &str)],
+    ) -> Arc<Metrics> {
         let mut registry = Registry::default();
         let mut families = Vec::new();
         let mut gauges = Vec::new();
@@ -63,17 +80,52 @@ impl Metrics {
                 gauges.push(g);
             }
         }
-        let owner = vec![("ownerUID".to_owned(), owner_uid.to_owned())];
+        let mut others = Vec::new();
+        for (n, help) in extra {
+            let g = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+            registry.register(*n, *help, g.clone());
+            others.push(((*n).to_owned(), g));
+        }
+        let owner = vec![(label.to_owned(), owner_uid.to_owned())];
         let m = Metrics {
             registry,
             families,
             gauges,
+            extra: others,
             owner,
             last: Mutex::new(0.0),
             seen_done: AtomicBool::new(false),
+            scrapes: AtomicU64::new(0),
         };
         m.set_percent(0.0);
         Arc::new(m)
+    }
+
+    /// Sets the extra gauge `name` (one given to [`labelled`](Self::labelled)), labelled with
+    /// the owner and `labels`.
+    pub fn set(&self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let mut l = self.owner.clone();
+        l.extend(
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        for (n, g) in &self.extra {
+            if n == name {
+                g.get_or_create(&l).set(value);
+            }
+        }
+    }
+
+    /// Waits until a scrape has been served after this call, or `max` has passed (the last
+    /// values reach the controller before the pod ends).
+    pub async fn hold_for_scrape(&self, max: Duration) {
+        let seen = self.scrapes.load(Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + max;
+        while self.scrapes.load(Ordering::Relaxed) == seen && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Moves the counters up to `percent` (never down, never past 100).
@@ -102,6 +154,7 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
+        self.scrapes.fetch_add(1, Ordering::Relaxed);
         if *self.last.lock().unwrap_or_else(|e| e.into_inner()) >= 100.0 {
             self.seen_done.store(true, Ordering::Relaxed);
         }
@@ -112,7 +165,12 @@ impl Metrics {
     /// `FERRY_METRICS_ADDR_FILE` is set (tests only), on a free loopback port whose address is
     /// written to the file it names.
     pub async fn start_for_populator(names: &[&str], owner_uid: &str) -> Result<Arc<Metrics>> {
-        let metrics = Metrics::new(names, owner_uid);
+        Metrics::start_on_pod(Metrics::new(names, owner_uid)).await
+    }
+
+    /// Serves `metrics` on a populator pod's :8443 (or as
+    /// [`start_for_populator`](Self::start_for_populator) says, under test).
+    pub async fn start_on_pod(metrics: Arc<Metrics>) -> Result<Arc<Metrics>> {
         match std::env::var("FERRY_METRICS_ADDR_FILE")
             .ok()
             .filter(|f| !f.is_empty())

@@ -5,107 +5,15 @@
 //! `x-auth-token` out), hosts, volumes and connections with `{"items"}` answers. Their mapping
 //! tables are what the tests compare.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
-use base64::Engine as _;
 use ferry_pod::xcopy::ontap::{naa, Ontap};
 use ferry_pod::xcopy::pure::{self, Credentials, FlashArray};
 use ferry_pod::xcopy::{restore, Initiators, StorageArray, Volume};
 use serde_json::{json, Value};
+use test_kit::xcopy::{serve, Answer, OntapTable, Req, ONTAP_PASSWORD, ONTAP_SVM, ONTAP_USER};
 use transfer_core::http::HttpOptions;
 use transfer_core::ErrorKind;
-
-/// One request to a fake.
-struct Req {
-    method: String,
-    /// Path segments after `/api/`.
-    segs: Vec<String>,
-    query: Vec<(String, String)>,
-    headers: Vec<(String, String)>,
-    body: Value,
-}
-
-impl Req {
-    fn q(&self, k: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.as_str())
-    }
-    fn header(&self, k: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(k))
-            .map(|(_, v)| v.as_str())
-    }
-    fn segs(&self) -> Vec<&str> {
-        self.segs.iter().map(String::as_str).collect()
-    }
-}
-
-/// An answer: status, extra headers, JSON body.
-type Answer = (u16, Vec<(&'static str, String)>, Value);
-
-/// Serves `handle` on 127.0.0.1 (one request per connection); returns its URL.
-fn serve(handle: impl Fn(&Req) -> Answer + Send + 'static) -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for mut s in l.incoming().flatten() {
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut line = String::new();
-            if r.read_line(&mut line).is_err() {
-                continue;
-            }
-            let mut parts = line.split_whitespace();
-            let method = parts.next().unwrap_or("").to_owned();
-            let target = parts.next().unwrap_or("").to_owned();
-            let mut headers = Vec::new();
-            loop {
-                let mut h = String::new();
-                if r.read_line(&mut h).is_err() || h.trim().is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = h.split_once(':') {
-                    headers.push((k.trim().to_owned(), v.trim().to_owned()));
-                }
-            }
-            let len = headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                .and_then(|(_, v)| v.parse().ok())
-                .unwrap_or(0);
-            let mut body = vec![0; len];
-            let _ = r.read_exact(&mut body);
-            let url = url::Url::parse(&format!("http://x{target}")).unwrap();
-            let req = Req {
-                method,
-                segs: url
-                    .path()
-                    .trim_start_matches("/api/")
-                    .split('/')
-                    .map(str::to_owned)
-                    .collect(),
-                query: url.query_pairs().into_owned().collect(),
-                headers,
-                body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-            };
-            let (status, extra, body) = handle(&req);
-            let b = body.to_string();
-            let mut head = format!(
-                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
-                b.len()
-            );
-            for (k, v) in extra {
-                head.push_str(&format!("{k}: {v}\r\n"));
-            }
-            let _ = write!(s, "{head}\r\n{b}");
-        }
-    });
-    url
-}
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -116,159 +24,15 @@ fn rt() -> tokio::runtime::Runtime {
 
 // ---- ONTAP ----
 
-const USER: &str = "admin";
-const PASSWORD: &str = "ontap-pw-93";
-const SVM: &str = "svm1";
-#[derive(Default)]
-struct Table {
-    /// (uuid, name, initiators)
-    igroups: Vec<(String, String, Vec<String>)>,
-    /// (uuid, name, serial)
-    luns: Vec<(String, String, String)>,
-    /// (lun uuid, igroup uuid)
-    maps: Vec<(String, String)>,
-    /// Make creating a LUN map fail.
-    fail_map: bool,
-    next: u32,
-}
+const USER: &str = ONTAP_USER;
+const PASSWORD: &str = ONTAP_PASSWORD;
+const SVM: &str = ONTAP_SVM;
 
-type Shared = Arc<Mutex<Table>>;
-
-fn ontap_error(status: u16, msg: &str) -> Answer {
-    (
-        status,
-        vec![],
-        json!({"error": {"message": msg, "code": "4"}}),
-    )
-}
-
-fn ontap_handle(t: &Shared, r: &Req) -> Answer {
-    let want = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
-    );
-    if r.header("authorization") != Some(want.as_str()) {
-        return ontap_error(401, "User is not authorized.");
-    }
-    let q = |k: &str| r.q(k).map(str::to_owned);
-    let body = &r.body;
-    let mut t = t.lock().unwrap();
-    let records = |v: Vec<Value>| (200, vec![], json!({"num_records": v.len(), "records": v}));
-    match (r.method.as_str(), r.segs().as_slice()) {
-        ("GET", ["protocols", "san", "igroups"]) => {
-            assert_eq!(q("svm.name").as_deref(), Some(SVM));
-            let v = t
-                .igroups
-                .iter()
-                .filter(|g| q("name").is_none_or(|n| n == g.1))
-                .map(|g| json!({"uuid": g.0, "name": g.1, "initiators": g.2.iter().map(|i| json!({"name": i})).collect::<Vec<_>>()}))
-                .collect();
-            records(v)
-        }
-        ("POST", ["protocols", "san", "igroups"]) => {
-            assert_eq!(body["svm"]["name"], SVM);
-            assert_eq!(body["os_type"], "vmware");
-            t.next += 1;
-            let uuid = format!("ig-{}", t.next);
-            let inits = body["initiators"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|i| i["name"].as_str().unwrap().to_owned())
-                .collect();
-            let name = body["name"].as_str().unwrap().to_owned();
-            t.igroups.push((uuid, name, inits));
-            (201, vec![], json!({}))
-        }
-        ("POST", ["protocols", "san", "igroups", uuid, "initiators"]) => {
-            let add: Vec<String> = body["records"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|i| i["name"].as_str().unwrap().to_owned())
-                .collect();
-            match t.igroups.iter_mut().find(|g| g.0 == *uuid) {
-                Some(g) => {
-                    g.2.extend(add);
-                    (201, vec![], json!({}))
-                }
-                None => ontap_error(404, "entry doesn't exist"),
-            }
-        }
-        ("GET", ["storage", "luns"]) => {
-            let v = t
-                .luns
-                .iter()
-                .filter(|l| q("name").is_none_or(|n| n == l.1))
-                .map(|l| json!({"uuid": l.0, "name": l.1, "serial_number": l.2}))
-                .collect();
-            records(v)
-        }
-        ("GET", ["protocols", "san", "lun-maps"]) => {
-            let v = t
-                .maps
-                .iter()
-                .filter(|m| q("lun.uuid").is_none_or(|u| u == m.0))
-                .filter_map(|m| {
-                    let g = t.igroups.iter().find(|g| g.0 == m.1)?;
-                    q("igroup.name").is_none_or(|n| n == g.1).then(
-                        || json!({"lun": {"uuid": m.0}, "igroup": {"uuid": g.0, "name": g.1}}),
-                    )
-                })
-                .collect();
-            records(v)
-        }
-        ("POST", ["protocols", "san", "lun-maps"]) => {
-            if t.fail_map {
-                return ontap_error(500, "The LUN map could not be created.");
-            }
-            let lun = t
-                .luns
-                .iter()
-                .find(|l| body["lun"]["name"] == l.1)
-                .map(|l| l.0.clone());
-            let group = t
-                .igroups
-                .iter()
-                .find(|g| body["igroup"]["name"] == g.1)
-                .map(|g| g.0.clone());
-            match (lun, group) {
-                (Some(l), Some(g)) if !t.maps.contains(&(l.clone(), g.clone())) => {
-                    t.maps.push((l, g));
-                    (201, vec![], json!({}))
-                }
-                (Some(_), Some(_)) => ontap_error(409, "The LUN map already exists."),
-                _ => ontap_error(404, "entry doesn't exist"),
-            }
-        }
-        ("DELETE", ["protocols", "san", "lun-maps", lun, group]) => {
-            let before = t.maps.len();
-            t.maps.retain(|m| !(m.0 == *lun && m.1 == *group));
-            if t.maps.len() < before {
-                (200, vec![], json!({}))
-            } else {
-                ontap_error(404, "The specified LUN map does not exist.")
-            }
-        }
-        _ => ontap_error(404, "no such endpoint"),
-    }
-}
-
-/// An ONTAP REST server on 127.0.0.1 with one LUN (`/vol/trident_pvc_1/lun0`) mapped to the
-/// igroup `other-host`; its URL and table.
-fn ontap() -> (String, Shared) {
-    let table: Shared = Arc::new(Mutex::new(Table {
-        igroups: vec![("ig-0".into(), "other-host".into(), vec!["iqn.other".into()])],
-        luns: vec![(
-            "lun-1".into(),
-            "/vol/trident_pvc_1/lun0".into(),
-            "wCVg4]DhZs-V".into(),
-        )],
-        maps: vec![("lun-1".into(), "ig-0".into())],
-        ..Table::default()
-    }));
-    let t = table.clone();
-    (serve(move |r| ontap_handle(&t, r)), table)
+/// An ONTAP REST server with one LUN (`/vol/trident_pvc_1/lun0`) mapped to the igroup
+/// `other-host`; its URL and table.
+fn ontap() -> (String, test_kit::xcopy::Ontap) {
+    let (url, t) = test_kit::xcopy::ontap(OntapTable::with_lun("trident_pvc_1", "wCVg4]DhZs-V"));
+    (url, t)
 }
 
 fn volume(internal: &str) -> Volume {
@@ -286,7 +50,7 @@ fn the_lun_is_mapped_to_the_hosts_igroup_and_its_mappings_restored() {
     let esxi = Initiators::from_esxi(&["iqn.1998-01.com.vmware:esx1".to_owned()]).unwrap();
     rt().block_on(async {
         let group = array.ensure_group("esx1.example", &esxi).await.unwrap();
-        assert_eq!(group, "ferry-esx1.example");
+        assert_eq!(group, "xcopy-esx1.example");
         // Again, with one more initiator: it is added, nothing doubled.
         let more = Initiators::from_esxi(&[
             "iqn.1998-01.com.vmware:esx1".to_owned(),
@@ -303,7 +67,7 @@ fn the_lun_is_mapped_to_the_hosts_igroup_and_its_mappings_restored() {
         array.map(&lun, &group).await.unwrap();
         let mut now = array.mappings(&lun).await.unwrap();
         now.sort();
-        assert_eq!(now, vec!["ferry-esx1.example", "other-host"]);
+        assert_eq!(now, vec!["other-host", "xcopy-esx1.example"]);
 
         restore(&array, &lun, &before).await.unwrap();
         restore(&array, &lun, &before).await.unwrap();
@@ -315,7 +79,7 @@ fn the_lun_is_mapped_to_the_hosts_igroup_and_its_mappings_restored() {
     let ours = t
         .igroups
         .iter()
-        .find(|g| g.1 == "ferry-esx1.example")
+        .find(|g| g.1 == "xcopy-esx1.example")
         .unwrap();
     assert_eq!(
         ours.2,
@@ -507,7 +271,7 @@ fn flasharray() -> (String, Arc<Mutex<Array>>) {
         ..Array::default()
     }));
     let t = a.clone();
-    (serve(move |r| pure_handle(&t, r)), a)
+    (serve("/api/", move |r| pure_handle(&t, r)), a)
 }
 
 #[test]
@@ -531,7 +295,7 @@ fn a_flasharray_volume_is_connected_to_the_hosts_entry_and_its_connections_resto
     };
     rt().block_on(async {
         let host = fa.ensure_group("esx3.example", &esxi).await.unwrap();
-        assert_eq!(host, "ferry-esx3-example");
+        assert_eq!(host, "xcopy-esx3-example");
         fa.ensure_group("esx3.example", &esxi).await.unwrap();
         let lun = fa.lun(&pv).await.unwrap();
         assert_eq!(lun.naa, pure::naa("F4252922ADE248CF000113E6"));
@@ -560,7 +324,7 @@ fn a_flasharray_volume_is_connected_to_the_hosts_entry_and_its_connections_resto
     let ours = a
         .hosts
         .iter()
-        .find(|h| h.0 == "ferry-esx3-example")
+        .find(|h| h.0 == "xcopy-esx3-example")
         .unwrap();
     assert_eq!(ours.1, vec!["iqn.1998-01.com.vmware:esx3"]);
     assert_eq!(ours.2, vec!["20000025B5AA0002"], "WWPNs added once");

@@ -4,13 +4,18 @@
 //! the image's bytes written as they are (the controller converts non-raw images later),
 //! progress served over HTTPS :8443 under Forklift's and CDI's names. `populator ovirt` (or
 //! `ovirt-populator`) downloads an oVirt disk through an engine image transfer and imageio.
+//! `populator vsphere-xcopy` (or `vsphere-copy-offload-populator`,
+//! `vsphere-xcopy-volume-populator`) has ESXi and the storage array clone a VMware disk onto the
+//! target PV's LUN (storage copy offload, [`xcopy`]).
 //!
-//! Called `populator` with flags only (one image serving as both of Forklift's populator
-//! images, whose pods pass arguments and no command), `--engine-url` means ovirt and
-//! `--image-id` openstack.
+//! Called `populator` with flags only (one image serving as all of Forklift's populator
+//! images, whose pods pass arguments and no command), `--engine-url` means ovirt,
+//! `--image-id` openstack and `--source-vmdk` vsphere-xcopy.
 //!
 //! Arguments are parsed by hand, Go-flag style (`-flag=value`, `--flag value`): Forklift may
 //! add flags in future versions, and an unknown one is a warning, not a failure.
+
+mod xcopy;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,7 +33,7 @@ use transfer_core::source::BlockSource;
 use transfer_core::{Error, ErrorKind, Result};
 
 /// Flags Forklift passes that take a value.
-const KNOWN: [&str; 10] = [
+const KNOWN: [&str; 25] = [
     "volume-path",
     "owner-uid",
     "pvc-size",
@@ -39,13 +44,37 @@ const KNOWN: [&str; 10] = [
     "image-id",
     "engine-url",
     "disk-id",
+    // vsphere-xcopy (Forklift's copy-offload populator)
+    "source-vm-id",
+    "source-vmdk",
+    "target-namespace",
+    "owner-name",
+    "storage-vendor-product",
+    "migration-host",
+    "storage-hostname",
+    "storage-username",
+    "storage-skip-ssl-verification",
+    "storage-http-timeout-seconds",
+    "vsphere-hostname",
+    "vsphere-username",
+    "esxi-clone-method",
+    "kubeconfig",
+    "master",
+];
+
+/// Forklift's populator flags that carry a secret: read from the environment only, so that no
+/// secret sits in a process's arguments.
+const SECRET_FLAGS: [(&str, &str); 3] = [
+    ("storage-password", "STORAGE_PASSWORD"),
+    ("storage-token", "STORAGE_TOKEN"),
+    ("vsphere-password", "GOVMOMI_PASSWORD"),
 ];
 /// How long the finished progress stays scrapeable when no scrape has seen it yet.
 const GRACE: Duration = Duration::from_secs(3);
 
 /// The populator's flags.
 #[derive(Debug, Default)]
-struct Flags {
+pub(crate) struct Flags {
     values: Vec<(String, String)>,
 }
 
@@ -65,7 +94,12 @@ impl Flags {
                 None => (a.to_owned(), None),
             };
             if !KNOWN.contains(&k.as_str()) {
-                eprintln!("populator: warning: ignoring unknown flag --{k}");
+                match SECRET_FLAGS.iter().find(|(f, _)| *f == k) {
+                    Some((f, key)) => eprintln!(
+                        "populator: warning: ignoring --{f}: secrets are read from the environment only ({key})"
+                    ),
+                    None => eprintln!("populator: warning: ignoring unknown flag --{k}"),
+                }
                 if v.is_none() && args.get(i).is_some_and(|n| !n.starts_with('-')) {
                     i += 1;
                 }
@@ -84,7 +118,7 @@ impl Flags {
         Flags { values }
     }
 
-    fn get(&self, k: &str) -> Option<&str> {
+    pub(crate) fn get(&self, k: &str) -> Option<&str> {
         self.values
             .iter()
             .rev()
@@ -93,11 +127,17 @@ impl Flags {
             .filter(|v| !v.is_empty())
     }
 
-    /// The populator these flags are for: `--engine-url` is oVirt's, `--image-id` OpenStack's.
+    /// The populator these flags are for: `--engine-url` is oVirt's, `--image-id` OpenStack's,
+    /// `--source-vmdk` copy offload's.
     fn implied_kind(&self) -> Option<&'static str> {
-        match (self.get("engine-url"), self.get("image-id")) {
-            (Some(_), None) => Some("ovirt"),
-            (None, Some(_)) => Some("openstack"),
+        match (
+            self.get("engine-url"),
+            self.get("image-id"),
+            self.get("source-vmdk"),
+        ) {
+            (Some(_), None, None) => Some("ovirt"),
+            (None, Some(_), None) => Some("openstack"),
+            (None, None, Some(_)) => Some("vsphere-xcopy"),
             _ => None,
         }
     }
@@ -125,6 +165,9 @@ fn main() -> ExitCode {
     let kind = match called.as_str() {
         "openstack-populator" => "openstack".to_owned(),
         "ovirt-populator" => "ovirt".to_owned(),
+        "vsphere-copy-offload-populator" | "vsphere-xcopy-volume-populator" => {
+            "vsphere-xcopy".to_owned()
+        }
         _ if !args.is_empty() && !args[0].starts_with('-') => args.remove(0),
         _ => String::new(),
     };
@@ -143,13 +186,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if kind == "vsphere-xcopy" {
+        return rt.block_on(xcopy::main(&flags));
+    }
     let r = rt.block_on(async {
         match kind.as_str() {
             "openstack" => openstack(&flags).await,
             "ovirt" => ovirt(&flags).await,
             other => Err(Error::new(
                 ErrorKind::InvalidInput,
-                format!("unknown populator '{other}' (openstack, ovirt; or call the binary openstack-populator or ovirt-populator)"),
+                format!("unknown populator '{other}' (openstack, ovirt, vsphere-xcopy; or call the binary openstack-populator, ovirt-populator or vsphere-copy-offload-populator)"),
             )),
         }
     });

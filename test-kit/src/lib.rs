@@ -705,3 +705,4 @@ pub mod metrics;
 pub mod nginx;
 pub mod vcsim;
 pub mod vddk;
+pub mod xcopy;

@@ -72,6 +72,7 @@ pub struct Vcsim {
     password: String,
     vms: Vec<VmInfo>,
     areas: Vec<(u64, u64)>,
+    ready: serde_json::Value,
 }
 
 impl Vcsim {
@@ -123,6 +124,7 @@ impl Vcsim {
             vms,
             areas,
             dir,
+            ready: v,
         })
     }
 
@@ -220,6 +222,12 @@ impl Vcsim {
     /// and changeId.
     pub fn areas(&self) -> Vec<(u64, u64)> {
         self.areas.clone()
+    }
+
+    /// The launcher's whole ready line (`datastores`: name -> local directory; `hosts`: name,
+    /// moref, iSCSI IQN and FC adapter ids of each ESXi host).
+    pub fn ready(&self) -> &serde_json::Value {
+        &self.ready
     }
 
     /// The launcher's stderr so far (errors; the SOAP traffic with `-trace`).

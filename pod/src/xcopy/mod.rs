@@ -8,7 +8,10 @@
 //! Vendors here: NetApp ONTAP ([`ontap`]) and Pure Storage FlashArray ([`pure`]).
 //! `--storage-vendor-product` values follow Forklift's.
 
+pub mod esxcli;
 pub mod ontap;
+pub mod paths;
+pub mod populate;
 pub mod pure;
 
 use async_trait::async_trait;

@@ -215,7 +215,7 @@ impl Ontap {
     }
 }
 
-/// The igroup name ferry uses for an ESXi host: `ferry-` and the host name, with what ONTAP
+/// The igroup name the populator uses for an ESXi host: `xcopy-` and the host id (as Forklift names it), with what ONTAP
 /// does not take in a name replaced by `-`.
 pub fn group_name(host: &str) -> String {
     let clean: String = host
@@ -228,7 +228,7 @@ pub fn group_name(host: &str) -> String {
             }
         })
         .collect();
-    format!("ferry-{clean}").chars().take(96).collect()
+    format!("xcopy-{clean}").chars().take(96).collect()
 }
 
 #[async_trait]
@@ -369,6 +369,6 @@ mod tests {
             error_message(br#"{"error":{"message":"entry doesn't exist","code":"4"}}"#),
             "entry doesn't exist"
         );
-        assert_eq!(group_name("esx 1.example/x"), "ferry-esx-1.example-x");
+        assert_eq!(group_name("esx 1.example/x"), "xcopy-esx-1.example-x");
     }
 }

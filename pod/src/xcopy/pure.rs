@@ -294,14 +294,14 @@ fn query(pairs: &[(&str, &str)]) -> String {
     u.query().unwrap_or("").to_owned()
 }
 
-/// The host name ferry uses on the array for an ESXi host: `ferry-` and the host name, with
+/// The host name the populator uses on the array for an ESXi host: `xcopy-` and the host id (as Forklift names it), with
 /// what Purity does not take in a name (letters, digits and `-` only) replaced by `-`.
 pub fn host_name(esxi: &str) -> String {
     let clean: String = esxi
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
-    format!("ferry-{clean}").chars().take(63).collect()
+    format!("xcopy-{clean}").chars().take(63).collect()
 }
 
 #[async_trait]
@@ -428,6 +428,6 @@ mod tests {
             "naa.624a9370f4252922ade248cf000113e6"
         );
         assert_eq!(wwn("20:00:00:25:b5:aa:00:02"), "20000025B5AA0002");
-        assert_eq!(host_name("esx1.example"), "ferry-esx1-example");
+        assert_eq!(host_name("esx1.example"), "xcopy-esx1-example");
     }
 }

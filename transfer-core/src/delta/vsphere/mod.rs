@@ -232,6 +232,26 @@ impl Client {
         }
     }
 
+    /// Calls any vim25 method: `inner` is the body element (every value escaped by the
+    /// caller, with [`xml::escape`] and [`xml::moref`]); one new login when the session has
+    /// expired; a fault is an error naming `what`.
+    pub async fn invoke(&self, what: &str, inner: &str) -> Result<Node> {
+        self.call(what, inner).await
+    }
+
+    /// The value of the property `path` of the managed object `ty:obj` (`None`: unset).
+    pub async fn property(&self, ty: &str, obj: &str, path: &str) -> Result<Option<Node>> {
+        let body = format!(
+            r#"<RetrievePropertiesEx xmlns="urn:vim25">{}<specSet><propSet><type>{}</type><pathSet>{}</pathSet></propSet><objectSet>{}</objectSet></specSet><options></options></RetrievePropertiesEx>"#,
+            moref("_this", "PropertyCollector", &self.sc.property_collector),
+            escape(ty),
+            escape(path),
+            moref("obj", ty, obj)
+        );
+        let answer = self.call(&format!("{path} of {obj}"), &body).await?;
+        Ok(xml::property_value(&answer).cloned())
+    }
+
     /// The VM with `uuid`: its instance UUID first, then its BIOS UUID (as CDI looks it up).
     pub async fn find_vm_by_uuid(&self, uuid: &str) -> Result<String> {
         for instance in [true, false] {

@@ -297,6 +297,13 @@ impl VirtualDisk {
     }
 }
 
+/// The first property value (`val`) of a RetrieveProperties(Ex) answer for one object.
+pub fn property_value(answer: &Node) -> Option<&Node> {
+    let rv = answer.child("returnval")?;
+    let obj = rv.child("objects").unwrap_or(rv);
+    obj.all("propSet").find_map(|ps| ps.child("val"))
+}
+
 /// The virtual disks in a RetrieveProperties(Ex) answer for `config.hardware.device`.
 pub fn virtual_disks(answer: &Node) -> Result<Vec<VirtualDisk>> {
     let what = "device list";

@@ -23,6 +23,9 @@ use transfer_core::{Error, ErrorKind, Result};
 
 use crate::xcopy::Volume;
 
+/// How long one API call may take in all.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Where a pod's service account files are.
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
@@ -68,11 +71,14 @@ impl LeaseState {
         }
     }
 
-    /// Whether `me` may take it at `now` (seconds since the epoch): free, ours, or expired.
+    /// Whether `me` may take it at `now` (seconds since the epoch): unheld, ours, or expired.
+    /// A held Lease without a renew time never expires (as Forklift's populator reads it).
     pub fn free_for(&self, me: &str, now: f64) -> bool {
         self.holder.is_empty()
             || self.holder == me
-            || self.renewed.is_none_or(|r| r + self.duration as f64 <= now)
+            || self
+                .renewed
+                .is_some_and(|r| r + self.duration as f64 <= now)
     }
 }
 
@@ -259,14 +265,33 @@ impl Kube {
         Ok(v)
     }
 
-    /// One call; `Ok(None)` for 404 and (with `conflict_ok`) 409, else the answer or an error
-    /// with the API server's message.
+    /// One call, bounded by [`CALL_TIMEOUT`]; `Ok(None)` for a status in `none_on` (404 for a
+    /// GET, 409 for a create or update that lost a race), else the answer or an error with the
+    /// API server's message.
     async fn call(
         &self,
         method: Method,
         path: &str,
         body: Option<Value>,
-        conflict_ok: bool,
+        none_on: &[u16],
+    ) -> Result<Option<Value>> {
+        let what = format!("{method} {path}");
+        tokio::time::timeout(CALL_TIMEOUT, self.call_once(method, path, body, none_on))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::new(
+                    ErrorKind::TimedOut,
+                    format!("Kubernetes {what}: no answer within {CALL_TIMEOUT:?}"),
+                ))
+            })
+    }
+
+    async fn call_once(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        none_on: &[u16],
     ) -> Result<Option<Value>> {
         let url = self.base.join(path).map_err(|e| {
             Error::new(
@@ -291,7 +316,7 @@ impl Kube {
             .map_err(|e| e.context_prefix("Kubernetes API"))?;
         let status = resp.status().as_u16();
         let answer = read_bounded(resp, &at, MAX_ANSWER).await?;
-        if status == 404 || (conflict_ok && status == 409) {
+        if none_on.contains(&status) {
             return Ok(None);
         }
         let v: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
@@ -310,7 +335,7 @@ impl Kube {
     }
 
     async fn get(&self, path: &str) -> Result<Option<Value>> {
-        self.call(Method::GET, path, None, false).await
+        self.call(Method::GET, path, None, &[404]).await
     }
 
     /// The PVC `ns/pvc`, if it exists.
@@ -396,16 +421,27 @@ impl Kube {
                     "spec": spec(0, &t),
                 });
                 let created = self
-                    .call(Method::POST, &Kube::lease_path(ns, None)?, Some(body), true)
+                    .call(
+                        Method::POST,
+                        &Kube::lease_path(ns, None)?,
+                        Some(body),
+                        &[409],
+                    )
                     .await?;
                 Ok(created.is_some())
             }
             Some(obj) => {
+                if !obj.is_object() {
+                    return Err(Error::new(
+                        ErrorKind::Protocol,
+                        format!("Kubernetes: Lease {ns}/{lease} is not an object"),
+                    ));
+                }
                 let st = LeaseState::parse(&obj);
                 if !st.free_for(me, now()) {
                     return Ok(false);
                 }
-                let transitions = st.transitions + u64::from(st.holder != me);
+                let transitions = st.transitions.saturating_add(u64::from(st.holder != me));
                 let acquire = if st.holder == me {
                     obj["spec"]["acquireTime"].as_str().unwrap_or(&t).to_owned()
                 } else {
@@ -420,7 +456,7 @@ impl Kube {
                         Method::PUT,
                         &Kube::lease_path(ns, Some(lease))?,
                         Some(obj),
-                        true,
+                        &[409],
                     )
                     .await?;
                 Ok(put.is_some())
@@ -428,20 +464,22 @@ impl Kube {
         }
     }
 
-    /// Gives the Lease up, if `me` holds it: holder cleared, so the next taker need not wait
-    /// for it to expire.
+    /// Gives the Lease up, if `me` holds it: holder cleared and renew time set past the
+    /// expiry, so that the next taker need not wait (Forklift's populator takes a Lease whose
+    /// renew time plus duration has passed, and never one without a renew time).
     pub async fn release_lease(&self, ns: &str, lease: &str, me: &str) -> Result<()> {
         let path = Kube::lease_path(ns, Some(lease))?;
         let Some(mut obj) = self.get(&path).await? else {
             return Ok(());
         };
-        if LeaseState::parse(&obj).holder != me {
+        if !obj["spec"].is_object() || LeaseState::parse(&obj).holder != me {
             return Ok(());
         }
+        let duration = obj["spec"]["leaseDurationSeconds"].as_u64().unwrap_or(0);
         obj["spec"]["holderIdentity"] = Value::Null;
-        obj["spec"]["renewTime"] = Value::Null;
-        obj["spec"]["acquireTime"] = Value::Null;
-        self.call(Method::PUT, &path, Some(obj), true).await?;
+        obj["spec"]["renewTime"] = json!(format_time(now() - duration as f64 - 1.0));
+        self.call(Method::PUT, &path, Some(obj), &[404, 409])
+            .await?;
         Ok(())
     }
 }
@@ -483,6 +521,11 @@ mod tests {
         assert!(!l.free_for("pod-b", renewed + 9.0));
         assert!(l.free_for("pod-b", renewed + 10.0));
         assert!(LeaseState::default().free_for("pod-b", 0.0));
+        let forever = LeaseState {
+            holder: "pod-a".into(),
+            ..LeaseState::default()
+        };
+        assert!(!forever.free_for("pod-b", 1e12));
     }
 
     #[test]

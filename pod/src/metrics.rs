@@ -126,6 +126,9 @@ impl Metrics {
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // The scrape is counted when its body is made: let the answer reach the scraper before
+        // the process ends.
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
     /// Moves the counters up to `percent` (never down, never past 100).

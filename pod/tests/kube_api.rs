@@ -68,7 +68,9 @@ fn the_target_pv_is_found_through_the_pvc_or_its_prime_claim() {
 #[test]
 fn leases_take_turns_and_expire() {
     let dir = test_kit::tempdir();
-    let (port, sa, table) = kube(dir.path(), KubeTable::default());
+    let mut t = KubeTable::default();
+    t.absent_namespaces.push("gone".into());
+    let (port, sa, table) = kube(dir.path(), t);
     let k = Kube::new(&format!("https://127.0.0.1:{port}/"), sa).unwrap();
     rt().block_on(async {
         assert!(k

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use ferry_pod::xcopy::ontap::{naa, Ontap};
 use ferry_pod::xcopy::pure::{self, Credentials, FlashArray};
-use ferry_pod::xcopy::{restore, Initiators, StorageArray, Volume};
+use ferry_pod::xcopy::{release, restore, Initiators, StorageArray, Volume};
 use serde_json::{json, Value};
 use test_kit::xcopy::{serve, Answer, OntapTable, Req, ONTAP_PASSWORD, ONTAP_SVM, ONTAP_USER};
 use transfer_core::http::HttpOptions;
@@ -85,6 +85,41 @@ fn the_lun_is_mapped_to_the_hosts_igroup_and_its_mappings_restored() {
         ours.2,
         vec!["iqn.1998-01.com.vmware:esx1", "20:00:00:25:b5:aa:00:02"]
     );
+}
+
+#[test]
+fn release_removes_only_populator_mappings_and_brings_back_the_lost_ones() {
+    let (url, table) = ontap();
+    let array = Ontap::new(&url, USER, PASSWORD, SVM, &HttpOptions::default()).unwrap();
+    let esxi = Initiators::from_esxi(&["iqn.1998-01.com.vmware:esx4".to_owned()]).unwrap();
+    {
+        let mut t = table.lock().unwrap();
+        t.igroups.push((
+            "ig-8".into(),
+            "xcopy-hostsystem-host-8".into(),
+            vec!["iqn.x".into()],
+        ));
+        t.igroups
+            .push(("ig-9".into(), "csi-node-1".into(), vec!["iqn.node".into()]));
+        t.maps.push(("lun-1".into(), "ig-8".into()));
+    }
+    rt().block_on(async {
+        let group = array
+            .ensure_group("hostsystem-host-4", &esxi)
+            .await
+            .unwrap();
+        let lun = array.lun(&volume("trident_pvc_1")).await.unwrap();
+        let before = vec!["other-host".to_owned()];
+        array.map(&lun, &group).await.unwrap();
+        // Meanwhile: the LUN's own mapping lost, and a mapping that is none of ours added.
+        array.unmap(&lun, "other-host").await.unwrap();
+        array.map(&lun, "csi-node-1").await.unwrap();
+        release(&array, &lun, &group, &before).await.unwrap();
+        release(&array, &lun, &group, &before).await.unwrap();
+        let mut now = array.mappings(&lun).await.unwrap();
+        now.sort();
+        assert_eq!(now, vec!["csi-node-1", "other-host"]);
+    });
 }
 
 #[test]
@@ -274,16 +309,21 @@ fn flasharray() -> (String, Arc<Mutex<Array>>) {
     (serve("/api/", move |r| pure_handle(&t, r)), a)
 }
 
-#[test]
-fn a_flasharray_volume_is_connected_to_the_hosts_entry_and_its_connections_restored() {
-    let (url, array) = flasharray();
-    let fa = FlashArray::new(
-        &url,
+/// A FlashArray client of the fake with the user's password (prefix `px`).
+fn logged_in(url: &str) -> FlashArray {
+    FlashArray::new(
+        url,
         Credentials::Password(PURE_USER.into(), PURE_PASSWORD.into()),
         "px",
         &HttpOptions::default(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn a_flasharray_volume_is_connected_to_the_hosts_entry_and_its_connections_restored() {
+    let (url, array) = flasharray();
+    let fa = logged_in(&url);
     let esxi = Initiators::from_esxi(&[
         "iqn.1998-01.com.vmware:esx3".to_owned(),
         "fc.20000025b5aa0001:20000025b5aa0002".to_owned(),
@@ -329,6 +369,31 @@ fn a_flasharray_volume_is_connected_to_the_hosts_entry_and_its_connections_resto
     assert_eq!(ours.1, vec!["iqn.1998-01.com.vmware:esx3"]);
     assert_eq!(ours.2, vec!["20000025B5AA0002"], "WWPNs added once");
     assert_eq!(a.logins, 1, "one session for every call");
+}
+
+#[test]
+fn an_esxi_host_the_flasharray_knows_already_is_used_as_it_is() {
+    let (url, array) = flasharray();
+    array
+        .lock()
+        .unwrap()
+        .hosts
+        .push(("esxi-01".into(), vec![], vec!["20000025B5AA0002".into()]));
+    let fa = logged_in(&url);
+    let esxi = Initiators::from_esxi(&["fc.20000025b5aa0001:20000025b5aa0002".to_owned()]).unwrap();
+    let host = rt()
+        .block_on(fa.ensure_group("hostsystem-host-1", &esxi))
+        .unwrap();
+    assert_eq!(
+        host, "esxi-01",
+        "an initiator belongs to one host object only"
+    );
+    assert!(array
+        .lock()
+        .unwrap()
+        .hosts
+        .iter()
+        .all(|h| !h.0.starts_with("xcopy-")));
 }
 
 #[test]

@@ -62,6 +62,9 @@ const KNOWN: [&str; 25] = [
     "master",
 ];
 
+/// Flags without a value.
+const BOOL_FLAGS: [&str; 1] = ["version"];
+
 /// Forklift's populator flags that carry a secret: read from the environment only, so that no
 /// secret sits in a process's arguments.
 const SECRET_FLAGS: [(&str, &str); 3] = [
@@ -86,22 +89,36 @@ impl Flags {
             let a = args[i].trim_start_matches('-');
             i += 1;
             if a.len() == args[i - 1].len() {
-                eprintln!("populator: warning: ignoring argument '{a}'");
+                // Not echoed: a stray argument may be a value meant for a secret flag.
+                eprintln!("populator: warning: ignoring argument {i} (not a flag)");
                 continue;
             }
             let (k, v) = match a.split_once('=') {
                 Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
                 None => (a.to_owned(), None),
             };
+            if BOOL_FLAGS.contains(&k.as_str()) {
+                values.push((k, v.unwrap_or_else(|| "true".into())));
+                continue;
+            }
             if !KNOWN.contains(&k.as_str()) {
                 match SECRET_FLAGS.iter().find(|(f, _)| *f == k) {
-                    Some((f, key)) => eprintln!(
-                        "populator: warning: ignoring --{f}: secrets are read from the environment only ({key})"
-                    ),
-                    None => eprintln!("populator: warning: ignoring unknown flag --{k}"),
-                }
-                if v.is_none() && args.get(i).is_some_and(|n| !n.starts_with('-')) {
-                    i += 1;
+                    Some((f, key)) => {
+                        eprintln!(
+                            "populator: warning: ignoring --{f}: secrets are read from the environment only ({key})"
+                        );
+                        // Its value goes too, whatever it looks like (Go's flag package takes
+                        // the next argument as the value).
+                        if v.is_none() && i < args.len() {
+                            i += 1;
+                        }
+                    }
+                    None => {
+                        eprintln!("populator: warning: ignoring unknown flag --{k}");
+                        if v.is_none() && args.get(i).is_some_and(|n| !n.starts_with('-')) {
+                            i += 1;
+                        }
+                    }
                 }
                 continue;
             }

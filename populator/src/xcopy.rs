@@ -22,15 +22,13 @@ use transfer_core::{Error, ErrorKind, Result};
 
 use crate::Flags;
 
-/// Flags the populator must be given (Forklift's controller always passes them).
-const REQUIRED: [&str; 8] = [
+/// Flags the populator must be given (Forklift's controller always passes them;
+/// `--cr-name`, `--cr-namespace` and `--secret-name` come too but are not needed).
+const REQUIRED: [&str; 5] = [
     "source-vm-id",
     "source-vmdk",
     "target-namespace",
-    "cr-name",
-    "cr-namespace",
     "owner-name",
-    "secret-name",
     "storage-vendor-product",
 ];
 
@@ -50,7 +48,10 @@ fn setting(flags: &Flags, flag: &str, key: &str) -> Option<String> {
 fn missing(flags: &Flags) -> Vec<String> {
     let mut out: Vec<String> = REQUIRED
         .iter()
-        .filter(|f| flags.get(f).is_none())
+        .filter(|f| match **f {
+            "storage-vendor-product" => vendor(flags).is_none(),
+            f => flags.get(f).is_none(),
+        })
         .map(|f| format!("missing value for mandatory flag --{f}"))
         .collect();
     for (flag, key) in [
@@ -77,6 +78,11 @@ fn missing(flags: &Flags) -> Vec<String> {
         );
     }
     out
+}
+
+/// `--storage-vendor-product`, else `STORAGE_VENDOR` (its default in Forklift's populator).
+fn vendor(flags: &Flags) -> Option<String> {
+    setting(flags, "storage-vendor-product", "STORAGE_VENDOR")
 }
 
 /// The vSphere server and port of `GOVMOMI_HOSTNAME` (`host`, `host:port`, or a URL).
@@ -182,7 +188,13 @@ fn holder() -> String {
                 .map(|h| h.trim().to_owned())
                 .filter(|h| !h.is_empty())
         })
-        .unwrap_or_else(|| format!("populator-{}", std::process::id()))
+        .unwrap_or_else(|| {
+            // Unique enough among pods whose process ids are all 1.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            format!("populator-{:x}", nanos ^ u128::from(std::process::id()))
+        })
 }
 
 /// A number from the environment (`HOST_LEASE_DURATION_SECONDS` may end in `s`, as Forklift
@@ -202,6 +214,10 @@ fn number_env(key: &str, default: u64) -> Result<u64> {
 
 /// Runs the populator; the process's exit code.
 pub async fn main(flags: &Flags) -> ExitCode {
+    if flags.get("version").is_some() {
+        println!("populator (ferry) {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
     let gaps = missing(flags);
     if !gaps.is_empty() {
         for g in gaps {
@@ -209,7 +225,7 @@ pub async fn main(flags: &Flags) -> ExitCode {
         }
         return ExitCode::from(2);
     }
-    let product = flags.get("storage-vendor-product").unwrap_or("").to_owned();
+    let product = vendor(flags).unwrap_or_default();
     if let Err(e) = check_product(&product) {
         eprintln!("populator: error: {e}");
         return ExitCode::from(2);
@@ -293,6 +309,13 @@ async fn run(
 ) -> Result<populate::Outcome> {
     let cancel = ferry_pod::cancel_on_sigterm();
     let f = |k: &str| flags.get(k).unwrap_or("").to_owned();
+    let duration = number_env("HOST_LEASE_DURATION_SECONDS", 10)?;
+    if duration < 3 {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("HOST_LEASE_DURATION_SECONDS {duration} is too short (3 s at least)"),
+        ));
+    }
     let plan = Plan {
         vm: f("source-vm-id"),
         vmdk: f("source-vmdk"),
@@ -307,9 +330,10 @@ async fn run(
         lease: LeasePlan {
             namespace: env("HOST_LEASE_NAMESPACE").unwrap_or_else(|| "openshift-mtv".into()),
             holder: holder(),
-            duration: number_env("HOST_LEASE_DURATION_SECONDS", 10)?,
+            duration,
             slots: 2,
-            renew: Duration::from_secs(3),
+            // Three renewals within one duration: a late one does not lose the slot.
+            renew: Duration::from_millis((duration * 1000 / 3).min(3000)),
             retry: Duration::from_secs(10),
         },
     };

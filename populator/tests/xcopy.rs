@@ -344,7 +344,8 @@ fn the_disk_is_cloned_onto_the_lun_and_the_mappings_come_back() {
     let log = r.vcsim.log();
     for cmd in [
         "storage core adapter list",
-        "storage core adapter rescan",
+        "storage core adapter rescan all=1 type=add",
+        "storage core adapter rescan adapter=vmhba64 type=delete",
         "vmkfstools clone",
         "vmkfstools taskGet",
         "vmkfstools taskClean",
@@ -442,7 +443,12 @@ fn a_failing_map_or_clone_or_a_device_that_never_shows_leaves_the_mappings_as_th
             "{line}"
         );
         assert_eq!(r.mappings(), before);
-        assert!(r.vcsim.log().matches("storage core adapter rescan").count() >= 5);
+        let adds = r
+            .vcsim
+            .log()
+            .matches("storage core adapter rescan all=1 type=add")
+            .count();
+        assert_eq!(adds, 5, "{}", r.vcsim.log());
     }
     // vmkfstools fails half-way.
     if let Some(r) = rig(&["-clone-fail-at", "40", "-clone-rate", "12582912"]) {
@@ -496,6 +502,53 @@ fn a_killed_populators_mapping_is_cleaned_up_by_the_next_one() {
     assert!(out.status.success(), "{}", stderr(&out));
     r.assert_cloned();
     assert_eq!(r.mappings(), before);
+}
+
+#[test]
+fn a_busy_host_is_waited_for_and_a_killed_runs_mapping_elsewhere_is_removed() {
+    let Some(r) = rig(&[]) else {
+        return;
+    };
+    let before = r.mappings();
+    // A populator killed while it used another ESXi host left its group mapped.
+    {
+        let mut t = r.ontap.lock().unwrap();
+        t.igroups.push((
+            "ig-99".into(),
+            "xcopy-hostsystem-host-99".into(),
+            vec!["iqn.1998-01.com.vmware:gone".into()],
+        ));
+        t.maps.push(("lun-1".into(), "ig-99".into()));
+    }
+    // Both rescan slots of the host are held by other pods, for 2 more seconds.
+    let host = r.vcsim.ready()["hosts"][0]["moref"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    {
+        let mut k = r.kube.lock().unwrap();
+        for slot in 0..2 {
+            let name = format!("esxi-lock-hostsystem-{host}-slot-{slot}");
+            k.leases.push((
+                "openshift-mtv".into(),
+                name.clone(),
+                json!({"metadata": {"name": name, "namespace": "openshift-mtv", "resourceVersion": "1"},
+                       "spec": {"holderIdentity": format!("other-pod-{slot}"), "leaseDurationSeconds": 2,
+                                "renewTime": ferry_pod::kube::format_time(ferry_pod::kube::now()),
+                                "leaseTransitions": 0}}),
+            ));
+        }
+    }
+    let (out, _) = r.run();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("rescan slot of hostsystem-host-"), "{err}");
+    r.assert_cloned();
+    assert_eq!(
+        r.mappings(),
+        before,
+        "the leftover mapping is gone, the LUN's own is back"
+    );
 }
 
 #[test]

@@ -24,6 +24,14 @@ pub fn scrape_until_exit(mut child: Child, addr_file: &Path) -> (Output, Vec<Str
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    if child.try_wait().unwrap().is_none() {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "the process did not end within 60 s; killed it. stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     (child.wait_with_output().unwrap(), scrapes)
 }
 

@@ -428,6 +428,8 @@ pub struct KubeTable {
     pub leases: Vec<(String, String, Value)>,
     /// Every request: `METHOD path`.
     pub log: Vec<String>,
+    /// Namespaces that do not exist (creating a Lease there answers 404).
+    pub absent_namespaces: Vec<String>,
     version: u64,
 }
 
@@ -531,6 +533,9 @@ fn kube_handle(t: &Kube, r: &Req) -> Answer {
             }
         }
         ("POST", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases"]) => {
+            if t.absent_namespaces.iter().any(|a| a == ns) {
+                return status(404, "NotFound", &format!("namespaces \"{ns}\" not found"));
+            }
             let name = r.body["metadata"]["name"].as_str().unwrap_or("").to_owned();
             if t.leases.iter().any(|l| l.0 == *ns && l.1 == name) {
                 return status(

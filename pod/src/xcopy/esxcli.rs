@@ -57,6 +57,10 @@ pub fn execute_soap(executer: &str, words: &[&str], args: &[(&str, &str)]) -> St
         escape(&ns.join("-")),
         escape(&words.join("."))
     );
+    // In parameter-name order, as govmomi's executor sends them (the order of the command's
+    // CLI info).
+    let mut args = args.to_vec();
+    args.sort_by_key(|(name, _)| *name);
     for (name, val) in args {
         // The value is an XML fragment inside a string: escaped once for the fragment and
         // once more for the envelope.

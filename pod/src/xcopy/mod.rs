@@ -132,6 +132,31 @@ pub trait StorageArray: Send + Sync {
     async fn unmap(&self, lun: &Lun, group: &str) -> Result<()>;
 }
 
+/// The prefix of the initiator groups the populator makes (Forklift's: `xcopy-<host id>`).
+pub const GROUP_PREFIX: &str = "xcopy-";
+
+/// Ends the populator's use of `lun`: unmaps it from `group` and from any other populator
+/// group (`xcopy-...`, a killed run's) that `before` does not hold, and maps it again to what
+/// `before` holds and is missing. Mappings someone else added meanwhile stay.
+pub async fn release(
+    array: &dyn StorageArray,
+    lun: &Lun,
+    group: &str,
+    before: &[String],
+) -> Result<()> {
+    let now = array.mappings(lun).await?;
+    for g in now
+        .iter()
+        .filter(|g| (*g == group || g.starts_with(GROUP_PREFIX)) && !before.contains(g))
+    {
+        array.unmap(lun, g).await?;
+    }
+    for g in before.iter().filter(|g| !now.contains(g)) {
+        array.map(lun, g).await?;
+    }
+    Ok(())
+}
+
 /// Puts `lun`'s mappings back to `before`: unmaps what was added, maps again what was removed.
 pub async fn restore(array: &dyn StorageArray, lun: &Lun, before: &[String]) -> Result<()> {
     let now = array.mappings(lun).await?;

@@ -20,7 +20,7 @@ use transfer_core::{Error, ErrorKind, Result};
 
 use super::esxcli::{field, Esxcli};
 use super::paths;
-use super::{restore, Initiators, Lun, StorageArray};
+use super::{release, Initiators, Lun, StorageArray, GROUP_PREFIX};
 use crate::kube::Kube;
 use crate::metrics::Metrics;
 
@@ -283,14 +283,15 @@ pub async fn run(plan: &Plan, p: &Peers<'_>) -> Result<Outcome> {
 
     let group = p.array.ensure_group(&id, &initiators).await?;
     let lun = p.array.lun(&volume).await?;
-    // Mappings to the host's own group are this populator's (or a killed one's): the rest
-    // is what the LUN goes back to.
+    // Mappings to the host's group, or to any populator group (`xcopy-...`: a killed run's,
+    // maybe on another host), are not the LUN's own: the rest is what it goes back to. A new
+    // PV's LUN is never an ESXi host's before the populator maps it.
     let before: Vec<String> = p
         .array
         .mappings(&lun)
         .await?
         .into_iter()
-        .filter(|g| *g != group)
+        .filter(|g| *g != group && !g.starts_with(GROUP_PREFIX))
         .collect();
     tracing::info!(lun = %lun.name, naa = %lun.naa, before = ?before, "LUN");
     let mapped = Mapped {
@@ -303,13 +304,16 @@ pub async fn run(plan: &Plan, p: &Peers<'_>) -> Result<Outcome> {
         host: format!("{host_name} ({host})"),
     };
     let r = async {
+        if p.cancel.is_cancelled() {
+            return Err(cancelled());
+        }
         p.array.map(&mapped.lun, &mapped.group).await?;
         tracing::info!(group = %mapped.group, "LUN mapped to the host");
         with_lease(plan, p, &mapped.host_id, || find_device(plan, p, &mapped)).await?;
         clone(plan, p, &mapped.esxcli, &source, &mapped.lun.naa, bytes).await
     }
     .await;
-    let cleaned = cleanup(plan, p, &mapped).await;
+    let cleaned = cleanup(p, &mapped).await;
     match (r, cleaned) {
         (Ok(o), Ok(())) => Ok(o),
         (Ok(_), Err(e)) => Err(e.context_prefix("the clone finished but the cleanup failed")),
@@ -417,16 +421,17 @@ where
         pause(p.cancel, l.retry).await?;
     };
     tracing::debug!(lease = %name, "host lease taken");
-    // Renewed every few seconds; once a renewal fails the hold is lost and the work stops.
+    // Renewed every few seconds; a renewal that fails, or does not answer before the next one
+    // is due, loses the hold and the work stops (another may take the slot once it expires).
     let renew = async {
         loop {
             tokio::time::sleep(l.renew).await;
-            if !matches!(
-                p.kube
-                    .try_lease(&l.namespace, &name, &l.holder, l.duration)
-                    .await,
-                Ok(true)
-            ) {
+            let renewed = tokio::time::timeout(
+                l.renew,
+                p.kube.try_lease(&l.namespace, &name, &l.holder, l.duration),
+            )
+            .await;
+            if !matches!(renewed, Ok(Ok(true))) {
                 return;
             }
         }
@@ -524,11 +529,28 @@ async fn clone(
     };
     tracing::info!(task = %id, "clone {source} -> {target} started");
     let r = follow(plan, p, esxcli, &id, bytes, started).await;
-    if let Err(e) = esxcli.plugin("taskClean", &[("id", &id)]).await {
-        tracing::warn!("cleaning clone task {id}: {e}");
+    match &r {
+        // The task ended: its files go (the wrapper's task directory, the RDM descriptor).
+        Ok(_) => clean_task(esxcli, &id).await,
+        Err(e) if e.kind() == ErrorKind::Server => clean_task(esxcli, &id).await,
+        // SIGTERM or a host that stopped answering: the wrapper cannot stop vmkfstools, which
+        // goes on until the device goes away with the unmapping.
+        Err(_) => tracing::warn!(
+            "clone task {id} may still run on the host; unmapping the LUN ends its writes"
+        ),
     }
     r
 }
+
+async fn clean_task(esxcli: &Esxcli, id: &str) {
+    if let Err(e) = esxcli.plugin("taskClean", &[("id", id)]).await {
+        tracing::warn!("cleaning clone task {id}: {e}");
+    }
+}
+
+/// `taskGet` failures in a row tolerated (a vCenter or host that hiccups) before the
+/// population fails.
+const TASK_GET_TRIES: u32 = 3;
 
 /// Polls the clone task until it ends.
 async fn follow(
@@ -543,9 +565,25 @@ async fn follow(
         ("storage_vendor", plan.vendor.as_str()),
         ("clone_method", plan.clone_method.as_str()),
     ];
+    let mut failures = 0;
     loop {
         pause(p.cancel, plan.poll).await?;
-        let t = parse_task(&esxcli.plugin("taskGet", &[("id", id)]).await?)?;
+        let t = match esxcli
+            .plugin("taskGet", &[("id", id)])
+            .await
+            .and_then(|m| parse_task(&m))
+        {
+            Ok(t) => {
+                failures = 0;
+                t
+            }
+            Err(e) if failures + 1 < TASK_GET_TRIES && e.kind() != ErrorKind::Server => {
+                failures += 1;
+                tracing::warn!("polling clone task {id} (try {failures}): {e}");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if let Some(pc) = percent(&t.last_line) {
             p.metrics.set_percent(pc);
         }
@@ -593,30 +631,50 @@ async fn follow(
     }
 }
 
-/// Device off and detached, mappings restored, adapters rescanned: every step tried, the
-/// first failure reported.
-async fn cleanup(plan: &Plan, p: &Peers<'_>, m: &Mapped) -> Result<()> {
+/// How long one ESXi call of the cleanup may take: the unmapping must happen within the
+/// pod's grace period even when vCenter is slow.
+const CLEANUP_CALL: Duration = Duration::from_secs(15);
+
+/// Tries to restore the mappings, with pauses of 1 s and 2 s between the tries.
+const RESTORE_TRIES: u32 = 3;
+
+/// Runs one esxcli command of the cleanup, bounded by [`CLEANUP_CALL`]; `Ok(None)` for a
+/// command that failed on the host.
+async fn cleanup_call(
+    x: &Esxcli,
+    words: &[&str],
+    args: &[(&str, &str)],
+) -> Result<Option<super::esxcli::Answer>> {
+    match tokio::time::timeout(CLEANUP_CALL, x.try_run(words, args)).await {
+        Ok(r) => r.map(std::result::Result::ok),
+        Err(_) => Err(Error::new(
+            ErrorKind::TimedOut,
+            format!(
+                "esxcli {}: no answer within {CLEANUP_CALL:?}",
+                words.join(" ")
+            ),
+        )),
+    }
+}
+
+/// Device off and detached, mappings restored, adapters rescanned: every step tried (none
+/// stopped by SIGTERM), the mappings' failure reported.
+async fn cleanup(p: &Peers<'_>, m: &Mapped) -> Result<()> {
     let naa = m.lun.naa.as_str();
     let x = &m.esxcli;
-    let mut first: Option<Error> = None;
-    let listed = x
-        .try_run(&["storage", "core", "device", "list"], &[("device", naa)])
-        .await;
-    if let Ok(Ok(_)) = listed {
-        match x
-            .run(
-                &["storage", "core", "device", "set"],
-                &[("state", "off"), ("device", naa)],
-            )
-            .await
+    let list = ["storage", "core", "device", "list"];
+    if let Ok(Some(_)) = cleanup_call(x, &list, &[("device", naa)]).await {
+        match cleanup_call(
+            x,
+            &["storage", "core", "device", "set"],
+            &[("state", "off"), ("device", naa)],
+        )
+        .await
         {
-            Ok(_) => {
+            Ok(Some(_)) => {
                 for _ in 0..DEVICE_OFF_WAITS {
-                    let a = x
-                        .try_run(&["storage", "core", "device", "list"], &[("device", naa)])
-                        .await;
-                    let off = match &a {
-                        Ok(Ok(a)) => {
+                    let off = match cleanup_call(x, &list, &[("device", naa)]).await {
+                        Ok(Some(a)) => {
                             a.rows().first().and_then(|r| field(r, "Status")) == Some("off")
                         }
                         _ => true,
@@ -626,52 +684,50 @@ async fn cleanup(plan: &Plan, p: &Peers<'_>, m: &Mapped) -> Result<()> {
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                if let Err(e) = x
-                    .run(
-                        &["storage", "core", "device", "detached", "remove"],
-                        &[("device", naa)],
-                    )
-                    .await
-                {
-                    tracing::warn!("{e}");
+                let detached = cleanup_call(
+                    x,
+                    &["storage", "core", "device", "detached", "remove"],
+                    &[("device", naa)],
+                )
+                .await;
+                if !matches!(detached, Ok(Some(_))) {
+                    tracing::warn!("removing {naa} from the detached devices failed");
                 }
             }
+            Ok(None) => tracing::warn!("ESXi refused to set {naa} off (busy?)"),
             Err(e) => tracing::warn!("setting {naa} off: {e}"),
         }
     }
-    match restore(p.array, &m.lun, &m.before).await {
-        Ok(()) => tracing::info!(mappings = ?m.before, "LUN mappings restored"),
-        Err(e) => {
-            first.get_or_insert(e.context_prefix(format!(
-                "restoring the mappings of {} (still mapped to {}?)",
-                m.lun.name, m.group
-            )));
+    let mut restored = Err(Error::new(ErrorKind::Server, "not tried"));
+    for attempt in 0..RESTORE_TRIES {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+        }
+        restored = release(p.array, &m.lun, &m.group, &m.before).await;
+        if restored.is_ok() {
+            break;
         }
     }
-    let rescan = with_lease(plan, p, &m.host_id, || async {
-        for a in &m.adapters {
-            if let Err(e) = x
-                .run(
-                    &["storage", "core", "adapter", "rescan"],
-                    &[("type", "delete"), ("adapter", a)],
-                )
-                .await
-            {
-                tracing::warn!("{e}");
-            }
+    if let Err(e) = restored {
+        return Err(e.context_prefix(format!(
+            "restoring the mappings of {} (still mapped to {}?)",
+            m.lun.name, m.group
+        )));
+    }
+    tracing::info!(mappings = ?m.before, "LUN mappings restored");
+    // Forklift rescans here without the host Lease: ESXi drops the paths to the unmapped LUN.
+    for a in &m.adapters {
+        let r = cleanup_call(
+            x,
+            &["storage", "core", "adapter", "rescan"],
+            &[("type", "delete"), ("adapter", a)],
+        )
+        .await;
+        if !matches!(r, Ok(Some(_))) {
+            tracing::warn!("rescanning {a} after the unmapping failed");
         }
-        Ok(())
-    });
-    // A SIGTERM must not stop the cleanup: the lease wait here is bounded instead.
-    match tokio::time::timeout(Duration::from_secs(30), rescan).await {
-        Ok(Err(e)) => tracing::warn!("rescan after unmapping: {e}"),
-        Err(_) => tracing::warn!("rescan after unmapping: no host lease within 30 s"),
-        Ok(Ok(())) => {}
     }
-    match first {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
 #[cfg(test)]

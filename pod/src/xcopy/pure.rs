@@ -314,6 +314,25 @@ impl StorageArray for FlashArray {
         let name = host_name(host);
         let iqns: Vec<String> = initiators.iscsi.clone();
         let wwns: Vec<String> = initiators.fc_wwpns().iter().map(|w| wwn(w)).collect();
+        // Purity lets an IQN or WWN belong to one host object only: when the ESXi host already
+        // has one on this array (as it must, to reach the source datastore), that one is used.
+        let all = self.call(Method::GET, "hosts", None).await?;
+        let holds_ours = |h: &Value| {
+            names_of(h, "iqns")
+                .iter()
+                .any(|i| iqns.iter().any(|o| o.eq_ignore_ascii_case(i)))
+                || names_of(h, "wwns").iter().any(|w| wwns.contains(&wwn(w)))
+        };
+        if let Some(existing) = all
+            .iter()
+            .find(|h| h["name"] != name.as_str() && holds_ours(h))
+        {
+            let n = existing["name"].as_str().unwrap_or("").to_owned();
+            if !n.is_empty() {
+                tracing::info!(host = %n, "the array already knows the ESXi host's initiators");
+                return Ok(n);
+            }
+        }
         let q = query(&[("names", &name)]);
         match self.host(&name).await? {
             None => {

@@ -173,6 +173,8 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_target(false)
+        // A pod's log is a file: colours only on a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let mut args: Vec<String> = std::env::args().collect();
     let called = PathBuf::from(args.remove(0))

@@ -286,6 +286,8 @@ fn the_disk_is_cloned_onto_the_lun_and_the_mappings_come_back() {
     let before = r.mappings();
     let (out, scrapes) = r.run();
     let err = stderr(&out);
+    // The populator's log (shown with --nocapture).
+    eprintln!("{err}");
     assert!(out.status.success(), "{err}\nvcsim: {}", r.vcsim.log());
     r.assert_cloned();
     assert_eq!(r.mappings(), before, "the LUN's mappings are as they were");
@@ -408,6 +410,26 @@ fn a_host_copy_without_xcopy_is_reported() {
 }
 
 #[test]
+fn a_vcenter_that_hiccups_is_asked_again() {
+    // Every third esxcli call is answered HTTP 503.
+    let Some(r) = rig(&["-esxcli-hiccup-every", "3", "-clone-rate", "12582912"]) else {
+        return;
+    };
+    let before = r.mappings();
+    let (out, _) = r.run();
+    let err = stderr(&out);
+    let log = r.vcsim.log();
+    eprintln!("{err}");
+    // The calls come in a fixed order: the clone (the only call not sent again after a
+    // 503) is not one of the third ones.
+    assert!(out.status.success(), "{err}\n{log}");
+    r.assert_cloned();
+    assert_eq!(r.mappings(), before);
+    assert!(log.matches("esxcli hiccup").count() >= 3, "{log}");
+    assert!(err.contains("try 1 of 3"), "{err}");
+}
+
+#[test]
 fn a_failing_map_or_clone_or_a_device_that_never_shows_leaves_the_mappings_as_they_were() {
     // The array refuses the mapping.
     if let Some(r) = rig(&[]) {
@@ -439,7 +461,7 @@ fn a_failing_map_or_clone_or_a_device_that_never_shows_leaves_the_mappings_as_th
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
         let line = error_line(&out);
         assert!(
-            line.contains(&naa()) && line.contains("Disk.MaxLUN"),
+            line.contains(&naa()) && line.contains("Disk.MaxLUN (1024)"),
             "{line}"
         );
         assert_eq!(r.mappings(), before);

@@ -15,7 +15,15 @@
 //!   `QueryChangedDiskAreas` calls, so the next call fails with NotAuthenticated;
 //! - `-login-delay DURATION` (0): every SOAP `Login` waits that long (a Go duration: `1.5s`,
 //!   `300ms`) before it is answered, as a real vCenter's login takes its time;
-//! - `-trace`: vcsim's SOAP traffic on the launcher's stderr ([`Vcsim::log`]).
+//! - `-trace`: vcsim's SOAP traffic on the launcher's stderr ([`Vcsim::log`]);
+//! - `-esxcli-devices DIR`: every host answers esxcli over the vSphere API (`storage core`
+//!   adapters, devices and rescans, `system settings advanced list`, Forklift's `vmkfstools`
+//!   plugin); the `naa.*` entries of DIR are the LUNs mapped to the hosts, and a clone copies
+//!   the VM disk's flat file (in the datastore directory of the ready line) onto the entry's
+//!   device; each call is logged as `vcsim-ferry: esxcli WORDS name=value ...`;
+//! - `-rescans-needed N` (1; 0: never), `-clone-rate BYTES_PER_S` (0: unlimited),
+//!   `-clone-fail-at PERCENT` (-1: never), `-no-xcopy` (clones report a host copy),
+//!   `-esxcli-hiccup-every N` (0: never; every N-th esxcli call answered HTTP 503).
 //!
 //! `QueryChangedDiskAreas` faults: an unknown deviceKey or a startOffset at or past the capacity
 //! give InvalidArgument; changeId `reset` gives FileFault ("CBT was reset"); a snapshot that is not

@@ -11,11 +11,15 @@
 //! `message` (JSON): a status other than `0` is a failure of the plugin.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use transfer_core::delta::vsphere::xml::{self, escape, moref, Node};
 use transfer_core::delta::vsphere::Client;
 use transfer_core::error::peer_text;
 use transfer_core::{Error, ErrorKind, Result};
+
+/// Tries of one command whose call failed in a way that may pass (1 s, then 2 s apart).
+const CALL_TRIES: u32 = 3;
 
 /// What one command answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,10 +190,29 @@ impl Esxcli {
     ) -> Result<std::result::Result<Answer, CommandFault>> {
         let what = words.join(" ");
         let body = execute_soap(&self.executer, words, args);
-        let answer = self
-            .client
-            .invoke(&format!("esxcli {what} on {}", self.host), &body)
-            .await?;
+        let mut tries = 0;
+        let answer = loop {
+            tries += 1;
+            match self
+                .client
+                .invoke(&format!("esxcli {what} on {}", self.host), &body)
+                .await
+            {
+                Ok(a) => break a,
+                // A vCenter or host that hiccups (a dropped connection, a busy answer, a
+                // transient fault): the command is sent again, unless it starts a clone that
+                // may have started already (only a connection that failed is certain not to).
+                Err(e)
+                    if tries < CALL_TRIES
+                        && e.kind().is_transient()
+                        && (words != ["vmkfstools", "clone"] || e.kind() == ErrorKind::Connect) =>
+                {
+                    tracing::warn!("esxcli {what} (try {tries} of {CALL_TRIES}): {e}");
+                    tokio::time::sleep(Duration::from_secs(tries.into())).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         parse_execute(&answer, &what)
     }
 

@@ -266,7 +266,11 @@ pub async fn run(plan: &Plan, p: &Peers<'_>) -> Result<Outcome> {
             "Forklift's vmkfstools-wrapper VIB is not usable on {host_name}"
         ))
     })?;
-    tracing::info!(vib = %version, "vmkfstools-wrapper");
+    let version = serde_json::from_str::<Value>(&version)
+        .ok()
+        .and_then(|v| v["version"].as_str().map(str::to_owned))
+        .unwrap_or(version);
+    tracing::info!(version = %version, "Forklift's vmkfstools-wrapper VIB");
     let (ids, adapters) = match datastore_initiators(vs, &plan.vm, &ds, &host).await? {
         Some(found) => found,
         None => {
@@ -488,10 +492,30 @@ async fn find_device(plan: &Plan, p: &Peers<'_>, m: &Mapped) -> Result<()> {
             .await?;
         pause(p.cancel, plan.rescan_wait).await?;
     }
+    // The usual causes: a LUN number the host does not scan (above Disk.MaxLUN), or no path.
+    let max_lun = m
+        .esxcli
+        .try_run(
+            &["system", "settings", "advanced", "list"],
+            &[("option", "/Disk/MaxLUN")],
+        )
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .and_then(|a| {
+            a.rows()
+                .first()
+                .and_then(|r| field(r, "IntValue"))
+                .map(str::to_owned)
+        })
+        .map_or_else(
+            || "the host's Disk.MaxLUN".to_owned(),
+            |v| format!("the host's Disk.MaxLUN ({v})"),
+        );
     Err(Error::new(
         ErrorKind::NotFound,
         format!(
-            "ESXi host {} does not see {naa} after {} rescans (is the LUN number above the host's Disk.MaxLUN, or has the host no path to the array?)",
+            "ESXi host {} does not see {naa} after {} rescans (is the LUN number at or above {max_lun}, or has the host no path to the array?)",
             m.host, plan.rescans
         ),
     ))

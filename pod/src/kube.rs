@@ -276,62 +276,54 @@ impl Kube {
         none_on: &[u16],
     ) -> Result<Option<Value>> {
         let what = format!("{method} {path}");
-        tokio::time::timeout(CALL_TIMEOUT, self.call_once(method, path, body, none_on))
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::new(
-                    ErrorKind::TimedOut,
-                    format!("Kubernetes {what}: no answer within {CALL_TIMEOUT:?}"),
-                ))
-            })
-    }
-
-    async fn call_once(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-        none_on: &[u16],
-    ) -> Result<Option<Value>> {
-        let url = self.base.join(path).map_err(|e| {
+        let timed_out = || {
             Error::new(
-                ErrorKind::Protocol,
-                format!("Kubernetes: bad path {path}: {e}"),
+                ErrorKind::TimedOut,
+                format!("Kubernetes {what}: no answer within {CALL_TIMEOUT:?}"),
             )
-        })?;
-        let mut h = HeaderMap::new();
-        h.insert(ACCEPT, HeaderValue::from_static("application/json"));
-        h.insert(AUTHORIZATION, self.token()?);
-        let what = format!("{method} {path}");
-        let (resp, at) = self
-            .http
-            .send_with(
-                method,
-                &url,
-                None,
-                body.map(|b| b.to_string().into_bytes()),
-                &h,
-            )
-            .await
-            .map_err(|e| e.context_prefix("Kubernetes API"))?;
-        let status = resp.status().as_u16();
-        let answer = read_bounded(resp, &at, MAX_ANSWER).await?;
-        if none_on.contains(&status) {
-            return Ok(None);
-        }
-        let v: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
-        if (200..300).contains(&status) {
-            return Ok(Some(v));
-        }
-        let kind = match status {
-            401 | 403 => ErrorKind::Denied,
-            _ => ErrorKind::Server,
         };
-        let msg = v["message"].as_str().map(peer_text).unwrap_or_default();
-        Err(Error::new(
-            kind,
-            format!("Kubernetes {what}: HTTP {status} {msg}"),
-        ))
+        tokio::time::timeout(CALL_TIMEOUT, async {
+            let url = self.base.join(path).map_err(|e| {
+                Error::new(
+                    ErrorKind::Protocol,
+                    format!("Kubernetes: bad path {path}: {e}"),
+                )
+            })?;
+            let mut h = HeaderMap::new();
+            h.insert(ACCEPT, HeaderValue::from_static("application/json"));
+            h.insert(AUTHORIZATION, self.token()?);
+            let (resp, at) = self
+                .http
+                .send_with(
+                    method,
+                    &url,
+                    None,
+                    body.map(|b| b.to_string().into_bytes()),
+                    &h,
+                )
+                .await
+                .map_err(|e| e.context_prefix("Kubernetes API"))?;
+            let status = resp.status().as_u16();
+            let answer = read_bounded(resp, &at, MAX_ANSWER).await?;
+            if none_on.contains(&status) {
+                return Ok(None);
+            }
+            let v: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+            if (200..300).contains(&status) {
+                return Ok(Some(v));
+            }
+            let kind = match status {
+                401 | 403 => ErrorKind::Denied,
+                _ => ErrorKind::Server,
+            };
+            let msg = v["message"].as_str().map(peer_text).unwrap_or_default();
+            Err(Error::new(
+                kind,
+                format!("Kubernetes {what}: HTTP {status} {msg}"),
+            ))
+        })
+        .await
+        .unwrap_or_else(|_| Err(timed_out()))
     }
 
     async fn get(&self, path: &str) -> Result<Option<Value>> {

@@ -16,10 +16,15 @@ use std::time::Duration;
 use transfer_core::delta::vsphere::xml::{self, escape, moref, Node};
 use transfer_core::delta::vsphere::Client;
 use transfer_core::error::peer_text;
+use transfer_core::source::retry::RetryPolicy;
 use transfer_core::{Error, ErrorKind, Result};
 
-/// Tries of one command whose call failed in a way that may pass (1 s, then 2 s apart).
-const CALL_TRIES: u32 = 3;
+/// How a command whose call failed in a way that may pass is sent again: twice more, 1 s then
+/// 2 s later.
+const CALL_RETRY: RetryPolicy = RetryPolicy {
+    retries: 2,
+    delay: Duration::from_secs(1),
+};
 
 /// What one command answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,12 +208,13 @@ impl Esxcli {
                 // transient fault): the command is sent again, unless it starts a clone that
                 // may have started already (only a connection that failed is certain not to).
                 Err(e)
-                    if tries < CALL_TRIES
+                    if tries <= CALL_RETRY.retries
                         && e.kind().is_transient()
                         && (words != ["vmkfstools", "clone"] || e.kind() == ErrorKind::Connect) =>
                 {
-                    tracing::warn!("esxcli {what} (try {tries} of {CALL_TRIES}): {e}");
-                    tokio::time::sleep(Duration::from_secs(tries.into())).await;
+                    let of = CALL_RETRY.retries + 1;
+                    tracing::warn!("esxcli {what} (try {tries} of {of}): {e}");
+                    tokio::time::sleep(CALL_RETRY.backoff(tries)).await;
                 }
                 Err(e) => return Err(e),
             }

@@ -135,6 +135,16 @@ pub trait StorageArray: Send + Sync {
 /// The prefix of the initiator groups the populator makes (Forklift's: `xcopy-<host id>`).
 pub const GROUP_PREFIX: &str = "xcopy-";
 
+/// The populator's group (host) name for the host id `host`: [`GROUP_PREFIX`] and the id, each
+/// character that `keep` refuses replaced by `-`, at most `max` characters (the array's rules).
+pub fn group_name(host: &str, keep: impl Fn(char) -> bool, max: usize) -> String {
+    let clean: String = host
+        .chars()
+        .map(|c| if keep(c) { c } else { '-' })
+        .collect();
+    format!("{GROUP_PREFIX}{clean}").chars().take(max).collect()
+}
+
 /// Ends the populator's use of `lun`: unmaps it from `group` and from any other populator
 /// group (`xcopy-...`, a killed run's) that `before` does not hold, and maps it again to what
 /// `before` holds and is missing. Mappings someone else added meanwhile stay.

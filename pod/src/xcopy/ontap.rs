@@ -215,20 +215,14 @@ impl Ontap {
     }
 }
 
-/// The igroup name the populator uses for an ESXi host: `xcopy-` and the host id (as Forklift names it), with what ONTAP
-/// does not take in a name replaced by `-`.
+/// The igroup name the populator uses for an ESXi host: `xcopy-` and the host id (as Forklift
+/// names it), with what ONTAP does not take in a name replaced by `-`.
 pub fn group_name(host: &str) -> String {
-    let clean: String = host
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    format!("xcopy-{clean}").chars().take(96).collect()
+    super::group_name(
+        host,
+        |c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.',
+        96,
+    )
 }
 
 #[async_trait]

@@ -294,14 +294,11 @@ fn query(pairs: &[(&str, &str)]) -> String {
     u.query().unwrap_or("").to_owned()
 }
 
-/// The host name the populator uses on the array for an ESXi host: `xcopy-` and the host id (as Forklift names it), with
-/// what Purity does not take in a name (letters, digits and `-` only) replaced by `-`.
+/// The host name the populator uses on the array for an ESXi host: `xcopy-` and the host id
+/// (as Forklift names it), with what Purity does not take in a name (letters, digits and `-`
+/// only) replaced by `-`.
 pub fn host_name(esxi: &str) -> String {
-    let clean: String = esxi
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    format!("xcopy-{clean}").chars().take(63).collect()
+    super::group_name(esxi, |c| c.is_ascii_alphanumeric(), 63)
 }
 
 #[async_trait]

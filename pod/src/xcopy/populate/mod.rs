@@ -18,9 +18,13 @@ use transfer_core::delta::vsphere::Client;
 use transfer_core::job::CancelToken;
 use transfer_core::{Error, ErrorKind, Result};
 
+mod cleanup;
+
+use cleanup::cleanup;
+
 use super::esxcli::{field, Esxcli};
 use super::paths;
-use super::{release, Initiators, Lun, StorageArray, GROUP_PREFIX};
+use super::{Initiators, Lun, StorageArray, GROUP_PREFIX};
 use crate::kube::Kube;
 use crate::metrics::Metrics;
 
@@ -30,9 +34,6 @@ pub const PROGRESS: &str = "vsphere_xcopy_volume_populator_progress";
 pub const XCOPY_USED: &str = "vsphere_xcopy_volume_populator_xcopy_used";
 /// How long the copy took; present once it has ended (with `result`).
 pub const COPY_DURATION: &str = "vsphere_xcopy_volume_populator_copy_duration_seconds";
-
-/// Most devices of the host that keep a LUN's state off or dead are removed and retried.
-const DEVICE_OFF_WAITS: u32 = 10;
 
 /// What one population needs to know.
 #[derive(Debug, Clone)]
@@ -53,7 +54,7 @@ pub struct Plan {
     pub clone_method: String,
     /// How often the clone task is polled (5 s).
     pub poll: Duration,
-    /// Rescans tried before giving up on the device (5), and the wait after each (5 s).
+    /// Rescans tried before giving up on the device (5).
     pub rescans: u32,
     /// The wait after a rescan.
     pub rescan_wait: Duration,
@@ -653,105 +654,6 @@ async fn follow(
             elapsed,
         });
     }
-}
-
-/// How long one ESXi call of the cleanup may take: the unmapping must happen within the
-/// pod's grace period even when vCenter is slow.
-const CLEANUP_CALL: Duration = Duration::from_secs(15);
-
-/// Tries to restore the mappings, with pauses of 1 s and 2 s between the tries.
-const RESTORE_TRIES: u32 = 3;
-
-/// Runs one esxcli command of the cleanup, bounded by [`CLEANUP_CALL`]; `Ok(None)` for a
-/// command that failed on the host.
-async fn cleanup_call(
-    x: &Esxcli,
-    words: &[&str],
-    args: &[(&str, &str)],
-) -> Result<Option<super::esxcli::Answer>> {
-    match tokio::time::timeout(CLEANUP_CALL, x.try_run(words, args)).await {
-        Ok(r) => r.map(std::result::Result::ok),
-        Err(_) => Err(Error::new(
-            ErrorKind::TimedOut,
-            format!(
-                "esxcli {}: no answer within {CLEANUP_CALL:?}",
-                words.join(" ")
-            ),
-        )),
-    }
-}
-
-/// Device off and detached, mappings restored, adapters rescanned: every step tried (none
-/// stopped by SIGTERM), the mappings' failure reported.
-async fn cleanup(p: &Peers<'_>, m: &Mapped) -> Result<()> {
-    let naa = m.lun.naa.as_str();
-    let x = &m.esxcli;
-    let list = ["storage", "core", "device", "list"];
-    if let Ok(Some(_)) = cleanup_call(x, &list, &[("device", naa)]).await {
-        match cleanup_call(
-            x,
-            &["storage", "core", "device", "set"],
-            &[("state", "off"), ("device", naa)],
-        )
-        .await
-        {
-            Ok(Some(_)) => {
-                for _ in 0..DEVICE_OFF_WAITS {
-                    let off = match cleanup_call(x, &list, &[("device", naa)]).await {
-                        Ok(Some(a)) => {
-                            a.rows().first().and_then(|r| field(r, "Status")) == Some("off")
-                        }
-                        _ => true,
-                    };
-                    if off {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                let detached = cleanup_call(
-                    x,
-                    &["storage", "core", "device", "detached", "remove"],
-                    &[("device", naa)],
-                )
-                .await;
-                if !matches!(detached, Ok(Some(_))) {
-                    tracing::warn!("removing {naa} from the detached devices failed");
-                }
-            }
-            Ok(None) => tracing::warn!("ESXi refused to set {naa} off (busy?)"),
-            Err(e) => tracing::warn!("setting {naa} off: {e}"),
-        }
-    }
-    let mut restored = Err(Error::new(ErrorKind::Server, "not tried"));
-    for attempt in 0..RESTORE_TRIES {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
-        }
-        restored = release(p.array, &m.lun, &m.group, &m.before).await;
-        if restored.is_ok() {
-            break;
-        }
-    }
-    if let Err(e) = restored {
-        return Err(e.context_prefix(format!(
-            "restoring the mappings of {} (still mapped to {}?)",
-            m.lun.name, m.group
-        )));
-    }
-    tracing::info!(mappings = ?m.before, "LUN mappings restored");
-    // Forklift rescans here without the host Lease: ESXi drops the paths to the unmapped LUN.
-    for a in &m.adapters {
-        let r = cleanup_call(
-            x,
-            &["storage", "core", "adapter", "rescan"],
-            &[("type", "delete"), ("adapter", a)],
-        )
-        .await;
-        if !matches!(r, Ok(Some(_))) {
-            tracing::warn!("rescanning {a} after the unmapping failed");
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

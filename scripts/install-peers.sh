@@ -8,8 +8,12 @@ set -euo pipefail
 # python3-vmdkstream: VMDKstream.py, which writes streamOptimized VMDKs the way VMware's exports
 # do (grain directory in a footer at the end); qemu-img writes it at the start. tar: the OVAs;
 # gzip, xz-utils: compressed images. curl: the daemon's TLS test talks to it as a client would.
+# openssh-server: the copy-offload tests' ESXi sshd (ESXI_CLONE_METHOD=ssh), started on loopback
+# with the restricted key's forced command; openssh-client: ssh-keygen for its keys; busybox:
+# ESXi's shell and tools, which the SSH method's wrapper script must run under.
 pkgs=(nbdkit libnbd-bin nbd-server qemu-utils util-linux time nginx openssl libclang-dev
-  golang-go golang-github-vmware-govmomi-dev python3-vmdkstream tar gzip xz-utils curl)
+  golang-go golang-github-vmware-govmomi-dev python3-vmdkstream tar gzip xz-utils curl
+  openssh-server openssh-client busybox)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -33,7 +37,7 @@ fi
 if [ -s /run/nginx.pid ]; then
   service nginx stop >/dev/null 2>&1 || true
 fi
-for b in nbdkit nbdcopy nbdinfo nbd-server qemu-nbd qemu-img qemu-io tar gzip xz losetup /usr/bin/time nginx openssl curl; do
+for b in nbdkit nbdcopy nbdinfo nbd-server qemu-nbd qemu-img qemu-io tar gzip xz losetup /usr/bin/time nginx openssl curl /usr/sbin/sshd ssh-keygen busybox; do
   command -v "$b" >/dev/null || { echo "test peer missing after install: $b" >&2; exit 1; }
 done
 [ -f /usr/lib/python3/dist-packages/VMDKstream.py ] ||

@@ -1,8 +1,9 @@
 //! The copy-offload populator's peer answers: esxcli over the vSphere API (an ExecuteSoap
 //! answer: rows, a value or the command's fault; the vmkfstools plugin's status and message;
 //! the clone task's JSON and its progress line), the datastore and multipath trees that name
-//! the host's initiators, and the Kubernetes Lease object and times. The first byte picks the
-//! parser (`e` esxcli and vSphere trees, `t` JSON, anything else text); the rest is its input.
+//! the host's initiators, the vmkfstools wrapper's answer over SSH, the host's management
+//! address, and the Kubernetes Lease object and times. The first byte picks the parser (`e`
+//! esxcli and vSphere trees, `t` JSON, anything else text); the rest is its input.
 //!
 //! Holds: no panic; a progress percentage is within 0-100; initiators come with one adapter
 //! name each and are iSCSI or FC ids; a time that parses is formatted back to the same instant
@@ -15,6 +16,8 @@ use ferry_pod::kube::{format_time, parse_time, LeaseState};
 use ferry_pod::xcopy::esxcli::{parse_execute, plugin_message};
 use ferry_pod::xcopy::paths::{active_initiators, vmfs_disk};
 use ferry_pod::xcopy::populate::{adapter_initiators, parse_task, percent};
+use ferry_pod::xcopy::ssh::parse_answer;
+use ferry_pod::xcopy::vmkfstools::management_ip_of;
 use libfuzzer_sys::fuzz_target;
 use transfer_core::delta::vsphere::xml::{body, parse};
 
@@ -46,6 +49,9 @@ fn esxcli(data: &[u8]) {
             );
         }
     }
+    if let Some(ip) = management_ip_of(&node) {
+        assert!(!ip.is_empty());
+    }
     if let Some(disk) = vmfs_disk(&node) {
         assert!(!disk.is_empty());
         let (ids, names) = active_initiators(&node, &disk);
@@ -68,6 +74,10 @@ fn json(data: &[u8]) {
 }
 
 fn text(s: &str) {
+    if let Ok(a) = parse_answer(s, "fuzz") {
+        debug(|| format!("{a:?}"));
+        assert_eq!(a.status, a.status.trim());
+    }
     if let Some(p) = percent(s) {
         assert!((0.0..=100.0).contains(&p), "{p}");
     }

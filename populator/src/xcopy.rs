@@ -14,6 +14,8 @@ use ferry_pod::xcopy::populate::{
     self, LeasePlan, Peers, Plan, COPY_DURATION, PROGRESS, XCOPY_USED,
 };
 use ferry_pod::xcopy::pure::{Credentials, FlashArray};
+use ferry_pod::xcopy::ssh::SshKeys;
+use ferry_pod::xcopy::vmkfstools::SshPlan;
 use ferry_pod::xcopy::{check_product, StorageArray};
 use transfer_core::delta::vsphere::Client;
 use transfer_core::http::{HttpOptions, Thumbprint, TlsTrust};
@@ -212,6 +214,33 @@ fn number_env(key: &str, default: u64) -> Result<u64> {
     }
 }
 
+/// The SSH clone method's settings: the restricted key pair from Forklift's secret
+/// (`SSH_PRIVATE_KEY`, `SSH_PUBLIC_KEY`, base64, both required), the host key to pin
+/// (`SSH_HOST_KEY_FINGERPRINT`, optional, `SHA256:...`), and `FERRY_XCOPY_SSH_PORT` (22; the
+/// tests' sshd listens elsewhere).
+fn ssh_plan() -> Result<SshPlan> {
+    let (Some(private), Some(public)) = (env("SSH_PRIVATE_KEY"), env("SSH_PUBLIC_KEY")) else {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "ESXI_CLONE_METHOD=ssh needs SSH_PRIVATE_KEY and SSH_PUBLIC_KEY (base64) in the secret",
+        ));
+    };
+    let port = match env("FERRY_XCOPY_SSH_PORT") {
+        None => 22,
+        Some(p) => p.trim().parse().map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("FERRY_XCOPY_SSH_PORT '{p}' is not a port"),
+            )
+        })?,
+    };
+    Ok(SshPlan {
+        keys: SshKeys::from_base64(&private, &public)?,
+        port,
+        host_key: env("SSH_HOST_KEY_FINGERPRINT"),
+    })
+}
+
 /// Runs the populator; the process's exit code.
 pub async fn main(flags: &Flags) -> ExitCode {
     if flags.get("version").is_some() {
@@ -233,12 +262,22 @@ pub async fn main(flags: &Flags) -> ExitCode {
     let method = setting(flags, "esxi-clone-method", "ESXI_CLONE_METHOD")
         .map(|m| m.trim().to_ascii_lowercase())
         .unwrap_or_else(|| "vib".into());
-    if method != "vib" {
-        eprintln!(
-            "populator: error: ESXI_CLONE_METHOD={method} is not supported: this populator clones through the vmkfstools-wrapper VIB over the vSphere API (ESXI_CLONE_METHOD=vib)"
-        );
-        return ExitCode::from(2);
-    }
+    let ssh = match method.as_str() {
+        "vib" => None,
+        "ssh" => match ssh_plan() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("populator: error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => {
+            eprintln!(
+                "populator: error: ESXI_CLONE_METHOD={method} is not supported: 'vib' (Forklift's vmkfstools-wrapper VIB, over the vSphere API) or 'ssh' (the wrapper script over SSH with SSH_PRIVATE_KEY)"
+            );
+            return ExitCode::from(2);
+        }
+    };
     let owner = flags.get("owner-uid").unwrap_or("").to_owned();
     let metrics = Metrics::labelled(
         &[PROGRESS],
@@ -260,7 +299,7 @@ pub async fn main(flags: &Flags) -> ExitCode {
         }
     };
     let started = Instant::now();
-    let r = run(flags, &product, &method, &metrics).await;
+    let r = run(flags, &product, &method, ssh, &metrics).await;
     let (result, used) = match &r {
         Ok(o) => ("success", if o.xcopy_used { "1" } else { "0" }),
         Err(_) => ("failure", "0"),
@@ -305,6 +344,7 @@ async fn run(
     flags: &Flags,
     product: &str,
     method: &str,
+    ssh: Option<SshPlan>,
     metrics: &Arc<Metrics>,
 ) -> Result<populate::Outcome> {
     let cancel = ferry_pod::cancel_on_sigterm();
@@ -324,6 +364,7 @@ async fn run(
         migration_host: flags.get("migration-host").map(str::to_owned),
         vendor: product.to_owned(),
         clone_method: method.to_owned(),
+        ssh,
         poll: Duration::from_millis(number_env("FERRY_XCOPY_POLL_MS", 5000)?),
         rescans: 5,
         rescan_wait: Duration::from_millis(number_env("FERRY_XCOPY_RESCAN_WAIT_MS", 5000)?),

@@ -703,6 +703,7 @@ pub mod images;
 pub mod keystone;
 pub mod metrics;
 pub mod nginx;
+pub mod sshd;
 pub mod vcsim;
 pub mod vddk;
 pub mod xcopy;

@@ -158,6 +158,7 @@ fn is_xsd(t: &str) -> bool {
 }
 
 /// esxcli on one ESXi host, over a vSphere API session.
+#[derive(Clone)]
 pub struct Esxcli {
     client: Arc<Client>,
     executer: String,

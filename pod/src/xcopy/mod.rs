@@ -13,6 +13,8 @@ pub mod ontap;
 pub mod paths;
 pub mod populate;
 pub mod pure;
+pub mod ssh;
+pub mod vmkfstools;
 
 use async_trait::async_trait;
 use transfer_core::{Error, ErrorKind, Result};

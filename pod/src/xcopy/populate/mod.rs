@@ -1,7 +1,8 @@
 //! The copy-offload population, step by step as Forklift's populator runs it: the target PV
 //! from Kubernetes, the ESXi host and its initiators from vSphere, the PV's LUN mapped to the
 //! host's initiator group on the array, a rescan (under the host's Lease) until ESXi sees the
-//! device, the clone by Forklift's `vmkfstools` plugin polled every few seconds, and the
+//! device, the clone by vmkfstools (Forklift's VIB, or the wrapper over SSH: [`Vmkfstools`])
+//! polled every few seconds, and the
 //! cleanup that runs whatever happened: device off and detached, the LUN's mappings restored
 //! to what they were before this populator (or a killed one before it) touched them, the
 //! adapters rescanned.
@@ -24,7 +25,8 @@ use cleanup::cleanup;
 
 use super::esxcli::{field, Esxcli};
 use super::paths;
-use super::{Initiators, Lun, StorageArray, GROUP_PREFIX};
+use super::vmkfstools::{SshPlan, Vmkfstools};
+use super::{Initiators, Lun, StorageArray, Volume, GROUP_PREFIX};
 use crate::kube::Kube;
 use crate::metrics::Metrics;
 
@@ -50,8 +52,10 @@ pub struct Plan {
     pub migration_host: Option<String>,
     /// The `--storage-vendor-product`, for labels.
     pub vendor: String,
-    /// `vib` (esxcli over the vSphere API).
+    /// `vib` (esxcli over the vSphere API) or `ssh`.
     pub clone_method: String,
+    /// How to reach the host when the clone method is `ssh`.
+    pub ssh: Option<SshPlan>,
     /// How often the clone task is polled (5 s).
     pub poll: Duration,
     /// Rescans tried before giving up on the device (5).
@@ -258,21 +262,61 @@ pub async fn run(plan: &Plan, p: &Peers<'_>) -> Result<Outcome> {
         .await?
         .map(|n| n.text.trim().to_owned())
         .unwrap_or_else(|| host.clone());
-    let id = host_id(&host);
     tracing::info!(host = %host, name = %host_name, "ESXi host");
 
     let esxcli = Esxcli::new(vs.clone(), &host).await?;
-    let version = esxcli.plugin("version", &[]).await.map_err(|e| {
-        e.context_prefix(format!(
-            "Forklift's vmkfstools-wrapper VIB is not usable on {host_name}"
-        ))
-    })?;
-    let version = serde_json::from_str::<Value>(&version)
-        .ok()
-        .and_then(|v| v["version"].as_str().map(str::to_owned))
-        .unwrap_or(version);
-    tracing::info!(version = %version, "Forklift's vmkfstools-wrapper VIB");
-    let (ids, adapters) = match datastore_initiators(vs, &plan.vm, &ds, &host).await? {
+    // Checked before the array is touched: a host without the VIB, or without the restricted
+    // key, fails with nothing to undo.
+    let vmk = match &plan.ssh {
+        None => Vmkfstools::vib(esxcli.clone(), &host_name).await?,
+        Some(s) => Vmkfstools::ssh(vs, &host, &host_name, &ds, s).await?,
+    };
+    let r = populate(
+        plan,
+        p,
+        &vmk,
+        Host {
+            moref: host,
+            name: host_name,
+            esxcli,
+        },
+        &source,
+        &ds,
+        &volume,
+        bytes,
+    )
+    .await;
+    vmk.close().await;
+    r
+}
+
+/// The ESXi host.
+struct Host {
+    moref: String,
+    name: String,
+    esxcli: Esxcli,
+}
+
+/// Maps, finds the device, clones and cleans up.
+#[allow(clippy::too_many_arguments)]
+async fn populate(
+    plan: &Plan,
+    p: &Peers<'_>,
+    vmk: &Vmkfstools,
+    h: Host,
+    source: &str,
+    ds: &str,
+    volume: &Volume,
+    bytes: u64,
+) -> Result<Outcome> {
+    let vs = &p.vsphere;
+    let Host {
+        moref: host,
+        name: host_name,
+        esxcli,
+    } = h;
+    let id = host_id(&host);
+    let (ids, adapters) = match datastore_initiators(vs, &plan.vm, ds, &host).await? {
         Some(found) => found,
         None => {
             // Not VMFS, or no active iSCSI/FC path to it (a local or NFS datastore): every
@@ -287,7 +331,7 @@ pub async fn run(plan: &Plan, p: &Peers<'_>) -> Result<Outcome> {
     tracing::info!(initiators = ?ids, "ESXi initiators");
 
     let group = p.array.ensure_group(&id, &initiators).await?;
-    let lun = p.array.lun(&volume).await?;
+    let lun = p.array.lun(volume).await?;
     // Mappings to the host's group, or to any populator group (`xcopy-...`: a killed run's,
     // maybe on another host), are not the LUN's own: the rest is what it goes back to. A new
     // PV's LUN is never an ESXi host's before the populator maps it.
@@ -315,7 +359,7 @@ pub async fn run(plan: &Plan, p: &Peers<'_>) -> Result<Outcome> {
         p.array.map(&mapped.lun, &mapped.group).await?;
         tracing::info!(group = %mapped.group, "LUN mapped to the host");
         with_lease(plan, p, &mapped.host_id, || find_device(plan, p, &mapped)).await?;
-        clone(plan, p, &mapped.esxcli, &source, &mapped.lun.naa, bytes).await
+        clone(plan, p, vmk, source, &mapped.lun.naa, bytes).await
     }
     .await;
     let cleaned = cleanup(p, &mapped).await;
@@ -526,16 +570,14 @@ async fn find_device(plan: &Plan, p: &Peers<'_>, m: &Mapped) -> Result<()> {
 async fn clone(
     plan: &Plan,
     p: &Peers<'_>,
-    esxcli: &Esxcli,
+    vmk: &Vmkfstools,
     source: &str,
     naa: &str,
     bytes: u64,
 ) -> Result<Outcome> {
     let target = format!("/vmfs/devices/disks/{naa}");
     let started = Instant::now();
-    let msg = esxcli
-        .plugin("clone", &[("sourcevmdk", source), ("targetlun", &target)])
-        .await?;
+    let msg = vmk.clone(source, &target).await?;
     let v: Value = serde_json::from_str(&msg).map_err(|e| {
         Error::new(
             ErrorKind::Protocol,
@@ -553,11 +595,11 @@ async fn clone(
         }
     };
     tracing::info!(task = %id, "clone {source} -> {target} started");
-    let r = follow(plan, p, esxcli, &id, bytes, started).await;
+    let r = follow(plan, p, vmk, &id, bytes, started).await;
     match &r {
         // The task ended: its files go (the wrapper's task directory, the RDM descriptor).
-        Ok(_) => clean_task(esxcli, &id).await,
-        Err(e) if e.kind() == ErrorKind::Server => clean_task(esxcli, &id).await,
+        Ok(_) => clean_task(vmk, &id).await,
+        Err(e) if e.kind() == ErrorKind::Server => clean_task(vmk, &id).await,
         // SIGTERM or a host that stopped answering: the wrapper cannot stop vmkfstools, which
         // goes on until the device goes away with the unmapping.
         Err(_) => tracing::warn!(
@@ -567,8 +609,8 @@ async fn clone(
     r
 }
 
-async fn clean_task(esxcli: &Esxcli, id: &str) {
-    if let Err(e) = esxcli.plugin("taskClean", &[("id", id)]).await {
+async fn clean_task(vmk: &Vmkfstools, id: &str) {
+    if let Err(e) = vmk.task_clean(id).await {
         tracing::warn!("cleaning clone task {id}: {e}");
     }
 }
@@ -581,7 +623,7 @@ const TASK_GET_TRIES: u32 = 3;
 async fn follow(
     plan: &Plan,
     p: &Peers<'_>,
-    esxcli: &Esxcli,
+    vmk: &Vmkfstools,
     id: &str,
     bytes: u64,
     started: Instant,
@@ -593,11 +635,7 @@ async fn follow(
     let mut failures = 0;
     loop {
         pause(p.cancel, plan.poll).await?;
-        let t = match esxcli
-            .plugin("taskGet", &[("id", id)])
-            .await
-            .and_then(|m| parse_task(&m))
-        {
+        let t = match vmk.task_get(id).await.and_then(|m| parse_task(&m)) {
             Ok(t) => {
                 failures = 0;
                 t

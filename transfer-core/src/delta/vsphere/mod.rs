@@ -144,6 +144,70 @@ impl Client {
         let _ = self.raw("Logout", &body).await;
     }
 
+    /// The session cookie as a header (marked sensitive: it is never part of a message).
+    fn add_cookie(&self, headers: &mut HeaderMap) {
+        if let Some(c) = self
+            .cookie
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_deref()
+        {
+            if let Ok(mut v) = HeaderValue::from_str(&format!("{SESSION_COOKIE}={c}")) {
+                v.set_sensitive(true);
+                headers.insert(COOKIE, v);
+            }
+        }
+    }
+
+    /// Writes `body` as the file `path` (relative to the datastore's root) of datastore `ds`
+    /// in datacenter `dc`, through the `/folder` service that govmomi's `Datastore.UploadFile`
+    /// uses (HTTP PUT, the session cookie as credentials); one new login when the session has
+    /// expired.
+    pub async fn upload(&self, dc: &str, ds: &str, path: &str, body: &[u8]) -> Result<()> {
+        let mut url = self.url.clone();
+        url.set_path(&format!("/folder/{}", path.trim_start_matches('/')));
+        url.query_pairs_mut()
+            .append_pair("dcPath", dc)
+            .append_pair("dsName", ds);
+        let what = format!("upload of [{ds}] {path}");
+        let mut relogged = false;
+        loop {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            self.add_cookie(&mut headers);
+            let (resp, at) = self
+                .http
+                .send_with(Method::PUT, &url, None, Some(body.to_vec()), &headers)
+                .await?;
+            let status = resp.status();
+            if status.is_success() {
+                return Ok(());
+            }
+            if status.as_u16() == 401 && !relogged {
+                tracing::debug!("vSphere session expired before the {what}; logging in again");
+                self.login().await?;
+                relogged = true;
+                continue;
+            }
+            let kind = match status.as_u16() {
+                401 | 403 => ErrorKind::Connect,
+                404 => ErrorKind::NotFound,
+                _ => ErrorKind::Server,
+            };
+            return Err(Error::new(
+                kind,
+                format!(
+                    "vSphere {what}: HTTP {} from {}",
+                    status.as_u16(),
+                    redact(&at)
+                ),
+            ));
+        }
+    }
+
     /// Sends one request; the answer's body element, or its fault.
     async fn raw(&self, what: &str, inner: &str) -> Result<std::result::Result<Node, Fault>> {
         let mut headers = HeaderMap::new();
@@ -152,18 +216,7 @@ impl Client {
             HeaderValue::from_static("text/xml; charset=utf-8"),
         );
         headers.insert("SOAPAction", HeaderValue::from_static("urn:vim25/7.0"));
-        if let Some(c) = self
-            .cookie
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_deref()
-        {
-            // The cookie is a secret: it is never part of a message.
-            if let Ok(mut v) = HeaderValue::from_str(&format!("{SESSION_COOKIE}={c}")) {
-                v.set_sensitive(true);
-                headers.insert(COOKIE, v);
-            }
-        }
+        self.add_cookie(&mut headers);
         let (resp, at) = self
             .http
             .send_with(

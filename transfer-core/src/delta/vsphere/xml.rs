@@ -29,6 +29,8 @@ pub struct Node {
     pub xsi_type: Option<String>,
     /// The `type` attribute (managed object references carry it).
     pub mo_type: Option<String>,
+    /// The `name` attribute (the fields of esxcli's XML output carry it).
+    pub name_attr: Option<String>,
     /// Child elements.
     pub children: Vec<Node>,
     /// Text content (concatenated).
@@ -113,6 +115,8 @@ pub fn parse(body: &[u8], what: &str) -> Result<Node> {
                         node.xsi_type = Some(v);
                     } else if local == b"type" {
                         node.mo_type = Some(value.into_owned());
+                    } else if local == b"name" {
+                        node.name_attr = Some(value.into_owned());
                     }
                 }
                 if matches!(ev, Event::Empty(_)) {

@@ -48,7 +48,7 @@ fn host(shell: &str) -> Host {
 for a in "$@"; do printf '%s\n' "$a"; done >"{args}"
 printf 'Cloning disk...\nClone: 50%% done.\rClone: 100%% done.\n'
 if [ "${{FAKE_EXIT:-0}}" != 0 ]; then
-    printf 'Failed to clone disk: "bad" <sector>\n\ttab\n' >&2
+    printf 'Failed to clone disk: "bad" <sector> C:\\q\n\ttab\n' >&2
     exit "$FAKE_EXIT"
 fi
 d="$VMFS_ROOT$5"
@@ -207,7 +207,7 @@ fn failed_clone(shell: &str) {
     let t = h.wait(&id);
     assert_eq!(t["exitCode"], "3", "{shell}: {t}");
     assert_eq!(
-        t["stdErr"], "Failed to clone disk: \"bad\" <sector>\n\ttab",
+        t["stdErr"], "Failed to clone disk: \"bad\" <sector> C:\\q\n tab",
         "{shell}: {t}"
     );
     h.run(&["--task-clean", "-i", &id], &[]);
@@ -255,6 +255,11 @@ fn bad_input(shell: &str) {
         (vec!["--task-get", "-i", "../../etc"], "task id"),
         (vec!["--task-clean", "-i"], "needs a value"),
         (vec!["--rm", "-rf"], "unknown option"),
+        (
+            vec!["--task-get", "--task-clean", "-i", "ab"],
+            "one command at a time",
+        ),
+        (vec!["--task-get", "-i", "ab", "-i", "cd"], "given twice"),
         (vec![], "no command"),
     ] {
         let (code, status, msg) = h.run(&args, &[]);
@@ -301,7 +306,14 @@ fn the_forced_command_answers_the_access_test_and_routes_by_datastore() {
         let (code, out) = run("DS=ds 1;CMD=--version");
         assert_eq!(code, Some(0), "{shell}: {out}");
         assert!(out.contains(WRAPPER_VERSION), "{shell}: {out}");
-        for bad in ["DS=../ds 1;CMD=--version", "--version", "DS=ds 1", ""] {
+        for bad in [
+            "DS=../ds 1;CMD=--version",
+            "DS=..;CMD=--version",
+            "DS=.;CMD=--version",
+            "--version",
+            "DS=ds 1",
+            "",
+        ] {
             let (code, out) = run(bad);
             assert_eq!(code, Some(1), "{shell} {bad:?}: {out}");
             assert!(out.starts_with("refused"), "{shell} {bad:?}: {out}");

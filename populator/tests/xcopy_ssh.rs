@@ -161,6 +161,12 @@ fn the_ssh_method_clones_through_the_restricted_key() {
         return;
     };
     let before = r.mappings();
+    // Another release's wrapper (Forklift's populator uploads its own under the same name).
+    std::fs::write(
+        host.datastore.join(WRAPPER_NAME),
+        "echo '<output><structure typeName=\"result\"><field name=\"status\"><string>0</string></field><field name=\"message\"><string>{\"version\": \"0.3.0\"}</string></field></structure></output>'\n",
+    )
+    .unwrap();
     let mut env = ssh_env(&r, &keys, sshd.port);
     // The host key pinned (a ferry extension; Forklift takes any).
     env.push(("SSH_HOST_KEY_FINGERPRINT".into(), sshd.fingerprint.clone()));
@@ -177,8 +183,9 @@ fn the_ssh_method_clones_through_the_restricted_key() {
     r.assert_cloned();
     assert_eq!(r.mappings(), before, "the LUN's mappings are as they were");
 
-    // The wrapper is on the datastore, uploaded through vCenter; the task and its RDM files
-    // are gone.
+    // The wrapper is on the datastore, uploaded through vCenter in place of the other
+    // release's; the task and its RDM files are gone.
+    assert!(err.contains("is version 0.3.0: replacing it"), "{err}");
     let uploaded = std::fs::read_to_string(host.datastore.join(WRAPPER_NAME)).unwrap();
     assert_eq!(uploaded, ferry_pod::xcopy::ssh::WRAPPER);
     assert_eq!(leftovers(&host.datastore), Vec::<String>::new());
@@ -211,17 +218,17 @@ fn the_ssh_method_clones_through_the_restricted_key() {
     )
     .is_some());
 
-    // The key never shows, whole or in its secret's form.
-    let private_body: String = keys
+    // The key never shows: not a line of it, nor its secret's form.
+    let key_lines = keys
         .private
         .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .take(3)
-        .collect();
+        .filter(|l| !l.starts_with("-----") && l.len() >= 20)
+        .map(str::to_owned);
     for secret in r
         .secrets()
         .into_iter()
-        .chain([private_body, b64(&keys.private)])
+        .chain(key_lines)
+        .chain([b64(&keys.private)])
     {
         assert!(!err.contains(&secret), "a secret in the log: {err}");
         assert!(!scrapes.iter().any(|t| t.contains(&secret)));
@@ -239,18 +246,26 @@ fn a_key_the_host_does_not_hold_or_an_old_key_line_fails_before_the_array_is_tou
     let other = keygen(r.dir.path(), "someone-else", "ed25519");
     let before = r.ontap.lock().unwrap().igroups.clone();
 
-    // The host holds another key: the error says so, the log holds the line to install.
+    // The host holds another key: the error says so, the log holds the line to install, made
+    // from the key alone (a second line in SSH_PUBLIC_KEY does not reach it).
     {
         let Some(sshd) = Sshd::start(r.dir.path(), &host.key_line(&other.public), &host.env(&[]))
         else {
             return;
         };
-        let (child, addr) = r.spawn(&r.args("ontap"), &ssh_env(&r, &keys, sshd.port));
+        let mut env = ssh_env(&r, &keys, sshd.port);
+        for (k, v) in env.iter_mut() {
+            if k == "SSH_PUBLIC_KEY" {
+                *v = b64(&format!("{}ssh-ed25519 AAAAinjected", keys.public));
+            }
+        }
+        let (child, addr) = r.spawn(&r.args("ontap"), &env);
         let (out, _) = scrape_until_exit(child, &addr);
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
         let line = error_line(&out);
         assert!(line.contains("authorized_keys"), "{line}");
         let err = stderr(&out);
+        assert!(!err.contains("injected"), "{err}");
         assert!(
             err.contains(&authorized_keys_line(&keys.public)),
             "the line to install is logged: {err}"
@@ -374,10 +389,15 @@ fn sigterm_mid_clone_over_ssh_cleans_up_and_the_next_run_completes() {
     assert!(error_line(&out).contains("SIGTERM"), "{}", stderr(&out));
     assert_eq!(r.mappings(), before, "SIGTERM leaves no mapping behind");
 
-    // A new pod does the whole job, over the same key.
+    // A new pod does the whole job, over the same key, with the wrapper left in place.
     let (child, addr) = r.spawn(&r.args("ontap"), &env);
     let (out, _) = scrape_until_exit(child, &addr);
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is this release's"),
+        "{}",
+        stderr(&out)
+    );
     r.assert_cloned();
     assert_eq!(r.mappings(), before);
 }

@@ -53,8 +53,9 @@ impl Vmkfstools {
         Ok(Vmkfstools::Vib(esxcli))
     }
 
-    /// Uploads the wrapper to datastore `ds`, connects to the host's management address and
-    /// checks the restricted key and the wrapper's version.
+    /// Connects to the host's management address, checks the restricted key, and makes sure
+    /// the wrapper on datastore `ds` is this release's: uploaded when it is missing or another
+    /// version (never rewritten while it matches, as other populators' runs may be reading it).
     pub async fn ssh(
         vs: &Arc<Client>,
         host: &str,
@@ -63,14 +64,6 @@ impl Vmkfstools {
         plan: &SshPlan,
     ) -> Result<Vmkfstools> {
         let addr = management_ip(vs, host).await?;
-        let dc = datacenter_path(vs, host).await?;
-        vs.upload(&dc, ds, WRAPPER_NAME, WRAPPER.as_bytes())
-            .await
-            .map_err(|e| e.context_prefix("uploading the vmkfstools wrapper"))?;
-        tracing::info!(
-            datastore = ds,
-            "vmkfstools wrapper uploaded as [{ds}] {WRAPPER_NAME}"
-        );
         let label = format!("ESXi host {host_name}");
         let line = ssh::authorized_keys_line(&plan.keys.public);
         let instructions = || {
@@ -93,33 +86,47 @@ impl Vmkfstools {
                 return Err(e);
             }
         };
-        if let Err(e) = conn.check_access().await {
-            instructions();
+        let checked = async {
+            if let Err(e) = conn.check_access().await {
+                instructions();
+                return Err(e);
+            }
+            match wrapper_version(&conn, ds).await {
+                Ok(v) if v == WRAPPER_VERSION => {
+                    tracing::info!(datastore = ds, "the vmkfstools wrapper on [{ds}] is this release's ({v})");
+                    return Ok(());
+                }
+                Ok(v) => tracing::info!(datastore = ds, "the vmkfstools wrapper on [{ds}] is version {v}: replacing it"),
+                Err(e) => tracing::info!(datastore = ds, "no usable vmkfstools wrapper on [{ds}] yet ({e})"),
+            }
+            let dc = datacenter_path(vs, host).await?;
+            vs.upload(&dc, ds, WRAPPER_NAME, WRAPPER.as_bytes())
+                .await
+                .map_err(|e| e.context_prefix("uploading the vmkfstools wrapper"))?;
+            tracing::info!(datastore = ds, "vmkfstools wrapper uploaded as [{ds}] {WRAPPER_NAME}");
+            let version = match wrapper_version(&conn, ds).await {
+                Ok(v) => v,
+                Err(e) => {
+                    instructions();
+                    return Err(e.context_prefix("the restricted key did not run the uploaded wrapper"));
+                }
+            };
+            if version != WRAPPER_VERSION {
+                instructions();
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "{label}: the restricted key ran a wrapper of version {} rather than the one just uploaded ({WRAPPER_VERSION}): its authorized_keys line runs another file (an older Forklift line, .py or with a UUID?); replace it with the line printed above",
+                        transfer_core::error::peer_text(&version)
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = checked {
             conn.close().await;
             return Err(e);
-        }
-        let answer = match conn.wrapper(ds, &["--version"], false).await {
-            Ok(a) => a,
-            Err(e) => {
-                instructions();
-                conn.close().await;
-                return Err(e.context_prefix("the restricted key did not run the uploaded wrapper"));
-            }
-        };
-        let version = serde_json::from_str::<Value>(&answer)
-            .ok()
-            .and_then(|v| v["version"].as_str().map(str::to_owned))
-            .unwrap_or(answer);
-        if version != WRAPPER_VERSION {
-            instructions();
-            conn.close().await;
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!(
-                    "{label}: the restricted key ran a wrapper of version {} rather than the one just uploaded ({WRAPPER_VERSION}): its authorized_keys line runs another file (an older Forklift line, .py or with a UUID?); replace it with the line printed above",
-                    transfer_core::error::peer_text(&version)
-                ),
-            ));
         }
         tracing::info!(address = %addr, "SSH access to {host_name} checked");
         Ok(Vmkfstools::Ssh {
@@ -168,6 +175,15 @@ impl Vmkfstools {
             ssh.close().await;
         }
     }
+}
+
+/// The version the wrapper on `ds` answers through the key.
+async fn wrapper_version(conn: &EsxiSsh, ds: &str) -> Result<String> {
+    let answer = conn.wrapper(ds, &["--version"], false).await?;
+    Ok(serde_json::from_str::<Value>(&answer)
+        .ok()
+        .and_then(|v| v["version"].as_str().map(str::to_owned))
+        .unwrap_or(answer))
 }
 
 /// The host's management address: the first IP of the vmkernel NICs selected for management

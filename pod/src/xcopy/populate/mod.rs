@@ -95,7 +95,13 @@ pub fn esxi_path(vmdk: &str) -> Result<(String, String)> {
     let rest = vmdk.trim().strip_prefix('[').ok_or_else(bad)?;
     let (ds, path) = rest.split_once(']').ok_or_else(bad)?;
     let path = path.trim();
+    // Names that would escape /vmfs/volumes/, split the SSH method's `DS=...;CMD=...`, or
+    // carry control characters into a command line are no datastore or disk.
     if ds.is_empty()
+        || ds == "."
+        || ds == ".."
+        || ds.contains(['/', ';'])
+        || vmdk.chars().any(char::is_control)
         || path.is_empty()
         || !path.ends_with(".vmdk")
         || path.starts_with('/')
@@ -267,9 +273,15 @@ pub async fn run(plan: &Plan, p: &Peers<'_>) -> Result<Outcome> {
     let esxcli = Esxcli::new(vs.clone(), &host).await?;
     // Checked before the array is touched: a host without the VIB, or without the restricted
     // key, fails with nothing to undo.
-    let vmk = match &plan.ssh {
-        None => Vmkfstools::vib(esxcli.clone(), &host_name).await?,
-        Some(s) => Vmkfstools::ssh(vs, &host, &host_name, &ds, s).await?,
+    let vmk = async {
+        match &plan.ssh {
+            None => Vmkfstools::vib(esxcli.clone(), &host_name).await,
+            Some(s) => Vmkfstools::ssh(vs, &host, &host_name, &ds, s).await,
+        }
+    };
+    let vmk = tokio::select! {
+        _ = p.cancel.cancelled() => return Err(cancelled()),
+        v = vmk => v?,
     };
     let r = populate(
         plan,
@@ -577,7 +589,12 @@ async fn clone(
 ) -> Result<Outcome> {
     let target = format!("/vmfs/devices/disks/{naa}");
     let started = Instant::now();
-    let msg = vmk.clone(source, &target).await?;
+    // Raced with SIGTERM, like every wait on the host: the cleanup must fit in the grace
+    // period.
+    let msg = tokio::select! {
+        _ = p.cancel.cancelled() => return Err(cancelled()),
+        m = vmk.clone(source, &target) => m?,
+    };
     let v: Value = serde_json::from_str(&msg).map_err(|e| {
         Error::new(
             ErrorKind::Protocol,
@@ -635,7 +652,11 @@ async fn follow(
     let mut failures = 0;
     loop {
         pause(p.cancel, plan.poll).await?;
-        let t = match vmk.task_get(id).await.and_then(|m| parse_task(&m)) {
+        let got = tokio::select! {
+            _ = p.cancel.cancelled() => return Err(cancelled()),
+            m = vmk.task_get(id) => m,
+        };
+        let t = match got.and_then(|m| parse_task(&m)) {
             Ok(t) => {
                 failures = 0;
                 t
@@ -714,6 +735,10 @@ mod tests {
             "[ds] /abs.vmdk",
             "[ds] a/b.txt",
             "[] a.vmdk",
+            "[..] a.vmdk",
+            "[a;CMD=--version] a.vmdk",
+            "[a/b] a.vmdk",
+            "[ds] a\n--task-clean.vmdk",
         ] {
             assert!(esxi_path(bad).is_err(), "{bad}");
         }

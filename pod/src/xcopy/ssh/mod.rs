@@ -35,9 +35,9 @@ pub const WRAPPER_VERSION: &str = "0.3.1+ferry.1";
 
 /// The forced command of the restricted key, as written inside `command="..."` of an
 /// authorized_keys line (its double quotes escaped): `DS=<datastore>;CMD=<arguments>` from
-/// `$SSH_ORIGINAL_COMMAND`; `SSH_OK` for an empty datastore; a datastore name with a `/` is
-/// refused; else the datastore's wrapper runs with the arguments.
-pub const FORCED_COMMAND: &str = r#"sh -c 'c=\"$SSH_ORIGINAL_COMMAND\"; case \"$c\" in DS=*\;CMD=*) ;; *) echo \"refused: expected DS=<datastore>;CMD=<command>\"; exit 1;; esac; ds=${c#DS=}; ds=${ds%%;CMD=*}; case \"$ds\" in */*) echo \"refused: bad datastore\"; exit 1;; esac; if [ -z \"$ds\" ]; then echo SSH_OK; else SSH_ORIGINAL_COMMAND=${c#*;CMD=} exec sh \"/vmfs/volumes/$ds/secure-vmkfstools-wrapper\"; fi'"#;
+/// `$SSH_ORIGINAL_COMMAND`; `SSH_OK` for an empty datastore; a datastore name with a `/`, or
+/// `.` or `..`, is refused; else the datastore's wrapper runs with the arguments.
+pub const FORCED_COMMAND: &str = r#"sh -c 'c=\"$SSH_ORIGINAL_COMMAND\"; case \"$c\" in DS=*\;CMD=*) ;; *) echo \"refused: expected DS=<datastore>;CMD=<command>\"; exit 1;; esac; ds=${c#DS=}; ds=${ds%%;CMD=*}; case \"$ds\" in */*|.|..) echo \"refused: bad datastore\"; exit 1;; esac; if [ -z \"$ds\" ]; then echo SSH_OK; else SSH_ORIGINAL_COMMAND=${c#*;CMD=} exec sh \"/vmfs/volumes/$ds/secure-vmkfstools-wrapper\"; fi'"#;
 
 /// How long one command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -96,14 +96,15 @@ impl SshKeys {
                 .map_err(|_| Error::new(ErrorKind::InvalidInput, format!("{name} is not text")))
         };
         let private_text = decode("SSH_PRIVATE_KEY", private_b64)?;
-        let public = decode("SSH_PUBLIC_KEY", public_b64)?.trim().to_owned();
+        let public = decode("SSH_PUBLIC_KEY", public_b64)?;
         let private = russh::keys::decode_secret_key(&private_text, None).map_err(|_| {
             Error::new(
                 ErrorKind::InvalidInput,
                 "SSH_PRIVATE_KEY is not an unencrypted OpenSSH or PEM private key",
             )
         })?;
-        let mut words = public.split_whitespace();
+        let first = public.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let mut words = first.split_whitespace();
         let parsed = match (words.next(), words.next()) {
             (Some(_), Some(b64)) => russh::keys::parse_public_key_base64(b64).ok(),
             _ => None,
@@ -119,6 +120,19 @@ impl SshKeys {
                 ErrorKind::InvalidInput,
                 "SSH_PUBLIC_KEY is not the public half of SSH_PRIVATE_KEY",
             ));
+        }
+        // Written out again from the parsed key, with the comment of its line when printable:
+        // whatever else the value held (a second line, options) never reaches the
+        // authorized_keys line an administrator copies.
+        let mut public = parsed.to_openssh().map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                "SSH_PUBLIC_KEY cannot be written out",
+            )
+        })?;
+        let comment = words.collect::<Vec<_>>().join(" ");
+        if !comment.is_empty() && comment.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+            public = format!("{public} {comment}");
         }
         Ok(SshKeys {
             private: Arc::new(private),
@@ -300,7 +314,7 @@ impl EsxiSsh {
 
     /// Runs `line` as the SSH command (the forced command sees it): its exit status and its
     /// output (standard output, then error output). A broken connection is opened again (up
-    /// to three connections) unless `once`.
+    /// to three connections); with `once`, only while the command has not been sent.
     pub async fn exec(&self, line: &str, once: bool) -> Result<(Option<u32>, String)> {
         let mut tries = 0;
         loop {
@@ -310,7 +324,8 @@ impl EsxiSsh {
                 *guard = None;
                 match self.open().await {
                     Ok(h) => *guard = Some(h),
-                    Err(e) if tries < CONNECT_TRIES && !once && e.kind().is_transient() => {
+                    // Nothing was sent yet: tried again even for a command sent once.
+                    Err(e) if tries < CONNECT_TRIES && e.kind().is_transient() => {
                         tracing::warn!("{e} (try {tries} of {CONNECT_TRIES})");
                         drop(guard);
                         tokio::time::sleep(Duration::from_secs(u64::from(tries))).await;
@@ -325,21 +340,19 @@ impl EsxiSsh {
                     format!("SSH to {}: no connection", self.label),
                 )
             })?;
-            match tokio::time::timeout(COMMAND_TIMEOUT, run(h, line)).await {
+            let (sent, e) = match tokio::time::timeout(COMMAND_TIMEOUT, run(h, line)).await {
                 Ok(Ok(r)) => return Ok(r),
-                Ok(Err(e)) if tries < CONNECT_TRIES && !once => {
-                    tracing::warn!(
-                        "SSH to {}: {e} (try {tries} of {CONNECT_TRIES})",
-                        self.label
-                    );
-                    *guard = None;
-                }
-                Ok(Err(e)) => {
+                Ok(Err(Failed::TooLong)) => {
                     return Err(Error::new(
-                        ErrorKind::Connect,
-                        format!("SSH to {}: {e}", self.label),
+                        ErrorKind::Protocol,
+                        format!(
+                            "SSH to {}: the answer is longer than {MAX_ANSWER} bytes",
+                            self.label
+                        ),
                     ))
                 }
+                Ok(Err(Failed::Unsent(e))) => (false, e),
+                Ok(Err(Failed::Sent(e))) => (true, e),
                 Err(_) => {
                     *guard = None;
                     return Err(Error::new(
@@ -347,7 +360,19 @@ impl EsxiSsh {
                         format!("SSH to {}: no answer in {COMMAND_TIMEOUT:?}", self.label),
                     ));
                 }
+            };
+            *guard = None;
+            if tries < CONNECT_TRIES && (!once || !sent) {
+                tracing::warn!(
+                    "SSH to {}: {e} (try {tries} of {CONNECT_TRIES})",
+                    self.label
+                );
+                continue;
             }
+            return Err(Error::new(
+                ErrorKind::Connect,
+                format!("SSH to {}: {e}", self.label),
+            ));
         }
     }
 
@@ -401,28 +426,40 @@ impl EsxiSsh {
     }
 }
 
+/// Why one command got no answer.
+enum Failed {
+    /// The channel could not be opened: the command never left.
+    Unsent(russh::Error),
+    /// The connection failed once the command was (maybe) sent.
+    Sent(russh::Error),
+    /// The answer passed [`MAX_ANSWER`].
+    TooLong,
+}
+
 /// One command on a new channel: exit status and output, at most [`MAX_ANSWER`] bytes.
 async fn run(
     h: &client::Handle<HostKey>,
     line: &str,
-) -> std::result::Result<(Option<u32>, String), russh::Error> {
-    let mut ch = h.channel_open_session().await?;
-    ch.exec(true, line).await?;
+) -> std::result::Result<(Option<u32>, String), Failed> {
+    let mut ch = h.channel_open_session().await.map_err(Failed::Unsent)?;
+    ch.exec(true, line).await.map_err(Failed::Sent)?;
     let mut out = Vec::new();
     let mut err = Vec::new();
     let mut status = None;
     while let Some(msg) = ch.wait().await {
-        match msg {
-            // Past the bound the rest is dropped (the answer then fails to parse).
-            ChannelMsg::Data { data } if out.len() + data.len() <= MAX_ANSWER => {
-                out.extend_from_slice(&data);
+        let (buf, data) = match msg {
+            ChannelMsg::Data { data } => (&mut out, data),
+            ChannelMsg::ExtendedData { data, .. } => (&mut err, data),
+            ChannelMsg::ExitStatus { exit_status } => {
+                status = Some(exit_status);
+                continue;
             }
-            ChannelMsg::ExtendedData { data, .. } if err.len() + data.len() <= MAX_ANSWER => {
-                err.extend_from_slice(&data);
-            }
-            ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
-            _ => {}
+            _ => continue,
+        };
+        if buf.len() + data.len() > MAX_ANSWER {
+            return Err(Failed::TooLong);
         }
+        buf.extend_from_slice(&data);
     }
     out.extend_from_slice(&err);
     Ok((status, String::from_utf8_lossy(&out).into_owned()))

@@ -40,17 +40,18 @@ answer() {
     printf '<field name="message"><string>%s</string></field></structure>\n</output>\n' "$(xml_text "$2")"
 }
 
-# A JSON string (quotes included) of the file or text on stdin: backslash, quote and control
-# characters escaped, lines joined with \n.
+# A JSON string (quotes included) of the text on stdin: backslashes and quotes escaped (by sed:
+# awks differ on backslashes in replacements), other control characters as blanks, lines
+# joined with \n.
 json_of() {
-    awk 'BEGIN { ORS = ""; print "\"" }
-        {
-            gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); gsub(/\t/, "\\t"); gsub(/\r/, "\\r")
-            gsub(/[\001-\037]/, " ")
-            if (NR > 1) print "\\n"
-            print
-        }
-        END { print "\"" }'
+    sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' |
+        awk 'BEGIN { ORS = ""; print "\"" }
+            {
+                gsub(/[\001-\037]/, " ")
+                if (NR > 1) print "\\n"
+                print
+            }
+            END { print "\"" }'
 }
 
 # The path, normalized, when it is allowed; else a message on stdout and status 1.
@@ -95,6 +96,8 @@ clone() {
         return 1
     fi
     rdm="$src-rdmdisk-$$"
+    : >"$dir/out"
+    : >"$dir/err"
     printf '%s\n' "$rdm" >"$dir/rdm"
     printf '%s\n' "${dst##*/}" >"$dir/device"
     log "task $id: $VMKFSTOOLS -i $src -d rdm:$dst $rdm"
@@ -187,16 +190,23 @@ main() {
     id=
     while [ $# -gt 0 ]; do
         case "$1" in
-            --clone|--task-get|--task-clean|--version|-v) cmd=$1; shift ;;
+            --clone|--task-get|--task-clean|--version|-v)
+                if [ -n "$cmd" ]; then
+                    answer 1 "one command at a time: $cmd and $1"
+                    exit 1
+                fi
+                cmd=$1
+                shift
+                ;;
             -s|--source-vmdk|-t|--target-lun|-i|--task-id)
                 if [ $# -lt 2 ]; then
                     answer 1 "$1 needs a value"
                     exit 1
                 fi
                 case "$1" in
-                    -s|--source-vmdk) src=$(decoded "$2") ;;
-                    -t|--target-lun) dst=$(decoded "$2") ;;
-                    *) id=$2 ;;
+                    -s|--source-vmdk) [ -z "$src" ] || { answer 1 "$1 given twice"; exit 1; }; src=$(decoded "$2") ;;
+                    -t|--target-lun) [ -z "$dst" ] || { answer 1 "$1 given twice"; exit 1; }; dst=$(decoded "$2") ;;
+                    *) [ -z "$id" ] || { answer 1 "$1 given twice"; exit 1; }; id=$2 ;;
                 esac
                 shift 2
                 ;;

@@ -228,10 +228,7 @@ fn sigterm_mid_clone_cleans_up_and_the_next_run_completes() {
     assert_eq!(r.mappings(), before, "SIGTERM leaves no mapping behind");
 
     // A new pod does the whole job.
-    let (out, _) = r.run();
-    assert!(out.status.success(), "{}", stderr(&out));
-    r.assert_cloned();
-    assert_eq!(r.mappings(), before);
+    r.run_to_completion(&r.env(), &before);
 }
 
 #[test]
@@ -247,10 +244,7 @@ fn a_killed_populators_mapping_is_cleaned_up_by_the_next_one() {
         r.mappings().len() > before.len(),
         "a killed pod cleans nothing"
     );
-    let (out, _) = r.run();
-    assert!(out.status.success(), "{}", stderr(&out));
-    r.assert_cloned();
-    assert_eq!(r.mappings(), before);
+    r.run_to_completion(&r.env(), &before);
 }
 
 #[test]

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use ferry_pod::xcopy::ssh::{authorized_keys_line, WRAPPER_NAME};
-use test_kit::metrics::scrape_until_exit;
 use test_kit::sshd::{keygen, KeyPair, Sshd};
 use test_kit::vcsim::Vcsim;
 use xcopy_rig::*;
@@ -170,8 +169,7 @@ fn the_ssh_method_clones_through_the_restricted_key() {
     let mut env = ssh_env(&r, &keys, sshd.port);
     // The host key pinned (a ferry extension; Forklift takes any).
     env.push(("SSH_HOST_KEY_FINGERPRINT".into(), sshd.fingerprint.clone()));
-    let (child, addr) = r.spawn(&r.args("ontap"), &env);
-    let (out, scrapes) = scrape_until_exit(child, &addr);
+    let (out, scrapes) = r.run_with(&env);
     let err = stderr(&out);
     eprintln!("{err}");
     assert!(
@@ -259,8 +257,7 @@ fn a_key_the_host_does_not_hold_or_an_old_key_line_fails_before_the_array_is_tou
                 *v = b64(&format!("{}ssh-ed25519 AAAAinjected", keys.public));
             }
         }
-        let (child, addr) = r.spawn(&r.args("ontap"), &env);
-        let (out, _) = scrape_until_exit(child, &addr);
+        let (out, _) = r.run_with(&env);
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
         let line = error_line(&out);
         assert!(line.contains("authorized_keys"), "{line}");
@@ -288,8 +285,7 @@ fn a_key_the_host_does_not_hold_or_an_old_key_line_fails_before_the_array_is_tou
         let Some(sshd) = Sshd::start(r.dir.path(), &line, &host.env(&[])) else {
             return;
         };
-        let (child, addr) = r.spawn(&r.args("ontap"), &ssh_env(&r, &keys, sshd.port));
-        let (out, _) = scrape_until_exit(child, &addr);
+        let (out, _) = r.run_with(&ssh_env(&r, &keys, sshd.port));
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
         let line = error_line(&out);
         assert!(line.contains("version 0.2.0"), "{line}");
@@ -306,8 +302,7 @@ fn a_key_the_host_does_not_hold_or_an_old_key_line_fails_before_the_array_is_tou
             "SSH_HOST_KEY_FINGERPRINT".into(),
             "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
         ));
-        let (child, addr) = r.spawn(&r.args("ontap"), &env);
-        let (out, _) = scrape_until_exit(child, &addr);
+        let (out, _) = r.run_with(&env);
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
         let line = error_line(&out);
         assert!(
@@ -339,8 +334,7 @@ fn a_clone_that_fails_over_ssh_is_reported_and_the_mappings_come_back() {
         return;
     };
     let before = r.mappings();
-    let (child, addr) = r.spawn(&r.args("ontap"), &ssh_env(&r, &keys, sshd.port));
-    let (out, _) = scrape_until_exit(child, &addr);
+    let (out, _) = r.run_with(&ssh_env(&r, &keys, sshd.port));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let line = error_line(&out);
     assert!(
@@ -390,14 +384,10 @@ fn sigterm_mid_clone_over_ssh_cleans_up_and_the_next_run_completes() {
     assert_eq!(r.mappings(), before, "SIGTERM leaves no mapping behind");
 
     // A new pod does the whole job, over the same key, with the wrapper left in place.
-    let (child, addr) = r.spawn(&r.args("ontap"), &env);
-    let (out, _) = scrape_until_exit(child, &addr);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = r.run_to_completion(&env, &before);
     assert!(
         stderr(&out).contains("is this release's"),
         "{}",
         stderr(&out)
     );
-    r.assert_cloned();
-    assert_eq!(r.mappings(), before);
 }

@@ -45,10 +45,7 @@ impl Vmkfstools {
                 "Forklift's vmkfstools-wrapper VIB is not usable on {host_name}"
             ))
         })?;
-        let version = serde_json::from_str::<Value>(&version)
-            .ok()
-            .and_then(|v| v["version"].as_str().map(str::to_owned))
-            .unwrap_or(version);
+        let version = version_of(version);
         tracing::info!(version = %version, "Forklift's vmkfstools-wrapper VIB");
         Ok(Vmkfstools::Vib(esxcli))
     }
@@ -179,11 +176,15 @@ impl Vmkfstools {
 
 /// The version the wrapper on `ds` answers through the key.
 async fn wrapper_version(conn: &EsxiSsh, ds: &str) -> Result<String> {
-    let answer = conn.wrapper(ds, &["--version"], false).await?;
-    Ok(serde_json::from_str::<Value>(&answer)
+    Ok(version_of(conn.wrapper(ds, &["--version"], false).await?))
+}
+
+/// The version in a `version` answer (`{"version": "0.3.1"}`), or the answer as it is.
+fn version_of(message: String) -> String {
+    serde_json::from_str::<Value>(&message)
         .ok()
         .and_then(|v| v["version"].as_str().map(str::to_owned))
-        .unwrap_or(answer))
+        .unwrap_or(message)
 }
 
 /// The host's management address: the first IP of the vmkernel NICs selected for management

@@ -193,8 +193,27 @@ impl Rig {
 
     /// Runs the populator to its end, scraping its metrics; its output and the scrapes.
     pub fn run(&self) -> (Output, Vec<String>) {
-        let (child, addr) = self.spawn(&self.args("ontap"), &self.env());
+        self.run_with(&self.env())
+    }
+
+    /// [`Rig::run`] with the environment `env`.
+    pub fn run_with(&self, env: &[(String, String)]) -> (Output, Vec<String>) {
+        let (child, addr) = self.spawn(&self.args("ontap"), env);
         scrape_until_exit(child, &addr)
+    }
+
+    /// Runs the populator with `env` after a failed or killed one: it must clone the whole
+    /// disk and leave the mappings as `before`. Its output.
+    pub fn run_to_completion(
+        &self,
+        env: &[(String, String)],
+        before: &[(String, String)],
+    ) -> Output {
+        let (out, _) = self.run_with(env);
+        assert!(out.status.success(), "{}", stderr(&out));
+        self.assert_cloned();
+        assert_eq!(self.mappings(), before);
+        out
     }
 
     pub fn mappings(&self) -> Vec<(String, String)> {

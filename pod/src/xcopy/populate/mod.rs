@@ -233,12 +233,21 @@ fn cancelled() -> Error {
     Error::new(ErrorKind::Cancelled, "population terminated by SIGTERM")
 }
 
-/// Sleeps `d`, or fails when the run is cancelled first.
-async fn pause(cancel: &CancelToken, d: Duration) -> Result<()> {
+/// What `fut` gives, or the cancellation error when the run is cancelled (SIGTERM) first:
+/// every wait on the host is raced with it, so that the cleanup fits the grace period.
+async fn unless_cancelled<T>(
+    cancel: &CancelToken,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T> {
     tokio::select! {
         _ = cancel.cancelled() => Err(cancelled()),
-        _ = tokio::time::sleep(d) => Ok(()),
+        v = fut => Ok(v),
     }
+}
+
+/// Sleeps `d`, or fails when the run is cancelled first.
+async fn pause(cancel: &CancelToken, d: Duration) -> Result<()> {
+    unless_cancelled(cancel, tokio::time::sleep(d)).await
 }
 
 /// Runs the population; the LUN's mappings are restored whatever happens once they changed.
@@ -273,16 +282,13 @@ pub async fn run(plan: &Plan, p: &Peers<'_>) -> Result<Outcome> {
     let esxcli = Esxcli::new(vs.clone(), &host).await?;
     // Checked before the array is touched: a host without the VIB, or without the restricted
     // key, fails with nothing to undo.
-    let vmk = async {
+    let vmk = unless_cancelled(p.cancel, async {
         match &plan.ssh {
             None => Vmkfstools::vib(esxcli.clone(), &host_name).await,
             Some(s) => Vmkfstools::ssh(vs, &host, &host_name, &ds, s).await,
         }
-    };
-    let vmk = tokio::select! {
-        _ = p.cancel.cancelled() => return Err(cancelled()),
-        v = vmk => v?,
-    };
+    })
+    .await??;
     let r = populate(
         plan,
         p,
@@ -589,12 +595,7 @@ async fn clone(
 ) -> Result<Outcome> {
     let target = format!("/vmfs/devices/disks/{naa}");
     let started = Instant::now();
-    // Raced with SIGTERM, like every wait on the host: the cleanup must fit in the grace
-    // period.
-    let msg = tokio::select! {
-        _ = p.cancel.cancelled() => return Err(cancelled()),
-        m = vmk.clone(source, &target) => m?,
-    };
+    let msg = unless_cancelled(p.cancel, vmk.clone(source, &target)).await??;
     let v: Value = serde_json::from_str(&msg).map_err(|e| {
         Error::new(
             ErrorKind::Protocol,
@@ -652,10 +653,7 @@ async fn follow(
     let mut failures = 0;
     loop {
         pause(p.cancel, plan.poll).await?;
-        let got = tokio::select! {
-            _ = p.cancel.cancelled() => return Err(cancelled()),
-            m = vmk.task_get(id) => m,
-        };
+        let got = unless_cancelled(p.cancel, vmk.task_get(id)).await?;
         let t = match got.and_then(|m| parse_task(&m)) {
             Ok(t) => {
                 failures = 0;

@@ -70,11 +70,19 @@ new_id() {
     echo "$h" | sed 's/^\(........\)\(....\)\(....\)\(....\)\(............\)$/\1-\2-\3-\4-\5/'
 }
 
-task_dir() {
+# Sets dir to the directory of task $1; else answers why not (status 1).
+task_of() {
     case "$1" in
-        ''|*[!0-9a-fA-F-]*) return 1 ;;
+        ''|*[!0-9a-fA-F-]*)
+            answer 1 "{\"stdErr\": \"a task id is needed (-i)\"}"
+            return 1
+            ;;
     esac
-    printf '%s%s' "$TASKS" "$1"
+    dir="$TASKS$1"
+    if [ ! -d "$dir" ]; then
+        answer 1 "{\"taskId\": \"$1\", \"stdErr\": \"no task $1 on this host\", \"xcopyUsed\": false}"
+        return 1
+    fi
 }
 
 clone() {
@@ -90,7 +98,8 @@ clone() {
     esac
     [ -f "$VMFS_ROOT$src" ] || { answer 1 "source: no such disk: $src"; return 1; }
     id=$(new_id)
-    dir=$(task_dir "$id") || { answer 1 "cannot make a task id"; return 1; }
+    [ -n "$id" ] || { answer 1 "cannot make a task id"; return 1; }
+    dir="$TASKS$id"
     if ! mkdir -m 700 "$dir" 2>/dev/null; then
         answer 1 "cannot create the task directory $dir (is /tmp full?)"
         return 1
@@ -132,11 +141,7 @@ xcopy_used() {
 }
 
 task_get() {
-    dir=$(task_dir "$1") || { answer 1 "{\"stdErr\": \"a task id is needed (-i)\"}"; return 1; }
-    if [ ! -d "$dir" ]; then
-        answer 1 "{\"taskId\": \"$1\", \"stdErr\": \"no task $1 on this host\", \"xcopyUsed\": false}"
-        return 1
-    fi
+    task_of "$1" || return 1
     pid=$(cat "$dir/pid" 2>/dev/null)
     code=$(cat "$dir/exit" 2>/dev/null)
     if [ -z "$code" ] && ! kill -0 "$pid" 2>/dev/null; then
@@ -152,11 +157,7 @@ task_get() {
 }
 
 task_clean() {
-    dir=$(task_dir "$1") || { answer 1 "{\"stdErr\": \"a task id is needed (-i)\"}"; return 1; }
-    if [ ! -d "$dir" ]; then
-        answer 1 "{\"taskId\": \"$1\", \"stdErr\": \"no task $1 on this host\", \"xcopyUsed\": false}"
-        return 1
-    fi
+    task_of "$1" || return 1
     rdm=$(cat "$dir/rdm" 2>/dev/null)
     if [ -n "$rdm" ] && [ -f "$VMFS_ROOT$rdm" ]; then
         # The descriptor names its mapping file (VMFSRDM "<name>"), next to it.

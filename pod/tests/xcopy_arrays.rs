@@ -5,13 +5,13 @@
 //! `x-auth-token` out), hosts, volumes and connections with `{"items"}` answers. Their mapping
 //! tables are what the tests compare.
 
-use std::sync::{Arc, Mutex};
-
 use ferry_pod::xcopy::ontap::{naa, Ontap};
 use ferry_pod::xcopy::pure::{self, Credentials, FlashArray};
 use ferry_pod::xcopy::{release, restore, Initiators, StorageArray, Volume};
-use serde_json::{json, Value};
-use test_kit::xcopy::{serve, Answer, OntapTable, Req, ONTAP_PASSWORD, ONTAP_SVM, ONTAP_USER};
+use test_kit::xcopy::{
+    OntapTable, Pure, PureTable, ONTAP_PASSWORD, ONTAP_SVM, ONTAP_USER,
+    PURE_API_TOKEN as API_TOKEN, PURE_PASSWORD, PURE_USER,
+};
 use transfer_core::http::HttpOptions;
 use transfer_core::ErrorKind;
 
@@ -161,152 +161,12 @@ fn a_lost_mapping_is_mapped_again_and_failures_are_one_clear_line() {
 
 // ---- FlashArray ----
 
-const PURE_USER: &str = "pureuser";
-const PURE_PASSWORD: &str = "pure-pw-17";
-const API_TOKEN: &str = "6e1b80a1-cd63-de90-b74a-7fc16d034016";
-const SESSION: &str = "session-token-42";
-
-#[derive(Default)]
-struct Array {
-    /// (name, iqns, wwns)
-    hosts: Vec<(String, Vec<String>, Vec<String>)>,
-    /// (name, serial)
-    volumes: Vec<(String, String)>,
-    /// (host, volume)
-    connections: Vec<(String, String)>,
-    logins: usize,
-}
-
-fn pure_error(status: u16, msg: &str) -> Answer {
-    (status, vec![], json!({"errors": [{"message": msg}]}))
-}
-
-fn pure_handle(a: &Arc<Mutex<Array>>, r: &Req) -> Answer {
-    let mut a = a.lock().unwrap();
-    let items = |v: Vec<Value>| (200, vec![], json!({"items": v}));
-    let segs = r.segs();
-    match (r.method.as_str(), segs.as_slice()) {
-        ("GET", ["api_version"]) => (
-            200,
-            vec![],
-            json!({"version": ["1.17", "1.19", "2.4", "2.21"]}),
-        ),
-        ("POST", ["1.19", "auth", "apitoken"]) => {
-            if r.body["username"] == PURE_USER && r.body["password"] == PURE_PASSWORD {
-                (200, vec![], json!({"api_token": API_TOKEN}))
-            } else {
-                pure_error(400, "invalid credentials")
-            }
-        }
-        ("POST", ["2.21", "login"]) => {
-            if r.header("api-token") == Some(API_TOKEN) {
-                a.logins += 1;
-                (
-                    200,
-                    vec![("x-auth-token", SESSION.to_owned())],
-                    json!({"items": [{"username": PURE_USER}]}),
-                )
-            } else {
-                pure_error(401, "Invalid api-token.")
-            }
-        }
-        _ if r.header("x-auth-token") != Some(SESSION) => pure_error(401, "Session expired."),
-        ("GET", ["2.21", "hosts"]) => items(
-            a.hosts
-                .iter()
-                .map(|h| json!({"name": h.0, "iqns": h.1, "wwns": h.2}))
-                .collect(),
-        ),
-        ("POST", ["2.21", "hosts"]) => {
-            let name = r.q("names").unwrap().to_owned();
-            if a.hosts.iter().any(|h| h.0 == name) {
-                return pure_error(400, "Host already exists.");
-            }
-            let list = |k: &str| {
-                r.body[k]
-                    .as_array()
-                    .map(|v| v.iter().map(|x| x.as_str().unwrap().to_owned()).collect())
-                    .unwrap_or_default()
-            };
-            let (iqns, wwns) = (list("iqns"), list("wwns"));
-            a.hosts.push((name.clone(), iqns, wwns));
-            items(vec![json!({"name": name})])
-        }
-        ("PATCH", ["2.21", "hosts"]) => {
-            let name = r.q("names").unwrap().to_owned();
-            let list = |k: &str| -> Vec<String> {
-                r.body[k]
-                    .as_array()
-                    .map(|v| v.iter().map(|x| x.as_str().unwrap().to_owned()).collect())
-                    .unwrap_or_default()
-            };
-            let (iqns, wwns) = (list("add_iqns"), list("add_wwns"));
-            match a.hosts.iter_mut().find(|h| h.0 == name) {
-                Some(h) => {
-                    h.1.extend(iqns);
-                    h.2.extend(wwns);
-                    items(vec![json!({"name": name})])
-                }
-                None => pure_error(400, "Host does not exist."),
-            }
-        }
-        ("GET", ["2.21", "volumes"]) => items(
-            a.volumes
-                .iter()
-                .map(|v| json!({"name": v.0, "serial": v.1}))
-                .collect(),
-        ),
-        ("GET", ["2.21", "connections"]) => {
-            let vol = r.q("volume_names").unwrap_or("");
-            items(
-                a.connections
-                    .iter()
-                    .filter(|c| c.1 == vol)
-                    .map(|c| json!({"host": {"name": c.0}, "volume": {"name": c.1}, "lun": 1}))
-                    .collect(),
-            )
-        }
-        ("POST", ["2.21", "connections"]) => {
-            let c = (
-                r.q("host_names").unwrap().to_owned(),
-                r.q("volume_names").unwrap().to_owned(),
-            );
-            if !a.hosts.iter().any(|h| h.0 == c.0) {
-                return pure_error(400, "Host does not exist.");
-            }
-            if a.connections.contains(&c) {
-                return pure_error(400, "Connection already exists.");
-            }
-            a.connections.push(c);
-            items(vec![])
-        }
-        ("DELETE", ["2.21", "connections"]) => {
-            let c = (
-                r.q("host_names").unwrap().to_owned(),
-                r.q("volume_names").unwrap().to_owned(),
-            );
-            let before = a.connections.len();
-            a.connections.retain(|x| *x != c);
-            if a.connections.len() < before {
-                (200, vec![], json!({}))
-            } else {
-                pure_error(400, "Connection does not exist.")
-            }
-        }
-        _ => pure_error(404, "no such endpoint"),
-    }
-}
-
 /// A FlashArray with the volume `px-pvc-7` connected to the host `other`.
-fn flasharray() -> (String, Arc<Mutex<Array>>) {
-    let a = Arc::new(Mutex::new(Array {
-        hosts: vec![("other".into(), vec!["iqn.other".into()], vec![])],
-        volumes: vec![("px-pvc-7".into(), "F4252922ADE248CF000113E6".into())],
-        connections: vec![("other".into(), "px-pvc-7".into())],
-        ..Array::default()
-    }));
-    let t = a.clone();
-    (serve("/api/", move |r| pure_handle(&t, r)), a)
+fn flasharray() -> (String, Pure) {
+    test_kit::xcopy::flasharray(PureTable::with_volume(
+        "px-pvc-7",
+        "F4252922ADE248CF000113E6",
+    ))
 }
 
 /// A FlashArray client of the fake with the user's password (prefix `px`).

@@ -101,11 +101,7 @@ fn the_disk_is_cloned_onto_the_lun_and_the_mappings_come_back() {
         k.leases
     );
     drop(k);
-    for secret in r.secrets() {
-        assert!(!err.contains(&secret), "a secret in the log: {err}");
-        assert!(!scrapes.iter().any(|t| t.contains(&secret)));
-        assert!(!log.contains(&secret), "a secret in vcsim's log: {log}");
-    }
+    r.assert_no_secret(&err, &scrapes);
 }
 
 #[test]
@@ -217,15 +213,7 @@ fn sigterm_mid_clone_cleans_up_and_the_next_run_completes() {
         return;
     };
     let before = r.mappings();
-    let child = r.spawn_until_cloning();
-    assert!(r.mappings().len() > before.len(), "mapped during the clone");
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(error_line(&out).contains("SIGTERM"), "{}", stderr(&out));
-    assert_eq!(r.mappings(), before, "SIGTERM leaves no mapping behind");
+    r.sigterm(r.spawn_until_cloning(), &before);
 
     // A new pod does the whole job.
     r.run_to_completion(&r.env(), &before);

@@ -1,6 +1,6 @@
 //! What the copy-offload populator's end-to-end tests share: the peers of one population
-//! (vcsim-ferry, the in-test ONTAP and Kubernetes servers, a loop device as the LUN), the
-//! populator's arguments and environment, and readers of its metrics and errors.
+//! (vcsim-ferry, the in-test ONTAP or FlashArray and Kubernetes servers, a loop device as the
+//! LUN), the populator's arguments and environment, and readers of its metrics and errors.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -12,7 +12,8 @@ use test_kit::host::LoopDev;
 use test_kit::metrics::scrape_until_exit;
 use test_kit::vcsim::Vcsim;
 use test_kit::xcopy::{
-    kube, ontap, Kube, KubeTable, Ontap, OntapTable, San, ONTAP_PASSWORD, ONTAP_SVM, ONTAP_USER,
+    flasharray, kube, ontap, Kube, KubeTable, Ontap, OntapTable, Pure, PureTable, San,
+    ONTAP_PASSWORD, ONTAP_SVM, ONTAP_USER, PURE_API_TOKEN, PURE_PASSWORD, PURE_SESSION, PURE_USER,
 };
 use test_kit::{binary, disk_bytes, s, tempdir, write_file};
 
@@ -20,12 +21,22 @@ pub const UID: &str = "2f7c1d9e-0000-4000-8000-00000000cafe";
 pub const DISK: u64 = 24 << 20;
 pub const SERIAL: &str = "wCVg4]DhZs-V";
 pub const NS: &str = "vms";
+/// The FlashArray volume's serial number.
+pub const PURE_SERIAL: &str = "F4252922ADE248CF000113E6";
+/// The volume name prefix of Pure's CSI driver in the tests.
+pub const PURE_PREFIX: &str = "px";
 
 /// Everything one population runs against.
 pub struct Rig {
     pub vcsim: Vcsim,
+    /// `ontap` or `pureFlashArray`: the array the populator is given.
+    pub vendor: &'static str,
+    /// The fake ONTAP (holding the LUN when `vendor` is `ontap`).
     pub ontap: Ontap,
     pub ontap_url: String,
+    /// The fake FlashArray (holding the volume when `vendor` is `pureFlashArray`).
+    pub pure: Pure,
+    pub pure_url: String,
     pub kube: Kube,
     pub kube_port: u16,
     pub sa: PathBuf,
@@ -40,8 +51,19 @@ pub fn naa() -> String {
     format!("naa.600a0980{hex}")
 }
 
-/// Starts the peers; `None` when vcsim-ferry or loop devices are missing (outside CI).
+/// Pure's NAA id of the fake volume: its prefix and the serial number.
+pub fn pure_naa() -> String {
+    format!("naa.624a9370{}", PURE_SERIAL.to_ascii_lowercase())
+}
+
+/// Starts the peers with the ONTAP array; `None` when vcsim-ferry or loop devices are missing
+/// (outside CI).
 pub fn rig(vcsim_args: &[&str]) -> Option<Rig> {
+    rig_for("ontap", vcsim_args)
+}
+
+/// Starts the peers with the array `vendor` (`ontap` or `pureFlashArray`).
+pub fn rig_for(vendor: &'static str, vcsim_args: &[&str]) -> Option<Rig> {
     let dir = tempdir();
     let devs = dir.path().join("devices");
     std::fs::create_dir(&devs).unwrap();
@@ -68,22 +90,42 @@ pub fn rig(vcsim_args: &[&str]) -> Option<Rig> {
     let source = disk_bytes(DISK as usize, 19);
     write_file(&flat, &source);
 
+    // Every host's IQN and link-up FC ports: the SAN reaches them all.
     let mut initiators = Vec::new();
     for h in vcsim.ready()["hosts"]
         .as_array()
         .expect("hosts in the ready line")
     {
-        if let Some(i) = h["iqn"].as_str() {
-            initiators.push(i.to_owned());
+        initiators.extend(h["iqn"].as_str().map(str::to_owned));
+        for fc in h["fc"].as_array().into_iter().flatten() {
+            initiators.extend(fc.as_str().map(str::to_owned));
         }
     }
-    let mut table = OntapTable::with_lun("trident_pvc_1", SERIAL);
-    table.san = Some(San {
-        dir: devs,
-        initiators,
-        devices: vec![("lun-1".into(), naa(), lun.path().to_owned())],
-    });
-    let (ontap_url, ontap) = ontap(table);
+    let mut ontap_table = OntapTable::with_lun("trident_pvc_1", SERIAL);
+    let mut pure_table = PureTable::with_volume(&format!("{PURE_PREFIX}-pvc-1"), PURE_SERIAL);
+    match vendor {
+        "ontap" => {
+            ontap_table.san = Some(San {
+                dir: devs,
+                initiators,
+                devices: vec![("lun-1".into(), naa(), lun.path().to_owned())],
+            })
+        }
+        "pureFlashArray" => {
+            pure_table.san = Some(San {
+                dir: devs,
+                initiators,
+                devices: vec![(
+                    format!("{PURE_PREFIX}-pvc-1"),
+                    pure_naa(),
+                    lun.path().to_owned(),
+                )],
+            })
+        }
+        _ => panic!("no fake array {vendor}"),
+    }
+    let (ontap_url, ontap) = ontap(ontap_table);
+    let (pure_url, pure) = flasharray(pure_table);
     let mut k = KubeTable::default();
     k.add_prime_bound_pvc(
         NS,
@@ -95,8 +137,11 @@ pub fn rig(vcsim_args: &[&str]) -> Option<Rig> {
     let (kube_port, sa, kube) = kube(dir.path(), k);
     Some(Rig {
         vcsim,
+        vendor,
         ontap,
         ontap_url,
+        pure,
+        pure_url,
         kube,
         kube_port,
         sa,
@@ -133,26 +178,37 @@ impl Rig {
             .trim_start_matches("https://")
             .trim_end_matches("/sdk")
             .to_owned();
-        [
-            ("STORAGE_HOSTNAME", self.ontap_url.clone()),
-            ("STORAGE_USERNAME", ONTAP_USER.into()),
-            ("STORAGE_PASSWORD", ONTAP_PASSWORD.into()),
-            ("ONTAP_SVM", ONTAP_SVM.into()),
-            ("GOVMOMI_HOSTNAME", host),
-            ("GOVMOMI_USERNAME", self.vcsim.user().into()),
-            ("GOVMOMI_PASSWORD", self.vcsim.password().into()),
-            ("thumbprint", self.vcsim.thumbprint().into()),
-            ("KUBERNETES_SERVICE_HOST", "127.0.0.1".into()),
-            ("KUBERNETES_SERVICE_PORT", self.kube_port.to_string()),
-            ("FERRY_SERVICE_ACCOUNT_DIR", s(&self.sa).into()),
-            ("HOST_LEASE_NAMESPACE", "openshift-mtv".into()),
-            ("HOSTNAME", "vm-disk-0-populator".into()),
-            ("FERRY_XCOPY_POLL_MS", "200".into()),
-            ("FERRY_XCOPY_RESCAN_WAIT_MS", "100".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
+        let array = match self.vendor {
+            "ontap" => [
+                ("STORAGE_HOSTNAME", self.ontap_url.clone()),
+                ("STORAGE_USERNAME", ONTAP_USER.into()),
+                ("STORAGE_PASSWORD", ONTAP_PASSWORD.into()),
+                ("ONTAP_SVM", ONTAP_SVM.into()),
+            ],
+            _ => [
+                ("STORAGE_HOSTNAME", self.pure_url.clone()),
+                ("STORAGE_USERNAME", PURE_USER.into()),
+                ("STORAGE_PASSWORD", PURE_PASSWORD.into()),
+                ("PURE_CLUSTER_PREFIX", PURE_PREFIX.into()),
+            ],
+        };
+        array
+            .into_iter()
+            .chain([
+                ("GOVMOMI_HOSTNAME", host),
+                ("GOVMOMI_USERNAME", self.vcsim.user().into()),
+                ("GOVMOMI_PASSWORD", self.vcsim.password().into()),
+                ("thumbprint", self.vcsim.thumbprint().into()),
+                ("KUBERNETES_SERVICE_HOST", "127.0.0.1".into()),
+                ("KUBERNETES_SERVICE_PORT", self.kube_port.to_string()),
+                ("FERRY_SERVICE_ACCOUNT_DIR", s(&self.sa).into()),
+                ("HOST_LEASE_NAMESPACE", "openshift-mtv".into()),
+                ("HOSTNAME", "vm-disk-0-populator".into()),
+                ("FERRY_XCOPY_POLL_MS", "200".into()),
+                ("FERRY_XCOPY_RESCAN_WAIT_MS", "100".into()),
+            ])
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect()
     }
 
     pub fn spawn(&self, args: &[String], env: &[(String, String)]) -> (Child, PathBuf) {
@@ -174,7 +230,12 @@ impl Rig {
 
     /// Starts the populator and waits until its clone is under way (polled at least once).
     pub fn spawn_until_cloning(&self) -> Child {
-        let (mut child, _) = self.spawn(&self.args("ontap"), &self.env());
+        self.spawn_until_cloning_with(&self.env())
+    }
+
+    /// [`Rig::spawn_until_cloning`] with the environment `env`.
+    pub fn spawn_until_cloning_with(&self, env: &[(String, String)]) -> Child {
+        let (mut child, _) = self.spawn(&self.args(self.vendor), env);
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.vcsim.log().contains("vmkfstools taskGet") {
             assert!(
@@ -191,6 +252,24 @@ impl Rig {
         child
     }
 
+    /// Sends SIGTERM to `child`, a populator cloning with the LUN mapped, and checks what a
+    /// cancelled pod must leave: one SIGTERM error line, exit 1, the mappings as `before` and
+    /// the device gone from the host.
+    pub fn sigterm(&self, child: Child, before: &[(String, String)]) {
+        assert!(
+            self.mappings().len() > before.len(),
+            "mapped during the clone"
+        );
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(error_line(&out).contains("SIGTERM"), "{}", stderr(&out));
+        assert_eq!(self.mappings(), before, "SIGTERM leaves no mapping behind");
+        assert!(!self.dir.path().join("devices").join(self.naa()).exists());
+    }
+
     /// Runs the populator to its end, scraping its metrics; its output and the scrapes.
     pub fn run(&self) -> (Output, Vec<String>) {
         self.run_with(&self.env())
@@ -198,7 +277,7 @@ impl Rig {
 
     /// [`Rig::run`] with the environment `env`.
     pub fn run_with(&self, env: &[(String, String)]) -> (Output, Vec<String>) {
-        let (child, addr) = self.spawn(&self.args("ontap"), env);
+        let (child, addr) = self.spawn(&self.args(self.vendor), env);
         scrape_until_exit(child, &addr)
     }
 
@@ -216,8 +295,20 @@ impl Rig {
         out
     }
 
+    /// The array's mappings of its LUNs: (LUN, group), sorted.
     pub fn mappings(&self) -> Vec<(String, String)> {
-        self.ontap.lock().unwrap().mapping_names()
+        match self.vendor {
+            "ontap" => self.ontap.lock().unwrap().mapping_names(),
+            _ => self.pure.lock().unwrap().mapping_names(),
+        }
+    }
+
+    /// The NAA id ESXi sees the LUN by.
+    pub fn naa(&self) -> String {
+        match self.vendor {
+            "ontap" => naa(),
+            _ => pure_naa(),
+        }
     }
 
     /// The LUN holds the VM's disk.
@@ -229,10 +320,23 @@ impl Rig {
         );
     }
 
+    /// No secret in the populator's log `err`, its metrics or vcsim's log.
+    pub fn assert_no_secret(&self, err: &str, scrapes: &[String]) {
+        let log = self.vcsim.log();
+        for secret in self.secrets() {
+            assert!(!err.contains(&secret), "a secret in the log: {err}");
+            assert!(!scrapes.iter().any(|t| t.contains(&secret)));
+            assert!(!log.contains(&secret), "a secret in vcsim's log: {log}");
+        }
+    }
+
     /// What no output may contain.
     pub fn secrets(&self) -> Vec<String> {
         vec![
             ONTAP_PASSWORD.into(),
+            PURE_PASSWORD.into(),
+            PURE_API_TOKEN.into(),
+            PURE_SESSION.into(),
             self.vcsim.password().into(),
             test_kit::xcopy::KUBE_TOKEN.into(),
         ]

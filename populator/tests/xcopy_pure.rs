@@ -7,7 +7,6 @@
 
 mod xcopy_rig;
 
-
 use test_kit::xcopy::PURE_API_TOKEN;
 use xcopy_rig::*;
 

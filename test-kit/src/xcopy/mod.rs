@@ -1,8 +1,8 @@
 //! In-test servers for the copy-offload populator, where no real system can be installed here:
-//! a NetApp ONTAP REST API ([`ontap`]: igroups, LUNs, LUN maps, as ONTAP's REST reference
-//! describes them), a Pure FlashArray REST 2.x API ([`pure`]: API token, session login, hosts,
+//! a NetApp ONTAP REST API (`ontap.rs`: igroups, LUNs, LUN maps, as ONTAP's REST reference
+//! describes them), a Pure FlashArray REST 2.x API (`pure.rs`: API token, session login, hosts,
 //! volumes, connections, as Pure's REST reference describes them) and a Kubernetes API server
-//! ([`kube`]: PVCs, PVs and `coordination.k8s.io/v1` Leases, over TLS with a bearer token, as a
+//! (`kube.rs`: PVCs, PVs and `coordination.k8s.io/v1` Leases, over TLS with a bearer token, as a
 //! pod's service account reaches it). Each keeps its state in a table the tests read.
 //!
 //! A fake array also stands for the SAN ([`San`]): a LUN backed by a device (a loop device)

@@ -4,7 +4,7 @@
 //! key, 1 for a failed population). The flow itself is `ferry_pod::xcopy::populate`.
 
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use ferry_pod::kube::Kube;
@@ -299,7 +299,8 @@ pub async fn main(flags: &Flags) -> ExitCode {
         }
     };
     let started = Instant::now();
-    let r = run(flags, &product, &method, ssh, &metrics).await;
+    let protocol = OnceLock::new();
+    let r = run(flags, &product, &method, ssh, &metrics, &protocol).await;
     let (result, used) = match &r {
         Ok(o) => ("success", if o.xcopy_used { "1" } else { "0" }),
         Err(_) => ("failure", "0"),
@@ -311,7 +312,7 @@ pub async fn main(flags: &Flags) -> ExitCode {
             ("storage_vendor", &product),
             ("clone_method", &method),
             ("xcopy_used", used),
-            ("storage_protocol", "n/a"),
+            ("storage_protocol", protocol.get().copied().unwrap_or("n/a")),
         ],
         started.elapsed().as_secs_f64(),
     );
@@ -346,6 +347,7 @@ async fn run(
     method: &str,
     ssh: Option<SshPlan>,
     metrics: &Arc<Metrics>,
+    protocol: &OnceLock<&'static str>,
 ) -> Result<populate::Outcome> {
     let cancel = ferry_pod::cancel_on_sigterm();
     let f = |k: &str| flags.get(k).unwrap_or("").to_owned();
@@ -396,6 +398,7 @@ async fn run(
         array: array.as_ref(),
         metrics,
         cancel: &cancel,
+        protocol,
     };
     let r = populate::run(&plan, &peers).await;
     vsphere.logout().await;

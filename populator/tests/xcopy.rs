@@ -30,18 +30,11 @@ fn the_disk_is_cloned_onto_the_lun_and_the_mappings_come_back() {
     assert_eq!(r.mappings(), before, "the LUN's mappings are as they were");
 
     // The host's own initiator group, named as Forklift names it, with the host's IQN.
-    let t = r.ontap.lock().unwrap();
-    let group = t
-        .igroups
-        .iter()
-        .find(|g| g.1.starts_with("xcopy-hostsystem-host-"))
-        .unwrap_or_else(|| panic!("no xcopy group: {:?}", t.igroups));
+    let (_, initiators) = r.xcopy_group();
     assert!(
-        group.2.iter().any(|i| i.starts_with("iqn.")),
-        "{:?}",
-        group.2
+        initiators.iter().any(|i| i.starts_with("iqn.")),
+        "{initiators:?}"
     );
-    drop(t);
 
     assert_progress(&scrapes);
     let last = scrapes.last().unwrap();
@@ -63,6 +56,8 @@ fn the_disk_is_cloned_onto_the_lun_and_the_mappings_come_back() {
             "result=\"success\"",
             "xcopy_used=\"1\"",
             "clone_method=\"vib\"",
+            // The hosts have iSCSI and FC adapters up: no one protocol.
+            "storage_protocol=\"n/a\"",
         ],
     )
     .unwrap_or_else(|| panic!("no duration: {last}"));
@@ -105,14 +100,23 @@ fn the_disk_is_cloned_onto_the_lun_and_the_mappings_come_back() {
 }
 
 #[test]
-fn a_host_copy_without_xcopy_is_reported() {
-    let Some(r) = rig(&["-no-xcopy"]) else {
+fn a_host_copy_without_xcopy_over_fibre_channel_is_reported() {
+    // Hosts with FC HBAs only: the igroup gets the link-up port's WWPN, in ONTAP's colon form.
+    let Some(r) = rig(&["-no-xcopy", "-san", "fc"]) else {
         return;
     };
     let (out, scrapes) = r.run();
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     r.assert_cloned();
+    let (_, initiators) = r.xcopy_group();
+    assert!(
+        !initiators.is_empty()
+            && initiators
+                .iter()
+                .all(|i| i.len() == 23 && i.matches(':').count() == 7),
+        "{initiators:?}"
+    );
     assert!(
         err.contains("fell back to a copy through the host") && err.contains("MiB/s"),
         "{err}"
@@ -124,12 +128,15 @@ fn a_host_copy_without_xcopy_is_reported() {
         Some(0.0),
         "{last}"
     );
-    assert!(sample(
-        last,
-        "vsphere_xcopy_volume_populator_copy_duration_seconds",
-        &["xcopy_used=\"0\""]
-    )
-    .is_some());
+    assert!(
+        sample(
+            last,
+            "vsphere_xcopy_volume_populator_copy_duration_seconds",
+            &["xcopy_used=\"0\"", "storage_protocol=\"fc\""]
+        )
+        .is_some(),
+        "{last}"
+    );
 }
 
 #[test]

@@ -35,30 +35,22 @@ fn a_flasharray_volume_is_connected_cloned_onto_and_its_connections_come_back() 
 
     // The host object the populator made for the ESXi host holds its initiators, as Purity
     // keeps them (IQNs as they are, WWPNs in 16 upper-case hex digits).
-    let t = r.pure.lock().unwrap();
-    let host = t
-        .hosts
-        .iter()
-        .find(|h| h.0.starts_with("xcopy-hostsystem-host-"))
-        .unwrap_or_else(|| panic!("no host object: {:?}", t.hosts));
-    let moref = host.0.trim_start_matches("xcopy-hostsystem-");
+    let (name, initiators) = r.xcopy_group();
+    let moref = name.trim_start_matches("xcopy-hostsystem-");
     let ready = r.vcsim.ready()["hosts"].as_array().unwrap().clone();
     let esxi = ready
         .iter()
         .find(|h| h["moref"].as_str() == Some(moref))
         .unwrap_or_else(|| panic!("no host {moref} in {ready:?}"));
-    assert_eq!(host.1, vec![esxi["iqn"].as_str().unwrap().to_owned()]);
-    let wwpns: Vec<String> = esxi["fc"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|fc| {
-            let (_, wwpn) = fc.as_str().unwrap().split_once(':').unwrap();
-            wwpn.to_ascii_uppercase()
-        })
-        .collect();
-    assert!(!wwpns.is_empty());
-    assert_eq!(host.2, wwpns, "the link-up FC ports' WWPNs");
+    let mut want = vec![esxi["iqn"].as_str().unwrap().to_owned()];
+    // The link-up FC ports' WWPNs.
+    for fc in esxi["fc"].as_array().unwrap() {
+        let (_, wwpn) = fc.as_str().unwrap().split_once(':').unwrap();
+        want.push(wwpn.to_ascii_uppercase());
+    }
+    assert!(want.len() > 1);
+    assert_eq!(initiators, want);
+    let t = r.pure.lock().unwrap();
     assert!(
         t.log
             .iter()
@@ -109,7 +101,8 @@ fn a_flasharray_volume_is_connected_cloned_onto_and_its_connections_come_back() 
 
 #[test]
 fn a_flasharray_that_refuses_the_connection_is_one_line_and_nothing_stays_connected() {
-    let Some(r) = rig_for(VENDOR, &[]) else {
+    // Hosts with the software iSCSI adapter only.
+    let Some(r) = rig_for(VENDOR, &["-san", "iscsi"]) else {
         return;
     };
     let before = r.mappings();
@@ -124,7 +117,11 @@ fn a_flasharray_that_refuses_the_connection_is_one_line_and_nothing_stays_connec
         sample(
             last,
             "vsphere_xcopy_volume_populator_copy_duration_seconds",
-            &["result=\"failure\"", "storage_vendor=\"pureFlashArray\""]
+            &[
+                "result=\"failure\"",
+                "storage_vendor=\"pureFlashArray\"",
+                "storage_protocol=\"iscsi\""
+            ]
         )
         .is_some(),
         "{last}"

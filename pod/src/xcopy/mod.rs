@@ -56,6 +56,16 @@ impl Initiators {
         Ok(out)
     }
 
+    /// The SAN protocol, as Forklift's `storage_protocol` metric label names it: `iscsi` or
+    /// `fc` when every initiator is of that kind, `n/a` when both are.
+    pub fn protocol(&self) -> &'static str {
+        match (self.iscsi.is_empty(), self.fc.is_empty()) {
+            (false, true) => "iscsi",
+            (true, false) => "fc",
+            _ => "n/a",
+        }
+    }
+
     /// The WWPN of each FC port (what an array's initiator group lists), `aa:bb:...` form.
     pub fn fc_wwpns(&self) -> Vec<String> {
         self.fc
@@ -209,6 +219,11 @@ mod tests {
         let i = Initiators::from_esxi(&ids).unwrap();
         assert_eq!(i.iscsi, vec!["iqn.1998-01.com.vmware:esx1-4f1b"]);
         assert_eq!(i.fc_wwpns(), vec!["20:00:00:25:b5:aa:00:02"]);
+        assert_eq!(i.protocol(), "n/a");
+        let iqn = Initiators::from_esxi(&["iqn.1998-01.com.vmware:esx1".to_owned()]).unwrap();
+        assert_eq!(iqn.protocol(), "iscsi");
+        let fc = Initiators::from_esxi(&["fc.20000025b5aa0001:20000025b5aa0002".to_owned()]);
+        assert_eq!(fc.unwrap().protocol(), "fc");
         assert!(Initiators::from_esxi(&["sas.5000c5".to_owned()]).is_err());
         assert!(Initiators::from_esxi(&[]).is_err());
     }

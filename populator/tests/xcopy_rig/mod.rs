@@ -303,6 +303,25 @@ impl Rig {
         }
     }
 
+    /// The populator's group for the ESXi host on the array (ONTAP igroup, FlashArray host
+    /// object): its name and initiators as the array holds them (FlashArray: IQNs, then WWNs).
+    pub fn xcopy_group(&self) -> (String, Vec<String>) {
+        let ours = |name: &str| name.starts_with("xcopy-hostsystem-host-");
+        let found = match self.vendor {
+            "ontap" => {
+                let t = self.ontap.lock().unwrap();
+                let g = t.igroups.iter().find(|g| ours(&g.1));
+                g.map(|g| (g.1.clone(), g.2.clone()))
+            }
+            _ => {
+                let t = self.pure.lock().unwrap();
+                let h = t.hosts.iter().find(|h| ours(&h.0));
+                h.map(|h| (h.0.clone(), h.1.iter().chain(&h.2).cloned().collect()))
+            }
+        };
+        found.expect("no xcopy-hostsystem-* group on the array")
+    }
+
     /// The NAA id ESXi sees the LUN by.
     pub fn naa(&self) -> String {
         match self.vendor {

@@ -11,7 +11,7 @@
 //! mappings kept are those of every other group, so a restarted pod finishes the clone or
 //! cleans up what a killed one left.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -204,6 +204,9 @@ pub struct Peers<'a> {
     pub metrics: &'a Metrics,
     /// Cancelled on SIGTERM.
     pub cancel: &'a CancelToken,
+    /// Set to the SAN protocol ([`Initiators::protocol`]) once the host's initiators are
+    /// known, for the metrics of a run that ends either way.
+    pub protocol: &'a OnceLock<&'static str>,
 }
 
 /// What the ESXi side of the cleanup needs.
@@ -347,6 +350,7 @@ async fn populate(
     };
     let initiators = Initiators::from_esxi(&ids)?;
     tracing::info!(initiators = ?ids, "ESXi initiators");
+    let _ = p.protocol.set(initiators.protocol());
 
     let group = p.array.ensure_group(&id, &initiators).await?;
     let lun = p.array.lun(volume).await?;

@@ -119,6 +119,29 @@ fn an_expired_session_is_logged_in_again_and_the_pages_continue() {
 }
 
 #[test]
+fn a_vcenter_that_answers_503_is_asked_again_and_the_delta_stays_whole() {
+    // Every second page query (and every second property read) is answered HTTP 503.
+    let Some(sim) = Vcsim::start(&["-areas", "5000", "-page", "1000", "-hiccup-every", "2"]) else {
+        return;
+    };
+
+    let out = dirty(&sim, sim.thumbprint(), &sim.vm().change_id, sim.password());
+
+    assert_eq!(
+        ranges(&out),
+        merged(&sim.areas()),
+        "every page, no full copy"
+    );
+    let log = sim.log();
+    assert!(log.contains("changed areas hiccup"), "{log}");
+    assert!(
+        out.stderr.contains("asking again (try 1 of 3)"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn a_refused_login_and_a_wrong_thumbprint_are_clear_errors() {
     let Some(sim) = Vcsim::start(&[]) else {
         return;

@@ -141,8 +141,8 @@ fn a_host_copy_without_xcopy_over_fibre_channel_is_reported() {
 
 #[test]
 fn a_vcenter_that_hiccups_is_asked_again() {
-    // Every third esxcli call is answered HTTP 503.
-    let Some(r) = rig(&["-esxcli-hiccup-every", "3", "-clone-rate", "12582912"]) else {
+    // Every third esxcli call and every third property read is answered HTTP 503.
+    let Some(r) = rig(&["-hiccup-every", "3", "-clone-rate", "12582912"]) else {
         return;
     };
     let before = r.mappings();
@@ -156,7 +156,16 @@ fn a_vcenter_that_hiccups_is_asked_again() {
     r.assert_cloned();
     assert_eq!(r.mappings(), before);
     assert!(log.matches("esxcli hiccup").count() >= 3, "{log}");
-    assert!(err.contains("try 1 of 3"), "{err}");
+    assert!(log.contains("property read hiccup"), "{log}");
+    assert!(
+        err.contains("esxcli") && err.contains("try 1 of 3"),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.contains("vSphere") && l.contains(" of ") && l.contains("try 1 of 3")),
+        "a property read asked again: {err}"
+    );
 }
 
 #[test]

@@ -23,7 +23,8 @@
 //!   device; each call is logged as `vcsim-ferry: esxcli WORDS name=value ...`;
 //! - `-rescans-needed N` (1; 0: never), `-clone-rate BYTES_PER_S` (0: unlimited),
 //!   `-clone-fail-at PERCENT` (-1: never), `-no-xcopy` (clones report a host copy),
-//!   `-esxcli-hiccup-every N` (0: never; every N-th esxcli call answered HTTP 503).
+//!   `-hiccup-every N` (0: never; every N-th esxcli call, property read and
+//!   QueryChangedDiskAreas, each counted on its own, answered HTTP 503).
 //!
 //! `QueryChangedDiskAreas` faults: an unknown deviceKey or a startOffset at or past the capacity
 //! give InvalidArgument; changeId `reset` gives FileFault ("CBT was reset"); a snapshot that is not

@@ -173,7 +173,7 @@ impl Esxcli {
             moref("_this", "HostSystem", host)
         );
         let what = format!("the esxcli executor of {host}");
-        let answer = client.invoke(&what, &body).await?;
+        let answer = client.invoke_read(&what, &body).await?;
         let executer = xml::returned_moref(&answer).ok_or_else(|| {
             Error::new(
                 ErrorKind::Protocol,

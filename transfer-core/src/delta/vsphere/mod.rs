@@ -1,7 +1,10 @@
 //! A minimal vSphere Web Services (SOAP, urn:vim25) client for changed-block tracking: the
 //! service content, Login (session cookie `vmware_soap_session`, one new login and retry when a
 //! long run's session has expired), SearchIndex.FindByUuid, the PropertyCollector for a VM's or
-//! a snapshot's `config.hardware.device`, QueryChangedDiskAreas, Logout.
+//! a snapshot's `config.hardware.device`, QueryChangedDiskAreas, Logout. Calls that only read
+//! (property reads, lookups, changed areas) are sent again, twice at most, when no answer came
+//! back (a dropped connection, an HTTP error such as 503 without a SOAP fault): a vCenter that
+//! is briefly overloaded should not fail a migration or turn a delta into a full copy.
 //!
 //! Written here rather than taken from a crate: no maintained Rust vSphere client exists, and
 //! these six calls are small. TLS trust (the SHA-1 thumbprint VDDK users already have, or CA
@@ -23,6 +26,7 @@ use url::Url;
 use crate::delta::DeltaSet;
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{read_bounded, redact, HttpClient, HttpOptions, TlsTrust};
+use crate::source::retry::RetryPolicy;
 use crate::source::vddk::{Secret, Sessions, VddkParams};
 use xml::{envelope, escape, moref, Fault, Node, ServiceContent, VirtualDisk};
 
@@ -34,6 +38,13 @@ const MAX_PAGES: usize = 1_000_000;
 /// Most changed areas kept for one disk, after adjacent ones are merged (64 MiB of ranges):
 /// past it a delta is no cheaper than a full copy, and the server's answer is not trusted.
 const MAX_AREAS: usize = 1 << 22;
+
+/// How a call that only reads is sent again when no answer came: twice more, 1 s then 2 s
+/// later.
+const READ_RETRY: RetryPolicy = RetryPolicy {
+    retries: 2,
+    delay: std::time::Duration::from_secs(1),
+};
 
 /// A logged-in vSphere API session.
 pub struct Client {
@@ -272,16 +283,48 @@ impl Client {
 
     /// One call with one new login and retry when the session has expired.
     async fn call(&self, what: &str, inner: &str) -> Result<Node> {
-        match self.raw(what, inner).await? {
+        self.call_again(what, inner, 0).await
+    }
+
+    /// [`Client::call`] for a call that changes nothing on the server: sent again when no
+    /// answer came back ([`READ_RETRY`]).
+    async fn read(&self, what: &str, inner: &str) -> Result<Node> {
+        self.call_again(what, inner, READ_RETRY.retries).await
+    }
+
+    async fn call_again(&self, what: &str, inner: &str, retries: u32) -> Result<Node> {
+        match self.raw_again(what, inner, retries).await? {
             Ok(a) => Ok(a),
             Err(f) if f.kind == "NotAuthenticated" => {
                 tracing::debug!("vSphere session expired during {what}; logging in again");
                 self.login().await?;
-                self.raw(what, inner)
+                self.raw_again(what, inner, retries)
                     .await?
                     .map_err(|f| soap_error(what, &f))
             }
             Err(f) => Err(soap_error(what, &f)),
+        }
+    }
+
+    /// [`Client::raw`], sent again up to `retries` times when it failed in a way that may pass
+    /// (no connection, a dropped one, an HTTP error without a fault). A fault is an answer:
+    /// never sent again here.
+    async fn raw_again(
+        &self,
+        what: &str,
+        inner: &str,
+        retries: u32,
+    ) -> Result<std::result::Result<Node, Fault>> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.raw(what, inner).await {
+                Err(e) if tries <= retries && e.kind().is_transient() => {
+                    tracing::warn!("{e}; asking again (try {tries} of {})", retries + 1);
+                    tokio::time::sleep(READ_RETRY.backoff(tries)).await;
+                }
+                r => return r,
+            }
         }
     }
 
@@ -290,6 +333,12 @@ impl Client {
     /// expired; a fault is an error naming `what`.
     pub async fn invoke(&self, what: &str, inner: &str) -> Result<Node> {
         self.call(what, inner).await
+    }
+
+    /// [`Client::invoke`] for a method that changes nothing on the server (a retrieval): also
+    /// sent again, twice at most, 1 s then 2 s later, when no answer came back.
+    pub async fn invoke_read(&self, what: &str, inner: &str) -> Result<Node> {
+        self.read(what, inner).await
     }
 
     /// The value of the property `path` of the managed object `ty:obj` (`None`: unset).
@@ -301,7 +350,7 @@ impl Client {
             escape(path),
             moref("obj", ty, obj)
         );
-        let answer = self.call(&format!("{path} of {obj}"), &body).await?;
+        let answer = self.read(&format!("{path} of {obj}"), &body).await?;
         Ok(xml::property_value(&answer).cloned())
     }
 
@@ -313,7 +362,7 @@ impl Client {
                 moref("_this", "SearchIndex", &self.sc.search_index),
                 escape(uuid)
             );
-            if let Some(vm) = xml::returned_moref(&self.call("FindByUuid", &body).await?) {
+            if let Some(vm) = xml::returned_moref(&self.read("FindByUuid", &body).await?) {
                 return Ok(vm);
             }
         }
@@ -332,7 +381,7 @@ impl Client {
             moref("obj", ty, obj)
         );
         let what = format!("devices of {obj}");
-        xml::virtual_disks(&self.call(&what, &body).await?)
+        xml::virtual_disks(&self.read(&what, &body).await?)
     }
 
     /// The areas of disk `key` (of `capacity` bytes) of `vm` that changed between `change_id`
@@ -368,7 +417,7 @@ impl Client {
                 )),
                 escape(change_id)
             );
-            let page = xml::change_info(&self.call(&what, &body).await.map_err(full_copy)?)
+            let page = xml::change_info(&self.read(&what, &body).await.map_err(full_copy)?)
                 .map_err(full_copy)?;
             let end = page.start.checked_add(page.length);
             if page.start != start || page.length == 0 || end.is_none_or(|e| e > capacity) {

@@ -73,7 +73,9 @@ pub(super) async fn cleanup(p: &Peers<'_>, m: &Mapped) -> Result<()> {
                     &[("device", naa)],
                 )
                 .await;
-                if !matches!(detached, Ok(Some(_))) {
+                if matches!(detached, Ok(Some(_))) {
+                    tracing::info!(device = naa, "device set off and removed from the host");
+                } else {
                     tracing::warn!("removing {naa} from the detached devices failed");
                 }
             }
@@ -97,7 +99,7 @@ pub(super) async fn cleanup(p: &Peers<'_>, m: &Mapped) -> Result<()> {
             m.lun.name, m.group
         )));
     }
-    tracing::info!(mappings = ?m.before, "LUN mappings restored");
+    tracing::info!(group = %m.group, mappings = ?m.before, "LUN unmapped, its mappings restored");
     // Forklift rescans here without the host Lease: ESXi drops the paths to the unmapped LUN.
     for a in &m.adapters {
         let r = cleanup_call(

@@ -491,7 +491,7 @@ where
         );
         pause(p.cancel, l.retry).await?;
     };
-    tracing::debug!(lease = %name, "host lease taken");
+    tracing::info!(lease = %name, "host lease taken for the rescan");
     // Renewed every few seconds; a renewal that fails, or does not answer before the next one
     // is due, loses the hold and the work stops (another may take the slot once it expires).
     let renew = async {

@@ -29,6 +29,9 @@ pub struct Metrics {
     registry: Registry,
     families: Vec<Family<Labels, Counter<f64, AtomicU64>>>,
     gauges: Vec<Family<Labels, Gauge<f64, AtomicU64>>>,
+    /// The `# TYPE` lines of `gauges` as a scraper must read them: counters, under their
+    /// own names (what Forklift's Go client writes).
+    counter_types: Vec<(String, String)>,
     /// Other values of the import (not percentages), by name.
     extra: Vec<(String, GaugeFamily)>,
     owner: Labels,
@@ -51,7 +54,8 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 impl Metrics {
     /// Progress metrics named exactly `names`, labelled `ownerUID=owner_uid` only. A name that
     /// ends in `_total` is a counter (CDI's names); any other is exposed under that very name
-    /// (Forklift's `ovirt_progress`, whose Go client adds no suffix), as a gauge that only rises.
+    /// (Forklift's `ovirt_progress`, whose Go client adds no suffix) and typed a counter too,
+    /// kept as a gauge that only rises (the encoder would add `_total` to a counter).
     pub fn new(names: &[&str], owner_uid: &str) -> Arc<Metrics> {
         Metrics::labelled(names, "ownerUID", owner_uid, &[])
     }
@@ -68,6 +72,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let mut families = Vec::new();
         let mut gauges = Vec::new();
+        let mut counter_types = Vec::new();
         for n in names {
             let help = "Progress of the disk copy, in percent";
             if let Some(base) = n.strip_suffix("_total") {
@@ -78,6 +83,10 @@ impl Metrics {
                 let g = Family::<Labels, Gauge<f64, AtomicU64>>::default();
                 registry.register(*n, help, g.clone());
                 gauges.push(g);
+                counter_types.push((
+                    format!("# TYPE {n} gauge\n"),
+                    format!("# TYPE {n} counter\n"),
+                ));
             }
         }
         let mut others = Vec::new();
@@ -91,6 +100,7 @@ impl Metrics {
             registry,
             families,
             gauges,
+            counter_types,
             extra: others,
             owner,
             last: Mutex::new(0.0),
@@ -157,6 +167,9 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
+        for (gauge, counter) in &self.counter_types {
+            out = out.replace(gauge.as_str(), counter);
+        }
         self.scrapes.fetch_add(1, Ordering::Relaxed);
         if *self.last.lock().unwrap_or_else(|e| e.into_inner()) >= 100.0 {
             self.seen_done.store(true, Ordering::Relaxed);
@@ -313,6 +326,13 @@ mod tests {
             line,
             r#"kubevirt_cdi_import_progress_total{ownerUID="uid-1"} 100.0"#
         );
+        // Forklift's name, without a suffix, typed as its Go client types it.
+        assert!(text.contains("# TYPE ovirt_progress counter\n"), "{text}");
+        assert!(
+            text.contains("\novirt_progress{ownerUID=\"uid-1\"} 100.0\n"),
+            "{text}"
+        );
+        assert!(!text.contains("gauge"), "{text}");
     }
 
     /// Whether the server closed `c` within `within` (a read returns end of file or fails).

@@ -38,6 +38,14 @@ fn the_disk_is_cloned_onto_the_lun_and_the_mappings_come_back() {
 
     assert_progress(&scrapes);
     let last = scrapes.last().unwrap();
+    // Typed as Forklift's Go client types them.
+    for ty in [
+        "# TYPE vsphere_xcopy_volume_populator_progress counter",
+        "# TYPE vsphere_xcopy_volume_populator_xcopy_used gauge",
+        "# TYPE vsphere_xcopy_volume_populator_copy_duration_seconds gauge",
+    ] {
+        assert!(last.contains(ty), "{last}");
+    }
     let uid = format!("owner_uid=\"{UID}\"");
     assert_eq!(
         sample(

@@ -151,3 +151,22 @@ fn sigterm_mid_clone_on_a_flasharray_disconnects_and_a_token_run_completes() {
     let out = r.run_to_completion(&env, &before);
     assert!(!stderr(&out).contains(PURE_API_TOKEN));
 }
+
+#[test]
+fn a_session_that_ends_mid_clone_is_opened_again_for_the_cleanup() {
+    let Some(r) = rig_for(VENDOR, &["-clone-rate", "6291456"]) else {
+        return;
+    };
+    let before = r.mappings();
+    let child = r.spawn_until_cloning();
+    // Purity ends the idle session while ESXi copies.
+    r.pure.lock().unwrap().expire_sessions();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    r.assert_cloned();
+    assert_eq!(r.mappings(), before, "disconnected after the new login");
+    assert!(err.contains("logging in again"), "{err}");
+    assert_eq!(r.pure.lock().unwrap().logins, 2);
+    r.assert_no_secret(&err, &[]);
+}

@@ -256,17 +256,41 @@ impl FlashArray {
         Ok((v2, session))
     }
 
+    /// Drops the session `token` (expired), unless another call has replaced it already.
+    async fn forget(&self, token: &HeaderValue) {
+        let mut s = self.session.lock().await;
+        if s.as_ref().is_some_and(|(_, t)| t == token) {
+            *s = None;
+        }
+    }
+
     /// One 2.x call (`path` after `/api/2.N/`, with its query); its items (none for an empty
-    /// answer).
+    /// answer). A session that has expired (Purity ends idle ones: a long clone outlasts it,
+    /// and the cleanup must still unmap) is opened again, once.
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Vec<Value>> {
-        let (v2, token) = self.session().await?;
-        let mut h = HeaderMap::new();
-        h.insert("x-auth-token", token);
         let what = format!("{method} {}", path.split('?').next().unwrap_or(path));
         let listing = method == Method::GET;
-        let (st, _, answer) = self
-            .send(method, &format!("/api/{v2}/{path}"), h, body)
-            .await?;
+        let mut renewed = false;
+        let (st, answer) = loop {
+            let (v2, token) = self.session().await?;
+            let mut h = HeaderMap::new();
+            h.insert("x-auth-token", token.clone());
+            let (st, _, answer) = self
+                .send(
+                    method.clone(),
+                    &format!("/api/{v2}/{path}"),
+                    h,
+                    body.clone(),
+                )
+                .await?;
+            if st == 401 && !renewed {
+                tracing::info!("FlashArray session ended ({what}); logging in again");
+                self.forget(&token).await;
+                renewed = true;
+                continue;
+            }
+            break (st, answer);
+        };
         if !(200..300).contains(&st) {
             return Err(Self::failed(&what, st, &answer));
         }

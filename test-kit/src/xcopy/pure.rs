@@ -15,7 +15,7 @@ pub const PURE_USER: &str = "pureuser";
 pub const PURE_PASSWORD: &str = "pure-pw-17";
 /// The API token that password is exchanged for (also usable as `STORAGE_TOKEN`).
 pub const PURE_API_TOKEN: &str = "6e1b80a1-cd63-de90-b74a-7fc16d034016";
-/// The session token a login answers with.
+/// The session token a login answers with (followed by `-N` after N expiries).
 pub const PURE_SESSION: &str = "session-token-42";
 /// The REST 2.x version the fake offers as its newest.
 const V2: &str = "2.21";
@@ -31,6 +31,9 @@ pub struct PureTable {
     pub connections: Vec<(String, String)>,
     /// Sessions opened.
     pub logins: usize,
+    /// Sessions ended by [`PureTable::expire_sessions`]: the valid token is
+    /// `PURE_SESSION-<expired>` (just `PURE_SESSION` before any).
+    pub expired: usize,
     /// Make connecting a volume to a host fail.
     pub fail_connect: bool,
     /// Every request, `METHOD path`, in order.
@@ -59,6 +62,19 @@ impl PureTable {
             .collect();
         v.sort();
         v
+    }
+
+    /// Ends every open session, as Purity ends idle ones: calls answer 401 until a new login.
+    pub fn expire_sessions(&mut self) {
+        self.expired += 1;
+    }
+
+    /// The session token valid now.
+    fn session(&self) -> String {
+        match self.expired {
+            0 => PURE_SESSION.to_owned(),
+            n => format!("{PURE_SESSION}-{n}"),
+        }
     }
 
     fn sync_san(&self) {
@@ -126,11 +142,11 @@ fn pure_handle(t: &Pure, r: &Req) -> Answer {
         a.logins += 1;
         return (
             200,
-            vec![("x-auth-token", PURE_SESSION.to_owned())],
+            vec![("x-auth-token", a.session())],
             json!({"items": [{"username": PURE_USER}]}),
         );
     }
-    if r.header("x-auth-token") != Some(PURE_SESSION) {
+    if r.header("x-auth-token") != Some(a.session().as_str()) {
         return pure_error(401, "Session expired.");
     }
     let answer = match (r.method.as_str(), rest) {

@@ -47,17 +47,20 @@ fn volume(internal: &str) -> Volume {
 fn the_lun_is_mapped_to_the_hosts_igroup_and_its_mappings_restored() {
     let (url, table) = ontap();
     let array = Ontap::new(&url, USER, PASSWORD, SVM, &HttpOptions::default()).unwrap();
-    let esxi = Initiators::from_esxi(&["iqn.1998-01.com.vmware:esx1".to_owned()]).unwrap();
+    let esxi = Initiators::from_esxi(&["fc.20000025b5aa0001:20000025b5aa0002".to_owned()]).unwrap();
     rt().block_on(async {
         let group = array.ensure_group("esx1.example", &esxi).await.unwrap();
-        assert_eq!(group, "xcopy-esx1.example");
-        // Again, with one more initiator: it is added, nothing doubled.
+        assert_eq!(group, "xcopy-esx1.example-fcp", "Forklift's name");
+        // Again, with one more port: it is added, nothing doubled.
         let more = Initiators::from_esxi(&[
-            "iqn.1998-01.com.vmware:esx1".to_owned(),
             "fc.20000025b5aa0001:20000025b5aa0002".to_owned(),
+            "fc.20000025b5aa0003:20000025B5AA0004".to_owned(),
         ])
         .unwrap();
-        array.ensure_group("esx1.example", &more).await.unwrap();
+        assert_eq!(
+            array.ensure_group("esx1.example", &more).await.unwrap(),
+            group
+        );
         let lun = array.lun(&volume("trident_pvc_1")).await.unwrap();
         assert_eq!(lun.naa, naa("wCVg4]DhZs-V"));
         let before = array.mappings(&lun).await.unwrap();
@@ -67,7 +70,7 @@ fn the_lun_is_mapped_to_the_hosts_igroup_and_its_mappings_restored() {
         array.map(&lun, &group).await.unwrap();
         let mut now = array.mappings(&lun).await.unwrap();
         now.sort();
-        assert_eq!(now, vec!["other-host", "xcopy-esx1.example"]);
+        assert_eq!(now, vec!["other-host", "xcopy-esx1.example-fcp"]);
 
         restore(&array, &lun, &before).await.unwrap();
         restore(&array, &lun, &before).await.unwrap();
@@ -79,11 +82,12 @@ fn the_lun_is_mapped_to_the_hosts_igroup_and_its_mappings_restored() {
     let ours = t
         .igroups
         .iter()
-        .find(|g| g.1 == "xcopy-esx1.example")
+        .find(|g| g.1 == "xcopy-esx1.example-fcp")
         .unwrap();
     assert_eq!(
         ours.2,
-        vec!["iqn.1998-01.com.vmware:esx1", "20:00:00:25:b5:aa:00:02"]
+        vec!["20:00:00:25:b5:aa:00:02", "20:00:00:25:b5:aa:00:04"],
+        "WWPNs in ONTAP's form"
     );
 }
 

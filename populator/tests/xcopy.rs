@@ -30,7 +30,8 @@ fn the_disk_is_cloned_onto_the_lun_and_the_mappings_come_back() {
     assert_eq!(r.mappings(), before, "the LUN's mappings are as they were");
 
     // The host's own initiator group, named as Forklift names it, with the host's IQN.
-    let (_, initiators) = r.xcopy_group();
+    let (group, initiators) = r.xcopy_group();
+    assert!(group.ends_with("-mixed"), "iSCSI and FC: {group}");
     assert!(
         initiators.iter().any(|i| i.starts_with("iqn.")),
         "{initiators:?}"
@@ -117,7 +118,11 @@ fn a_host_copy_without_xcopy_over_fibre_channel_is_reported() {
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     r.assert_cloned();
-    let (_, initiators) = r.xcopy_group();
+    let (group, initiators) = r.xcopy_group();
+    assert!(
+        group.ends_with("-fcp"),
+        "Forklift's name for an FC igroup: {group}"
+    );
     assert!(
         !initiators.is_empty()
             && initiators
@@ -145,6 +150,23 @@ fn a_host_copy_without_xcopy_over_fibre_channel_is_reported() {
         .is_some(),
         "{last}"
     );
+}
+
+#[test]
+fn an_ontap_san_economy_lun_is_found_by_its_internal_id() {
+    let Some(r) = rig(&[]) else {
+        return;
+    };
+    // Trident's ontap-san-economy driver: many LUNs in one FlexVol, named by internalID.
+    r.ontap.lock().unwrap().luns[0].1 = "/vol/trident_lun_pool_x/trident_pvc_1".into();
+    for pv in &mut r.kube.lock().unwrap().pvs {
+        pv.1["spec"]["csi"]["volumeAttributes"] = json!({
+            "internalID": "/svm/svm1/flexvol/trident_lun_pool_x/lun/trident_pvc_1",
+            "internalName": "trident_pvc_1",
+        });
+    }
+    let before = r.mappings();
+    r.run_to_completion(&r.env(), &before);
 }
 
 #[test]

@@ -70,6 +70,41 @@ fn protocol(i: &Initiators) -> &'static str {
     }
 }
 
+/// The path of the PV's LUN: from Trident's `internalID` (`/svm/S/flexvol/F/lun/L`, the
+/// ontap-san-economy driver's LUNs, several in one FlexVol) as `/vol/F/L`, else from its
+/// `internalName` (the ontap-san driver's own FlexVol) as `/vol/<internalName>/lun0`.
+pub fn lun_path(volume: &Volume) -> Result<String> {
+    if let Some(id) = volume.attribute("internalID") {
+        let parts = id
+            .split_once("/flexvol/")
+            .and_then(|(_, rest)| rest.split_once("/lun/"))
+            .filter(|(vol, lun)| {
+                let ok = |s: &str| !s.is_empty() && !s.contains('/') && s != "." && s != "..";
+                ok(vol) && ok(lun)
+            });
+        return match parts {
+            Some((vol, lun)) => Ok(format!("/vol/{vol}/{lun}")),
+            None => Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "the PV {}'s internalID '{id}' is not /svm/<svm>/flexvol/<volume>/lun/<lun>",
+                    volume.handle
+                ),
+            )),
+        };
+    }
+    let internal = volume.attribute("internalName").ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "the PV {} has neither an internalID nor an internalName attribute (not provisioned by Trident's ontap-san or ontap-san-economy driver?)",
+                volume.handle
+            ),
+        )
+    })?;
+    Ok(format!("/vol/{internal}/lun0"))
+}
+
 /// A field of a record, as a string.
 fn text(v: &Value, path: &[&str]) -> Result<String> {
     let mut cur = v;
@@ -215,11 +250,12 @@ impl Ontap {
     }
 }
 
-/// The igroup name the populator uses for an ESXi host: `xcopy-` and the host id (as Forklift
-/// names it), with what ONTAP does not take in a name replaced by `-`.
-pub fn group_name(host: &str) -> String {
+/// The igroup name the populator uses for an ESXi host and its initiators: `xcopy-`, the host
+/// id and the igroup's protocol (`xcopy-hostsystem-host-21-iscsi`, as Forklift names it), with
+/// what ONTAP does not take in a name replaced by `-`.
+pub fn group_name(host: &str, initiators: &Initiators) -> String {
     super::group_name(
-        host,
+        &format!("{host}-{}", protocol(initiators)),
         |c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.',
         96,
     )
@@ -232,7 +268,7 @@ impl StorageArray for Ontap {
     }
 
     async fn ensure_group(&self, host: &str, initiators: &Initiators) -> Result<String> {
-        let name = group_name(host);
+        let name = group_name(host, initiators);
         let mut wanted: Vec<String> = initiators
             .iscsi
             .iter()
@@ -271,16 +307,7 @@ impl StorageArray for Ontap {
     }
 
     async fn lun(&self, volume: &Volume) -> Result<Lun> {
-        let internal = volume.attribute("internalName").ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidInput,
-                format!(
-                    "the PV {} has no internalName attribute (not provisioned by Trident's ontap-san driver?)",
-                    volume.handle
-                ),
-            )
-        })?;
-        let path = format!("/vol/{internal}/lun0");
+        let path = lun_path(volume)?;
         let r = self
             .get(
                 "storage/luns",
@@ -352,6 +379,40 @@ mod tests {
     }
 
     #[test]
+    fn the_lun_path_comes_from_tridents_internal_id_or_internal_name() {
+        let pv = |k: &str, v: &str| Volume {
+            name: "pvc-1".into(),
+            handle: "pvc-1".into(),
+            attributes: vec![(k.into(), v.into())],
+        };
+        let economy = pv(
+            "internalID",
+            "/svm/svm1/flexvol/trident_lun_pool_abc/lun/trident_pvc_1",
+        );
+        assert_eq!(
+            lun_path(&economy).unwrap(),
+            "/vol/trident_lun_pool_abc/trident_pvc_1"
+        );
+        assert_eq!(
+            lun_path(&pv("internalName", "trident_pvc_1")).unwrap(),
+            "/vol/trident_pvc_1/lun0"
+        );
+        for bad in [
+            "/svm/s/flexvol//lun/x",
+            "/svm/s/lun/x",
+            "/svm/s/flexvol/v/lun/../x",
+            "/svm/s/flexvol/v",
+        ] {
+            assert!(lun_path(&pv("internalID", bad)).is_err(), "{bad}");
+        }
+        let e = lun_path(&pv("other", "x")).unwrap_err().to_string();
+        assert!(
+            e.contains("internalID") && e.contains("internalName"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn answers_are_parsed_apart_from_io() {
         assert_eq!(
             records(br#"{"records":[{"uuid":"u1"}],"num_records":1}"#).unwrap()[0]["uuid"],
@@ -363,6 +424,10 @@ mod tests {
             error_message(br#"{"error":{"message":"entry doesn't exist","code":"4"}}"#),
             "entry doesn't exist"
         );
-        assert_eq!(group_name("esx 1.example/x"), "xcopy-esx-1.example-x");
+        let iscsi = Initiators::from_esxi(&["iqn.1998-01.com.vmware:esx1".to_owned()]).unwrap();
+        assert_eq!(
+            group_name("esx 1.example/x", &iscsi),
+            "xcopy-esx-1.example-x-iscsi"
+        );
     }
 }

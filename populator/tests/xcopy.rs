@@ -170,6 +170,37 @@ fn an_ontap_san_economy_lun_is_found_by_its_internal_id() {
 }
 
 #[test]
+fn an_older_vib_is_a_warning_and_no_vib_fails_before_the_array_is_touched() {
+    // A VIB release without `vmkfstools version`: listed by `software vib get`, it clones.
+    if let Some(r) = rig(&["-vib", "old"]) {
+        let before = r.mappings();
+        let out = r.run_to_completion(&r.env(), &before);
+        let err = stderr(&out);
+        assert!(
+            err.contains("does not answer `vmkfstools version`") && err.contains("going on"),
+            "{err}"
+        );
+    }
+    // No VIB at all: one line before anything is mapped.
+    if let Some(r) = rig(&["-vib", "none"]) {
+        let before = r.mappings();
+        let (out, _) = r.run();
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let line = error_line(&out);
+        assert!(
+            line.contains("VIB is not installed") && line.contains("ESXI_CLONE_METHOD=ssh"),
+            "{line}"
+        );
+        assert_eq!(r.mappings(), before);
+        let log = r.ontap.lock().unwrap().log.clone();
+        assert!(
+            !log.iter().any(|l| l.starts_with("POST")),
+            "the array was changed: {log:?}"
+        );
+    }
+}
+
+#[test]
 fn a_vcenter_that_hiccups_is_asked_again() {
     // Every third esxcli call and every third property read is answered HTTP 503.
     let Some(r) = rig(&["-hiccup-every", "3", "-clone-rate", "12582912"]) else {

@@ -10,7 +10,7 @@ use transfer_core::delta::vsphere::xml;
 use transfer_core::delta::vsphere::Client;
 use transfer_core::{Error, ErrorKind, Result};
 
-use super::esxcli::Esxcli;
+use super::esxcli::{field, Esxcli};
 use super::ssh::{self, EsxiSsh, SshKeys, WRAPPER, WRAPPER_NAME, WRAPPER_VERSION};
 
 /// How the SSH clone method reaches the host.
@@ -38,16 +38,41 @@ pub enum Vmkfstools {
 }
 
 impl Vmkfstools {
-    /// The VIB's wrapper version; fails when the VIB is not installed.
+    /// Checks that Forklift's VIB is on the host: its wrapper's version, or, from a release
+    /// without `vmkfstools version`, the VIB as `software vib get` lists it (a warning, and
+    /// the clone goes on, as Forklift's populator does). Fails when the host has no such VIB,
+    /// before the array is touched.
     pub async fn vib(esxcli: Esxcli, host_name: &str) -> Result<Vmkfstools> {
-        let version = esxcli.plugin("version", &[]).await.map_err(|e| {
-            e.context_prefix(format!(
-                "Forklift's vmkfstools-wrapper VIB is not usable on {host_name}"
-            ))
-        })?;
-        let version = version_of(version);
-        tracing::info!(version = %version, "Forklift's vmkfstools-wrapper VIB");
-        Ok(Vmkfstools::Vib(esxcli))
+        let e = match esxcli.plugin("version", &[]).await {
+            Ok(version) => {
+                let version = version_of(version);
+                tracing::info!(version = %version, "Forklift's vmkfstools-wrapper VIB");
+                return Ok(Vmkfstools::Vib(esxcli));
+            }
+            Err(e) => e,
+        };
+        let listed = esxcli
+            .try_run(&["software", "vib", "get"], &[("vibname", VIB_NAME)])
+            .await;
+        match listed {
+            Ok(Ok(a)) => match a.rows().iter().find_map(|r| field(r, "Version")) {
+                Some(v) => {
+                    tracing::warn!(
+                        "Forklift's vmkfstools-wrapper VIB {v} on {host_name} does not answer `vmkfstools version` ({e}): an older release, going on"
+                    );
+                    Ok(Vmkfstools::Vib(esxcli))
+                }
+                None => Err(not_installed(host_name)),
+            },
+            // NoMatchError: no such VIB.
+            Ok(Err(_)) => Err(not_installed(host_name)),
+            Err(listing) => {
+                tracing::warn!(
+                    "cannot tell whether Forklift's vmkfstools-wrapper VIB is on {host_name} ({e}; {listing}): going on"
+                );
+                Ok(Vmkfstools::Vib(esxcli))
+            }
+        }
     }
 
     /// Connects to the host's management address, checks the restricted key, and makes sure
@@ -180,6 +205,18 @@ async fn wrapper_version(conn: &EsxiSsh, ds: &str) -> Result<String> {
 }
 
 /// The version in a `version` answer (`{"version": "0.3.1"}`), or the answer as it is.
+/// The name of Forklift's VIB.
+const VIB_NAME: &str = "vmkfstools-wrapper";
+
+fn not_installed(host_name: &str) -> Error {
+    Error::new(
+        ErrorKind::NotFound,
+        format!(
+            "Forklift's vmkfstools-wrapper VIB is not installed on {host_name} (install it, or use ESXI_CLONE_METHOD=ssh)"
+        ),
+    )
+}
+
 fn version_of(message: String) -> String {
     serde_json::from_str::<Value>(&message)
         .ok()

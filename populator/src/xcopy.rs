@@ -4,14 +4,15 @@
 //! key, 1 for a failed population). The flow itself is `ferry_pod::xcopy::populate`.
 
 use std::process::ExitCode;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_pod::kube::Kube;
 use ferry_pod::metrics::Metrics;
 use ferry_pod::xcopy::ontap::Ontap;
 use ferry_pod::xcopy::populate::{
-    self, LeasePlan, Peers, Plan, COPY_DURATION, PROGRESS, XCOPY_USED,
+    self, LeasePlan, Observed, Peers, Plan, COPY_DURATION, PROGRESS, XCOPY_USED,
 };
 use ferry_pod::xcopy::pure::{Credentials, FlashArray};
 use ferry_pod::xcopy::ssh::SshKeys;
@@ -299,12 +300,14 @@ pub async fn main(flags: &Flags) -> ExitCode {
         }
     };
     let started = Instant::now();
-    let protocol = OnceLock::new();
-    let r = run(flags, &product, &method, ssh, &metrics, &protocol).await;
+    let observed = Observed::default();
+    let r = run(flags, &product, &method, ssh, &metrics, &observed).await;
     let (result, used) = match &r {
-        Ok(o) => ("success", if o.xcopy_used { "1" } else { "0" }),
-        Err(_) => ("failure", "0"),
+        Ok(o) => ("success", o.xcopy_used),
+        // As far as the clone got.
+        Err(_) => ("failure", observed.xcopy_used.load(Ordering::Relaxed)),
     };
+    let used = if used { "1" } else { "0" };
     metrics.set(
         COPY_DURATION,
         &[
@@ -312,7 +315,10 @@ pub async fn main(flags: &Flags) -> ExitCode {
             ("storage_vendor", &product),
             ("clone_method", &method),
             ("xcopy_used", used),
-            ("storage_protocol", protocol.get().copied().unwrap_or("n/a")),
+            (
+                "storage_protocol",
+                observed.protocol.get().copied().unwrap_or("n/a"),
+            ),
         ],
         started.elapsed().as_secs_f64(),
     );
@@ -347,7 +353,7 @@ async fn run(
     method: &str,
     ssh: Option<SshPlan>,
     metrics: &Arc<Metrics>,
-    protocol: &OnceLock<&'static str>,
+    observed: &Observed,
 ) -> Result<populate::Outcome> {
     let cancel = ferry_pod::cancel_on_sigterm();
     let f = |k: &str| flags.get(k).unwrap_or("").to_owned();
@@ -398,7 +404,7 @@ async fn run(
         array: array.as_ref(),
         metrics,
         cancel: &cancel,
-        protocol,
+        observed,
     };
     let r = populate::run(&plan, &peers).await;
     vsphere.logout().await;

@@ -201,6 +201,21 @@ fn an_older_vib_is_a_warning_and_no_vib_fails_before_the_array_is_touched() {
 }
 
 #[test]
+fn a_rescan_that_errs_is_a_warning_and_the_device_is_found_all_the_same() {
+    // One faulty HBA makes every rescan of all adapters fail after scanning the others.
+    let Some(r) = rig(&["-rescan-errs"]) else {
+        return;
+    };
+    let before = r.mappings();
+    let out = r.run_to_completion(&r.env(), &before);
+    let err = stderr(&out);
+    assert!(
+        err.contains("rescan 1 failed") && err.contains("link is down"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_vcenter_that_hiccups_is_asked_again() {
     // Every third esxcli call and every third property read is answered HTTP 503.
     let Some(r) = rig(&["-hiccup-every", "3", "-clone-rate", "12582912"]) else {
@@ -275,10 +290,21 @@ fn a_failing_map_or_clone_or_a_device_that_never_shows_leaves_the_mappings_as_th
     // vmkfstools fails half-way.
     if let Some(r) = rig(&["-clone-fail-at", "40", "-clone-rate", "12582912"]) {
         let before = r.mappings();
-        let (out, _) = r.run();
+        let (out, scrapes) = r.run();
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
         let line = error_line(&out);
         assert!(line.contains("exit code"), "{line}");
+        // The failure labelled with what the clone had reported.
+        let last = scrapes.last().unwrap();
+        assert!(
+            sample(
+                last,
+                "vsphere_xcopy_volume_populator_copy_duration_seconds",
+                &["result=\"failure\"", "xcopy_used=\"1\""]
+            )
+            .is_some(),
+            "{last}"
+        );
         assert_eq!(r.mappings(), before);
         assert!(!r.dir.path().join("devices").join(naa()).exists());
     }

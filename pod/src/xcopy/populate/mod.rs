@@ -11,6 +11,7 @@
 //! mappings kept are those of every other group, so a restarted pod finishes the clone or
 //! cleans up what a killed one left.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -204,9 +205,17 @@ pub struct Peers<'a> {
     pub metrics: &'a Metrics,
     /// Cancelled on SIGTERM.
     pub cancel: &'a CancelToken,
-    /// Set to the SAN protocol ([`Initiators::protocol`]) once the host's initiators are
-    /// known, for the metrics of a run that ends either way.
-    pub protocol: &'a OnceLock<&'static str>,
+    /// What the run learns, for the metrics of its end whichever way it ends.
+    pub observed: &'a Observed,
+}
+
+/// What a run learns on its way that the metrics of its end need, also when it fails.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// The SAN protocol ([`Initiators::protocol`]), once the host's initiators are known.
+    pub protocol: OnceLock<&'static str>,
+    /// Whether the clone used XCOPY, as its last poll said.
+    pub xcopy_used: AtomicBool,
 }
 
 /// What the ESXi side of the cleanup needs.
@@ -350,7 +359,7 @@ async fn populate(
     };
     let initiators = Initiators::from_esxi(&ids)?;
     tracing::info!(initiators = ?ids, "ESXi initiators");
-    let _ = p.protocol.set(initiators.protocol());
+    let _ = p.observed.protocol.set(initiators.protocol());
 
     let group = p.array.ensure_group(&id, &initiators).await?;
     let lun = p.array.lun(volume).await?;
@@ -551,12 +560,20 @@ async fn find_device(plan: &Plan, p: &Peers<'_>, m: &Mapped) -> Result<()> {
         if attempt == plan.rescans {
             break;
         }
-        m.esxcli
-            .run(
+        // A rescan that fails (an adapter that errs) is not the end: the device may show
+        // all the same, and the next listing tells (Forklift's populator goes on too).
+        let rescan = m
+            .esxcli
+            .try_run(
                 &["storage", "core", "adapter", "rescan"],
                 &[("type", "add"), ("all", "1")],
             )
-            .await?;
+            .await;
+        match rescan {
+            Ok(Ok(_)) => {}
+            Ok(Err(f)) => tracing::warn!("rescan {} failed: {}", attempt + 1, f.message),
+            Err(e) => tracing::warn!("rescan {} failed: {e}", attempt + 1),
+        }
         pause(p.cancel, plan.rescan_wait).await?;
     }
     // The usual causes: a LUN number the host does not scan (above Disk.MaxLUN), or no path.
@@ -674,6 +691,7 @@ async fn follow(
             p.metrics.set_percent(pc);
         }
         let used = t.xcopy_used.unwrap_or(false);
+        p.observed.xcopy_used.store(used, Ordering::Relaxed);
         p.metrics
             .set(XCOPY_USED, &labels, f64::from(u8::from(used)));
         if t.exit_code.is_empty() {

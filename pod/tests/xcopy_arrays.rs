@@ -219,6 +219,13 @@ fn a_flasharray_volume_is_connected_to_the_hosts_entry_and_its_connections_resto
             fa.lun(&missing).await.unwrap_err().kind(),
             ErrorKind::NotFound
         );
+        // A CSI volume handle that is the volume's id finds it whatever the PV's name.
+        let by_id = Volume {
+            name: "pvc-other".into(),
+            handle: array.lock().unwrap().volumes[0].2.clone(),
+            ..Volume::default()
+        };
+        assert_eq!(fa.lun(&by_id).await.unwrap().name, "px-pvc-7");
     });
     let a = array.lock().unwrap();
     assert_eq!(

@@ -185,6 +185,7 @@ impl FlashArray {
         let kind = match status {
             401 | 403 => ErrorKind::Denied,
             404 => ErrorKind::NotFound,
+            400 if error_message(body).contains("does not exist") => ErrorKind::NotFound,
             _ => ErrorKind::Server,
         };
         Error::new(
@@ -301,6 +302,18 @@ impl FlashArray {
         }
     }
 
+    /// The volume whose `key` (`ids` or `names`) is `value`, if there is one (Purity answers
+    /// such a query for a missing volume with 400 "Volume does not exist.").
+    async fn volume_where(&self, key: &str, value: &str) -> Result<Option<Value>> {
+        let q = query(&[(key, value)]);
+        let field = if key == "ids" { "id" } else { "name" };
+        match self.call(Method::GET, &format!("volumes?{q}"), None).await {
+            Ok(items) => Ok(items.into_iter().find(|v| v[field] == value)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The host named `name`, if there is one: its iqns and wwns.
     async fn host(&self, name: &str) -> Result<Option<(Vec<String>, Vec<String>)>> {
         let all = self.call(Method::GET, "hosts", None).await?;
@@ -393,14 +406,25 @@ impl StorageArray for FlashArray {
                 "the PV has no name to find its FlashArray volume by",
             ));
         }
-        let name = format!("{}-{}", self.prefix, volume.name);
-        let all = self.call(Method::GET, "volumes", None).await?;
-        let v = all
-            .iter()
-            .find(|v| v["name"] == name.as_str())
-            .ok_or_else(|| {
-                Error::new(ErrorKind::NotFound, format!("FlashArray: no volume {name}"))
-            })?;
+        // The CSI volume handle may be the volume's id; else Pure's CSI name for the PV.
+        let by_name = format!("{}-{}", self.prefix, volume.name);
+        let by_id = match volume.handle.as_str() {
+            "" => None,
+            handle => self.volume_where("ids", handle).await?,
+        };
+        let v = match by_id {
+            Some(v) => v,
+            None => self.volume_where("names", &by_name).await?.ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "FlashArray: no volume {by_name} (nor one with the id {})",
+                        volume.handle
+                    ),
+                )
+            })?,
+        };
+        let name = v["name"].as_str().unwrap_or(&by_name).to_owned();
         let serial = v["serial"].as_str().ok_or_else(|| {
             Error::new(
                 ErrorKind::Protocol,

@@ -25,8 +25,8 @@ const V2: &str = "2.21";
 pub struct PureTable {
     /// (name, IQNs, WWNs)
     pub hosts: Vec<(String, Vec<String>, Vec<String>)>,
-    /// (name, serial)
-    pub volumes: Vec<(String, String)>,
+    /// (name, serial, id)
+    pub volumes: Vec<(String, String, String)>,
     /// (host, volume)
     pub connections: Vec<(String, String)>,
     /// Sessions opened.
@@ -47,7 +47,11 @@ impl PureTable {
     pub fn with_volume(volume: &str, serial: &str) -> PureTable {
         PureTable {
             hosts: vec![("other".into(), vec!["iqn.other".into()], vec![])],
-            volumes: vec![(volume.into(), serial.into())],
+            volumes: vec![(
+                volume.into(),
+                serial.into(),
+                "b1a2c3d4-0000-4000-8000-00000000f1a5".into(),
+            )],
             connections: vec![("other".into(), volume.into())],
             ..PureTable::default()
         }
@@ -177,12 +181,31 @@ fn pure_handle(t: &Pure, r: &Req) -> Answer {
                 None => pure_error(400, "Host does not exist."),
             }
         }
-        ("GET", ["volumes"]) => items(
-            a.volumes
-                .iter()
-                .map(|v| json!({"name": v.0, "serial": v.1}))
-                .collect(),
-        ),
+        ("GET", ["volumes"]) => {
+            // `names` or `ids`: comma-separated; one that does not exist fails the query.
+            let wanted = |k: &str| -> Option<Vec<String>> {
+                r.q(k).map(|v| v.split(',').map(str::to_owned).collect())
+            };
+            let (names, ids) = (wanted("names"), wanted("ids"));
+            for n in names.iter().flatten() {
+                if !a.volumes.iter().any(|v| v.0 == *n) {
+                    return pure_error(400, "Volume does not exist.");
+                }
+            }
+            for i in ids.iter().flatten() {
+                if !a.volumes.iter().any(|v| v.2 == *i) {
+                    return pure_error(400, "Volume does not exist.");
+                }
+            }
+            items(
+                a.volumes
+                    .iter()
+                    .filter(|v| names.as_ref().is_none_or(|n| n.contains(&v.0)))
+                    .filter(|v| ids.as_ref().is_none_or(|i| i.contains(&v.2)))
+                    .map(|v| json!({"name": v.0, "serial": v.1, "id": v.2}))
+                    .collect(),
+            )
+        }
         ("GET", ["connections"]) => {
             let vol = r.q("volume_names").unwrap_or("");
             items(

@@ -160,7 +160,18 @@ fn a_lost_mapping_is_mapped_again_and_failures_are_one_clear_line() {
         assert_eq!(e.kind(), ErrorKind::Denied, "{e}");
         assert!(!e.to_string().contains("nope") && !e.to_string().contains(PASSWORD));
     });
-    assert!(Ontap::new(&url, USER, PASSWORD, "", &HttpOptions::default()).is_err());
+    // No ONTAP_SVM: the cluster's only SVM; with two, an error that names them.
+    let any = Ontap::new(&url, USER, PASSWORD, "", &HttpOptions::default()).unwrap();
+    rt().block_on(async {
+        assert!(any.lun(&volume("trident_pvc_1")).await.is_ok());
+    });
+    table.lock().unwrap().other_svms.push("svm2".into());
+    let any = Ontap::new(&url, USER, PASSWORD, "", &HttpOptions::default()).unwrap();
+    let e = rt()
+        .block_on(any.lun(&volume("trident_pvc_1")))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ONTAP_SVM") && e.contains("svm1, svm2"), "{e}");
 }
 
 // ---- FlashArray ----

@@ -14,6 +14,7 @@ use base64::Engine as _;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION};
 use reqwest::Method;
 use serde_json::{json, Value};
+use tokio::sync::OnceCell;
 use url::Url;
 
 use transfer_core::error::peer_text;
@@ -30,7 +31,7 @@ pub struct Ontap {
     http: HttpClient,
     api: Url,
     auth: HeaderValue,
-    svm: String,
+    svm: OnceCell<String>,
 }
 
 /// The records of a collection answer.
@@ -120,8 +121,9 @@ fn text(v: &Value, path: &[&str]) -> Result<String> {
 }
 
 impl Ontap {
-    /// The API of `host` (a name, `host:port` or an `https://` URL) for `svm`, logging in as
-    /// `user` with `password` (HTTP basic authentication on every call).
+    /// The API of `host` (a name, `host:port` or an `https://` URL) for `svm` (empty: the
+    /// cluster's only SVM), logging in as `user` with `password` (HTTP basic authentication on
+    /// every call).
     pub fn new(
         host: &str,
         user: &str,
@@ -142,12 +144,6 @@ impl Ontap {
                     format!("STORAGE_HOSTNAME '{host}': {e}"),
                 )
             })?;
-        if svm.is_empty() {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                "ONTAP_SVM (the SVM that serves the LUNs) is required",
-            ));
-        }
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         let mut auth = HeaderValue::from_str(&format!("Basic {token}")).map_err(|_| {
             Error::new(
@@ -160,8 +156,40 @@ impl Ontap {
             http: HttpClient::new(http)?,
             api,
             auth,
-            svm: svm.to_owned(),
+            svm: match svm {
+                "" => OnceCell::new(),
+                s => OnceCell::new_with(Some(s.to_owned())),
+            },
         })
+    }
+
+    /// The SVM that serves the LUNs: `ONTAP_SVM`, or else the cluster's only data SVM (as
+    /// Trident finds it).
+    async fn svm(&self) -> Result<&str> {
+        self.svm
+            .get_or_try_init(|| async {
+                let r = self.get("svm/svms", &[("fields", "name")]).await?;
+                let names: Vec<String> = r
+                    .iter()
+                    .filter_map(|s| s["name"].as_str().map(str::to_owned))
+                    .collect();
+                match names.as_slice() {
+                    [one] => {
+                        tracing::info!(svm = %one, "ONTAP_SVM unset: the cluster's only SVM");
+                        Ok(one.clone())
+                    }
+                    _ => Err(Error::new(
+                        ErrorKind::InvalidInput,
+                        format!(
+                            "ONTAP_SVM is required: the cluster has {} SVMs ({})",
+                            names.len(),
+                            names.join(", ")
+                        ),
+                    )),
+                }
+            })
+            .await
+            .map(String::as_str)
     }
 
     /// One call; the answer's body, or an error with ONTAP's message.
@@ -215,7 +243,7 @@ impl Ontap {
                 "protocols/san/igroups",
                 &[
                     ("name", name),
-                    ("svm.name", &self.svm),
+                    ("svm.name", self.svm().await?),
                     ("fields", "uuid,initiators.name"),
                 ],
             )
@@ -279,7 +307,7 @@ impl StorageArray for Ontap {
             None => {
                 let body = json!({
                     "name": name,
-                    "svm": {"name": self.svm},
+                    "svm": {"name": self.svm().await?},
                     "os_type": "vmware",
                     "protocol": protocol(initiators),
                     "initiators": wanted.iter().map(|n| json!({"name": n})).collect::<Vec<_>>(),
@@ -308,12 +336,13 @@ impl StorageArray for Ontap {
 
     async fn lun(&self, volume: &Volume) -> Result<Lun> {
         let path = lun_path(volume)?;
+        let svm = self.svm().await?;
         let r = self
             .get(
                 "storage/luns",
                 &[
                     ("name", &path),
-                    ("svm.name", &self.svm),
+                    ("svm.name", svm),
                     ("fields", "uuid,name,serial_number"),
                 ],
             )
@@ -321,7 +350,7 @@ impl StorageArray for Ontap {
         let l = r.first().ok_or_else(|| {
             Error::new(
                 ErrorKind::NotFound,
-                format!("ONTAP: no LUN {path} in SVM {}", self.svm),
+                format!("ONTAP: no LUN {path} in SVM {svm}"),
             )
         })?;
         Ok(Lun {
@@ -346,7 +375,7 @@ impl StorageArray for Ontap {
             return Ok(());
         }
         let body = json!({
-            "svm": {"name": self.svm},
+            "svm": {"name": self.svm().await?},
             "lun": {"name": lun.name},
             "igroup": {"name": group},
         });

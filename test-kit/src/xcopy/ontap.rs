@@ -26,6 +26,8 @@ pub struct OntapTable {
     pub maps: Vec<(String, String)>,
     /// Make creating a LUN map fail.
     pub fail_map: bool,
+    /// Data SVMs besides [`ONTAP_SVM`].
+    pub other_svms: Vec<String>,
     /// Every request, `METHOD path`, in order.
     pub log: Vec<String>,
     /// The SAN: the directory of ESXi-visible devices, the host's initiators, and the device
@@ -104,6 +106,12 @@ fn ontap_handle(t: &Ontap, r: &Req) -> Answer {
     let body = &r.body;
     let records = |v: Vec<Value>| (200, vec![], json!({"num_records": v.len(), "records": v}));
     let answer = match (r.method.as_str(), r.segs().as_slice()) {
+        ("GET", ["svm", "svms"]) => records(
+            std::iter::once(ONTAP_SVM.to_owned())
+                .chain(t.other_svms.iter().cloned())
+                .map(|n| json!({"name": n}))
+                .collect(),
+        ),
         ("GET", ["protocols", "san", "igroups"]) => {
             if q("svm.name").as_deref() != Some(ONTAP_SVM) {
                 return ontap_error(400, "svm.name is wrong");

@@ -114,7 +114,15 @@ impl Metrics {
     /// Sets the extra gauge `name` (one given to [`labelled`](Self::labelled)), labelled with
     /// the owner and `labels`.
     pub fn set(&self, name: &str, labels: &[(&str, &str)], value: f64) {
-        let mut l = self.owner.clone();
+        self.set_labelled(name, self.owner.clone(), labels, value);
+    }
+
+    /// [`set`](Self::set) without the owner label (a metric of the array, not of the import).
+    pub fn set_unowned(&self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.set_labelled(name, Vec::new(), labels, value);
+    }
+
+    fn set_labelled(&self, name: &str, mut l: Labels, labels: &[(&str, &str)], value: f64) {
         l.extend(
             labels
                 .iter()

@@ -12,7 +12,8 @@ use ferry_pod::kube::Kube;
 use ferry_pod::metrics::Metrics;
 use ferry_pod::xcopy::ontap::Ontap;
 use ferry_pod::xcopy::populate::{
-    self, LeasePlan, Observed, Peers, Plan, COPY_DURATION, PROGRESS, XCOPY_USED,
+    self, LeasePlan, Observed, Peers, Plan, ARRAY_INFO, COPY_DURATION, PROGRESS, SOURCE_DISK_BYTES,
+    XCOPY_USED,
 };
 use ferry_pod::xcopy::pure::{Credentials, FlashArray};
 use ferry_pod::xcopy::ssh::SshKeys;
@@ -290,6 +291,14 @@ pub async fn main(flags: &Flags) -> ExitCode {
                 "Whether the storage array copied with XCOPY (1) or ESXi through the host (0)",
             ),
             (COPY_DURATION, "How long the copy took, in seconds"),
+            (
+                SOURCE_DISK_BYTES,
+                "The source disk's size in bytes (type=provisioned: its capacity)",
+            ),
+            (
+                ARRAY_INFO,
+                "The storage array's vendor, product, model and version (always 1)",
+            ),
         ],
     );
     let metrics = match Metrics::start_on_pod(metrics).await {

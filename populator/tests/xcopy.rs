@@ -57,6 +57,35 @@ fn the_disk_is_cloned_onto_the_lun_and_the_mappings_come_back() {
         Some(1.0),
         "{last}"
     );
+    assert_eq!(
+        sample(
+            last,
+            "vsphere_xcopy_volume_populator_source_disk_bytes",
+            &[&uid, "type=\"provisioned\"", "storage_protocol=\"n/a\""]
+        ),
+        Some(DISK as f64),
+        "{last}"
+    );
+    assert_eq!(
+        sample(
+            last,
+            "vsphere_xcopy_volume_populator_storage_array_info",
+            &[
+                "storage_vendor=\"ontap\"",
+                "storage_array_vendor=\"NetApp\"",
+                "storage_array_product=\"ONTAP\"",
+                "storage_array_model=\"n/a\"",
+                "storage_array_version=\"9.14.1\""
+            ]
+        ),
+        Some(1.0),
+        "{last}"
+    );
+    // A metric of the array, not of this disk: no owner label, as Forklift's.
+    assert!(last
+        .lines()
+        .filter(|l| l.starts_with("vsphere_xcopy_volume_populator_storage_array_info{"))
+        .all(|l| !l.contains("owner_uid")));
     let took = sample(
         last,
         "vsphere_xcopy_volume_populator_copy_duration_seconds",

@@ -81,6 +81,21 @@ fn a_flasharray_volume_is_connected_cloned_onto_and_its_connections_come_back() 
         Some(1.0),
         "{last}"
     );
+    assert_eq!(
+        sample(
+            last,
+            "vsphere_xcopy_volume_populator_storage_array_info",
+            &[
+                &vendor,
+                "storage_array_vendor=\"Pure Storage\"",
+                "storage_array_product=\"FlashArray\"",
+                "storage_array_model=\"FA-X70R3\"",
+                "storage_array_version=\"6.5.3\""
+            ]
+        ),
+        Some(1.0),
+        "{last}"
+    );
     assert!(sample(
         last,
         "vsphere_xcopy_volume_populator_copy_duration_seconds",

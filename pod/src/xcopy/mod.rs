@@ -122,11 +122,27 @@ impl Volume {
     }
 }
 
+/// What an array says of itself, for the `storage_array_info` metric (Forklift's labels).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArrayInfo {
+    /// `NetApp`, `Pure Storage`.
+    pub vendor: &'static str,
+    /// `ONTAP`, `FlashArray`.
+    pub product: &'static str,
+    /// The model, `n/a` when the array does not say.
+    pub model: String,
+    /// The software version, `n/a` when the array does not say.
+    pub version: String,
+}
+
 /// One storage array's REST API, as the populator uses it.
 #[async_trait]
 pub trait StorageArray: Send + Sync {
     /// The vendor product (`ontap`).
     fn product(&self) -> &'static str;
+
+    /// The array's vendor, product, model and version.
+    async fn info(&self) -> Result<ArrayInfo>;
 
     /// Makes sure an initiator group (host) for `host` holds `initiators`; returns its name.
     async fn ensure_group(&self, host: &str, initiators: &Initiators) -> Result<String>;

@@ -21,7 +21,7 @@ use transfer_core::error::peer_text;
 use transfer_core::http::{read_bounded, redact, HttpClient, HttpOptions, MAX_ANSWER};
 use transfer_core::{Error, ErrorKind, Result};
 
-use super::{Initiators, Lun, StorageArray, Volume};
+use super::{ArrayInfo, Initiators, Lun, StorageArray, Volume};
 
 /// NetApp's IEEE company id in an NAA device id.
 const NAA_PREFIX: &str = "naa.600a0980";
@@ -293,6 +293,24 @@ pub fn group_name(host: &str, initiators: &Initiators) -> String {
 impl StorageArray for Ontap {
     fn product(&self) -> &'static str {
         "ontap"
+    }
+
+    async fn info(&self) -> Result<ArrayInfo> {
+        let body = self
+            .call(Method::GET, "cluster?fields=version", None)
+            .await?;
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let n = |k: &str| v["version"][k].as_u64();
+        let version = match (n("generation"), n("major"), n("minor")) {
+            (Some(g), Some(a), Some(i)) => format!("{g}.{a}.{i}"),
+            _ => "n/a".to_owned(),
+        };
+        Ok(ArrayInfo {
+            vendor: "NetApp",
+            product: "ONTAP",
+            model: "n/a".to_owned(),
+            version,
+        })
     }
 
     async fn ensure_group(&self, host: &str, initiators: &Initiators) -> Result<String> {

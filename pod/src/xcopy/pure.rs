@@ -21,7 +21,7 @@ use transfer_core::error::peer_text;
 use transfer_core::http::{read_bounded, HttpClient, HttpOptions, MAX_ANSWER};
 use transfer_core::{Error, ErrorKind, Result};
 
-use super::{Initiators, Lun, StorageArray, Volume};
+use super::{ArrayInfo, Initiators, Lun, StorageArray, Volume};
 
 /// Pure's IEEE company id in an NAA device id.
 const NAA_PREFIX: &str = "naa.624a9370";
@@ -342,6 +342,24 @@ pub fn host_name(esxi: &str) -> String {
 impl StorageArray for FlashArray {
     fn product(&self) -> &'static str {
         "pureFlashArray"
+    }
+
+    async fn info(&self) -> Result<ArrayInfo> {
+        let arrays = self.call(Method::GET, "arrays", None).await?;
+        let controllers = self.call(Method::GET, "controllers", None).await?;
+        // The primary controller's model (both controllers of an array are one model).
+        let model = controllers
+            .iter()
+            .find(|c| c["mode"] == "primary")
+            .or(controllers.first())
+            .and_then(|c| c["model"].as_str());
+        let version = arrays.first().and_then(|a| a["version"].as_str());
+        Ok(ArrayInfo {
+            vendor: "Pure Storage",
+            product: "FlashArray",
+            model: model.unwrap_or("n/a").to_owned(),
+            version: version.unwrap_or("n/a").to_owned(),
+        })
     }
 
     async fn ensure_group(&self, host: &str, initiators: &Initiators) -> Result<String> {

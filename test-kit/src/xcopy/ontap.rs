@@ -106,6 +106,13 @@ fn ontap_handle(t: &Ontap, r: &Req) -> Answer {
     let body = &r.body;
     let records = |v: Vec<Value>| (200, vec![], json!({"num_records": v.len(), "records": v}));
     let answer = match (r.method.as_str(), r.segs().as_slice()) {
+        ("GET", ["cluster"]) => (
+            200,
+            vec![],
+            json!({"name": "cluster1", "version": {
+                "full": "NetApp Release 9.14.1: Mon Mar 04 12:00:00 UTC 2024",
+                "generation": 9, "major": 14, "minor": 1}}),
+        ),
         ("GET", ["svm", "svms"]) => records(
             std::iter::once(ONTAP_SVM.to_owned())
                 .chain(t.other_svms.iter().cloned())

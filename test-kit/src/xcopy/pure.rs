@@ -154,6 +154,13 @@ fn pure_handle(t: &Pure, r: &Req) -> Answer {
         return pure_error(401, "Session expired.");
     }
     let answer = match (r.method.as_str(), rest) {
+        ("GET", ["arrays"]) => items(vec![
+            json!({"name": "fa-1", "os": "Purity//FA", "version": "6.5.3"}),
+        ]),
+        ("GET", ["controllers"]) => items(vec![
+            json!({"name": "CT0", "mode": "primary", "model": "FA-X70R3", "version": "6.5.3"}),
+            json!({"name": "CT1", "mode": "secondary", "model": "FA-X70R3", "version": "6.5.3"}),
+        ]),
         ("GET", ["hosts"]) => items(
             a.hosts
                 .iter()

@@ -39,6 +39,10 @@ pub const PROGRESS: &str = "vsphere_xcopy_volume_populator_progress";
 pub const XCOPY_USED: &str = "vsphere_xcopy_volume_populator_xcopy_used";
 /// How long the copy took; present once it has ended (with `result`).
 pub const COPY_DURATION: &str = "vsphere_xcopy_volume_populator_copy_duration_seconds";
+/// The source disk's size in bytes (`type="provisioned"`: its capacity).
+pub const SOURCE_DISK_BYTES: &str = "vsphere_xcopy_volume_populator_source_disk_bytes";
+/// 1, labelled with the array's vendor, product, model and version.
+pub const ARRAY_INFO: &str = "vsphere_xcopy_volume_populator_storage_array_info";
 
 /// What one population needs to know.
 #[derive(Debug, Clone)]
@@ -362,6 +366,34 @@ async fn populate(
     let initiators = Initiators::from_esxi(&ids)?;
     tracing::info!(initiators = ?ids, "ESXi initiators");
     let _ = p.observed.protocol.set(initiators.protocol());
+    p.metrics.set(
+        SOURCE_DISK_BYTES,
+        &[
+            ("storage_vendor", &plan.vendor),
+            ("clone_method", &plan.clone_method),
+            ("storage_protocol", initiators.protocol()),
+            ("type", "provisioned"),
+        ],
+        bytes as f64,
+    );
+    match p.array.info().await {
+        Ok(a) => {
+            tracing::info!(vendor = a.vendor, product = a.product, model = %a.model, version = %a.version, "storage array");
+            p.metrics.set_unowned(
+                ARRAY_INFO,
+                &[
+                    ("storage_vendor", &plan.vendor),
+                    ("storage_array_vendor", a.vendor),
+                    ("storage_array_product", a.product),
+                    ("storage_array_model", &a.model),
+                    ("storage_array_version", &a.version),
+                ],
+                1.0,
+            );
+        }
+        // Only the metric's labels need it.
+        Err(e) => tracing::warn!("the storage array's model and version: {e}"),
+    }
 
     let group = p.array.ensure_group(&id, &initiators).await?;
     let lun = p.array.lun(volume).await?;

@@ -62,11 +62,11 @@ pub fn naa(serial: &str) -> String {
     format!("{NAA_PREFIX}{hex}")
 }
 
-/// The igroup protocol for `initiators`.
+/// The igroup protocol for `initiators`: [`Initiators::protocol`] in ONTAP's words.
 fn protocol(i: &Initiators) -> &'static str {
-    match (i.iscsi.is_empty(), i.fc.is_empty()) {
-        (false, true) => "iscsi",
-        (true, false) => "fcp",
+    match i.protocol() {
+        "iscsi" => "iscsi",
+        "fc" => "fcp",
         _ => "mixed",
     }
 }

@@ -213,9 +213,7 @@ fn an_older_vib_is_a_warning_and_no_vib_fails_before_the_array_is_touched() {
     // No VIB at all: one line before anything is mapped.
     if let Some(r) = rig(&["-vib", "none"]) {
         let before = r.mappings();
-        let (out, _) = r.run();
-        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-        let line = error_line(&out);
+        let (line, _, _) = r.run_failing(&r.env());
         assert!(
             line.contains("VIB is not installed") && line.contains("ESXI_CLONE_METHOD=ssh"),
             "{line}"
@@ -279,13 +277,8 @@ fn a_failing_map_or_clone_or_a_device_that_never_shows_leaves_the_mappings_as_th
     if let Some(r) = rig(&[]) {
         let before = r.mappings();
         r.ontap.lock().unwrap().fail_map = true;
-        let (out, scrapes) = r.run();
-        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-        assert!(
-            error_line(&out).contains("could not be created"),
-            "{}",
-            stderr(&out)
-        );
+        let (line, scrapes, out) = r.run_failing(&r.env());
+        assert!(line.contains("could not be created"), "{}", stderr(&out));
         assert_eq!(r.mappings(), before);
         let last = scrapes.last().unwrap();
         assert!(
@@ -301,9 +294,7 @@ fn a_failing_map_or_clone_or_a_device_that_never_shows_leaves_the_mappings_as_th
     // ESXi never sees the device (a LUN number past Disk.MaxLUN, no path).
     if let Some(r) = rig(&["-rescans-needed", "0"]) {
         let before = r.mappings();
-        let (out, _) = r.run();
-        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-        let line = error_line(&out);
+        let (line, _, _) = r.run_failing(&r.env());
         assert!(
             line.contains(&naa()) && line.contains("Disk.MaxLUN (1024)"),
             "{line}"
@@ -319,9 +310,7 @@ fn a_failing_map_or_clone_or_a_device_that_never_shows_leaves_the_mappings_as_th
     // vmkfstools fails half-way.
     if let Some(r) = rig(&["-clone-fail-at", "40", "-clone-rate", "12582912"]) {
         let before = r.mappings();
-        let (out, scrapes) = r.run();
-        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-        let line = error_line(&out);
+        let (line, scrapes, _) = r.run_failing(&r.env());
         assert!(line.contains("exit code"), "{line}");
         // The failure labelled with what the clone had reported.
         let last = scrapes.last().unwrap();

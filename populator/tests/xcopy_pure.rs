@@ -122,9 +122,7 @@ fn a_flasharray_that_refuses_the_connection_is_one_line_and_nothing_stays_connec
     };
     let before = r.mappings();
     r.pure.lock().unwrap().fail_connect = true;
-    let (out, scrapes) = r.run();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let line = error_line(&out);
+    let (line, scrapes, _) = r.run_failing(&r.env());
     assert!(line.contains("Could not connect the volume"), "{line}");
     assert_eq!(r.mappings(), before);
     let last = scrapes.last().unwrap();

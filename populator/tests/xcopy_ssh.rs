@@ -257,9 +257,7 @@ fn a_key_the_host_does_not_hold_or_an_old_key_line_fails_before_the_array_is_tou
                 *v = b64(&format!("{}ssh-ed25519 AAAAinjected", keys.public));
             }
         }
-        let (out, _) = r.run_with(&env);
-        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-        let line = error_line(&out);
+        let (line, _, out) = r.run_failing(&env);
         assert!(line.contains("authorized_keys"), "{line}");
         let err = stderr(&out);
         assert!(!err.contains("injected"), "{err}");
@@ -285,9 +283,7 @@ fn a_key_the_host_does_not_hold_or_an_old_key_line_fails_before_the_array_is_tou
         let Some(sshd) = Sshd::start(r.dir.path(), &line, &host.env(&[])) else {
             return;
         };
-        let (out, _) = r.run_with(&ssh_env(&r, &keys, sshd.port));
-        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-        let line = error_line(&out);
+        let (line, _, _) = r.run_failing(&ssh_env(&r, &keys, sshd.port));
         assert!(line.contains("version 0.2.0"), "{line}");
         assert_eq!(r.ontap.lock().unwrap().igroups, before, "no group made");
     }
@@ -302,9 +298,7 @@ fn a_key_the_host_does_not_hold_or_an_old_key_line_fails_before_the_array_is_tou
             "SSH_HOST_KEY_FINGERPRINT".into(),
             "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
         ));
-        let (out, _) = r.run_with(&env);
-        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-        let line = error_line(&out);
+        let (line, _, _) = r.run_failing(&env);
         assert!(
             line.contains(&format!(
                 "the host key {} is not SSH_HOST_KEY_FINGERPRINT",
@@ -334,9 +328,7 @@ fn a_clone_that_fails_over_ssh_is_reported_and_the_mappings_come_back() {
         return;
     };
     let before = r.mappings();
-    let (out, _) = r.run_with(&ssh_env(&r, &keys, sshd.port));
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let line = error_line(&out);
+    let (line, _, _) = r.run_failing(&ssh_env(&r, &keys, sshd.port));
     assert!(
         line.contains("exit code 1") && line.contains("Input/output error"),
         "{line}"

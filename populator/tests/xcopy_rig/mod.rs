@@ -281,6 +281,14 @@ impl Rig {
         scrape_until_exit(child, &addr)
     }
 
+    /// Runs the populator with `env`, which must fail as a failed pod does: exit 1 with one
+    /// `populator: error:` line. That line, the scrapes and the output.
+    pub fn run_failing(&self, env: &[(String, String)]) -> (String, Vec<String>, Output) {
+        let (out, scrapes) = self.run_with(env);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        (error_line(&out), scrapes, out)
+    }
+
     /// Runs the populator with `env` after a failed or killed one: it must clone the whole
     /// disk and leave the mappings as `before`. Its output.
     pub fn run_to_completion(
